@@ -1,0 +1,126 @@
+"""
+Tokenized datasets on disk and the windows drawn from them.
+
+A prepared dataset is a folder with train.bin / val.bin (uint16 token ids, read as np.memmap) and
+meta.json ({"tokenizer": "gpt2" | "char", "vocab_size": ..., "chars": ... for char, token counts}).
+Training windows come from a seeded torch.Generator whose state is checkpointed (exact resume);
+validation windows are a fixed set, the same at every eval and in every run with the same seed.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+
+TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; a larger vocab is refused when writing
+
+
+class DataError(ValueError):
+    pass
+
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.isfile(path):
+        raise DataError(f"{data_dir} has no meta.json: prepare the data first "
+                        f"(python prepare_owt.py ..., or python data/shakespeare/prepare.py)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_token_dtype(vocab_size):
+    if vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise DataError(f"a vocabulary of {vocab_size} ids does not fit the uint16 .bin format "
+                        f"(at most {np.iinfo(TOKEN_DTYPE).max + 1}); use a tokenizer with a smaller vocabulary")
+
+
+def write_tokens(path, ids):
+    """Write token ids (array or list of arrays) to path through a temporary name and a rename."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in ids if isinstance(ids, list) else [ids]:
+                f.write(np.asarray(chunk, dtype=TOKEN_DTYPE).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_meta(data_dir, meta):
+    tmp = os.path.join(data_dir, "meta.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, os.path.join(data_dir, "meta.json"))
+
+
+def open_tokens(data_dir, split):
+    """The uint16 token ids of data_dir/{split}.bin as a read-only memmap."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.isfile(path):
+        raise DataError(f"{path} not found: prepare the data first")
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+
+
+def windows_to_batch(tokens, offsets, block_size):
+    """x, y int64 tensors (len(offsets), block_size): y is x shifted by one token."""
+    x = torch.from_numpy(np.stack([tokens[i:i + block_size].astype(np.int64) for i in offsets]))
+    y = torch.from_numpy(np.stack([tokens[i + 1:i + 1 + block_size].astype(np.int64) for i in offsets]))
+    return x, y
+
+
+def n_windows(tokens, block_size):
+    """How many distinct (x, y) window start positions tokens has."""
+    return len(tokens) - block_size
+
+
+def fixed_offsets(tokens, block_size, count, seed):
+    """count window starts drawn once with seed: the same for every call (and every run) on the same data."""
+    n = n_windows(tokens, block_size)
+    if n < 1:
+        raise DataError(f"{len(tokens)} tokens are too few for windows of {block_size}+1 tokens")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(n, (count,), generator=g).tolist()
+
+
+class TrainBatches:
+    """Random training windows from a seeded generator; state_dict() makes a resumed run draw the same batches."""
+
+    def __init__(self, tokens, block_size, batch_size, seed):
+        if n_windows(tokens, block_size) < 1:
+            raise DataError(f"{len(tokens)} training tokens are too few for block_size={block_size}")
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self):
+        offsets = torch.randint(n_windows(self.tokens, self.block_size), (self.batch_size,), generator=self.generator)
+        return windows_to_batch(self.tokens, offsets.tolist(), self.block_size)
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+@torch.no_grad()
+def evaluate_loss(model, tokens, offsets, block_size, batch_size, device, autocast_ctx, rank=0, world_size=1):
+    """Mean loss over the windows at offsets; ranks split them and all-reduce, so every rank gets the same number."""
+    was_training = model.training
+    model.eval()
+    mine = offsets[rank::world_size]
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, window count
+    for i in range(0, len(mine), batch_size):
+        x, y = windows_to_batch(tokens, mine[i:i + batch_size], block_size)
+        x, y = x.to(device), y.to(device)
+        with autocast_ctx:
+            _, loss = model(x, y)
+        total += torch.stack([loss.double() * len(x), torch.tensor(len(x), dtype=torch.float64, device=device)])
+    if world_size > 1:
+        torch.distributed.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()

@@ -1,0 +1,128 @@
+"""model.py against Hugging Face transformers' GPT-2: logits, attention paths, export, loading errors."""
+
+import json
+
+import pytest
+import torch
+
+from hf import ModelLoadError, export_hf
+from model import GPT, GPTConfig
+
+PARITY_SHAPES = [
+    dict(n_layer=2, n_head=2, n_embd=32, vocab_size=96, n_positions=64),
+    dict(n_layer=3, n_head=3, n_embd=48, vocab_size=101, n_positions=40),  # n_head not a power of two
+    dict(n_layer=2, n_head=5, n_embd=40, vocab_size=77, n_positions=33, scale_attn_by_inverse_layer_idx=True),
+    dict(n_layer=1, n_head=7, n_embd=56, vocab_size=50257, n_positions=17),  # GPT-2's real vocab size
+]
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("shape", PARITY_SHAPES)
+def test_logits_match_transformers(make_hf_gpt2, shape):
+    from transformers import GPT2LMHeadModel
+
+    folder = make_hf_gpt2(**shape)
+    ref = GPT2LMHeadModel.from_pretrained(folder).eval()
+    ours = GPT.from_pretrained(folder).eval()
+    idx = torch.randint(0, shape["vocab_size"], (2, shape["n_positions"]), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ref(idx).logits
+        logits, loss = ours(idx)
+    assert loss is None and logits.shape == expected.shape
+    assert rel_err(logits, expected) < 1e-5
+
+
+def test_pytorch_model_bin_and_prefixless_keys(make_hf_gpt2, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = make_hf_gpt2(safetensors=False)
+    sd = GPT.from_pretrained(folder).state_dict()
+    # The same weights saved without the "transformer." prefix (as GPT2Model does) load identically.
+    bare = make_hf_gpt2(name="bare")
+    hf_sd = load_file(f"{bare}/model.safetensors")
+    torch.save({k.removeprefix("transformer."): v for k, v in hf_sd.items()}, f"{bare}/pytorch_model.bin")
+    (tmp_path / "bare" / "model.safetensors").unlink()
+    sd_bare = GPT.from_pretrained(bare).state_dict()
+    for k in sd:
+        assert torch.equal(sd[k], sd_bare[k]), k
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_explicit_attention_path_matches_sdpa(scale):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=3, n_head=3, n_embd=24,
+                          scale_attn_by_inverse_layer_idx=scale)).eval()
+    idx = torch.randint(0, 50, (2, 32))
+    with torch.no_grad():
+        fast, _ = model(idx)
+        explicit, _, atts = model(idx, return_attn=True)
+    assert torch.allclose(fast, explicit, atol=1e-5, rtol=1e-5)
+    assert len(atts) == 3 and atts[0].shape == (2, 3, 32, 32)
+    assert torch.allclose(atts[1].sum(-1), torch.ones(2, 3, 32))
+    assert atts[2].triu(1).abs().max() == 0  # causal
+
+
+def test_attention_probabilities_match_transformers_eager(make_hf_gpt2):
+    from transformers import GPT2LMHeadModel
+
+    folder = make_hf_gpt2(n_layer=3, n_head=3, n_embd=48, scale_attn_by_inverse_layer_idx=True)
+    ref = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+    ours = GPT.from_pretrained(folder).eval()
+    idx = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = ref(idx, output_attentions=True).attentions
+        _, _, mine = ours(idx, return_attn=True)
+    for a, b in zip(mine, theirs):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_export_roundtrip_through_transformers(tmp_path, bias):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=24, vocab_size=70, n_layer=2, n_head=2, n_embd=16, bias=bias,
+                          scale_attn_by_inverse_layer_idx=True)).eval()
+    export_hf(model, str(tmp_path / "exported"))
+    assert json.load(open(tmp_path / "exported" / "config.json"))["model_type"] == "gpt2"
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "exported")).eval()
+    idx = torch.randint(0, 70, (3, 24))
+    with torch.no_grad():
+        assert rel_err(hf(idx).logits, model(idx)[0]) < 1e-6
+        reloaded = GPT.from_pretrained(str(tmp_path / "exported")).eval()
+        assert rel_err(reloaded(idx)[0], model(idx)[0]) < 1e-6
+
+
+def test_sequence_longer_than_block_size_is_refused():
+    model = GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match="longer than block_size=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_unknown_model_name():
+    with pytest.raises(ModelLoadError, match="unknown model 'gpt3-huge'"):
+        GPT.from_pretrained("gpt3-huge")
+
+
+def test_hub_name_offline_fails_fast_with_advice():
+    with pytest.raises(ModelLoadError, match="openai-community/gpt2-medium.*pass its path"):
+        GPT.from_pretrained("gpt2-medium")
+
+
+def test_folder_without_weights(make_hf_gpt2, tmp_path):
+    folder = make_hf_gpt2()
+    (tmp_path / "hf-gpt2" / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="has no weights"):
+        GPT.from_pretrained(folder)
+
+
+def test_non_gpt2_config_is_refused(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, vocab_size=50)).save_pretrained(tmp_path / "llama")
+    with pytest.raises(ModelLoadError, match="'llama' model, not GPT-2.*analyze_rank.py"):
+        GPT.from_pretrained(str(tmp_path / "llama"))

@@ -87,6 +87,11 @@ def fixed_offsets(tokens, block_size, count, seed):
     return torch.randint(n, (count,), generator=g).tolist()
 
 
+def eval_offsets(tokens, block_size, eval_iters, batch_size, seed):
+    """The validation windows of train.py's evaluation (also used for inherit.py's reference loss)."""
+    return fixed_offsets(tokens, block_size, eval_iters * batch_size, seed)
+
+
 class TrainBatches:
     """Random training windows from a seeded generator; state_dict() makes a resumed run draw the same batches."""
 

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; a larger vocab is refused when writing
 
@@ -35,13 +36,23 @@ def check_token_dtype(vocab_size):
                         f"(at most {np.iinfo(TOKEN_DTYPE).max + 1}); use a tokenizer with a smaller vocabulary")
 
 
-def write_tokens(path, ids):
-    """Write token ids (array or list of arrays) to path through a temporary name and a rename."""
+def write_tokens(path, ids, total=None, desc=None):
+    """Write token ids to path through a temporary name and a rename; returns how many ids were written.
+
+    ids is one array, or an iterable of arrays (chunks: a corpus larger than memory is streamed shard by
+    shard). total (tokens expected) turns on a progress bar labelled desc.
+    """
     tmp = path + ".tmp"
+    chunks = [ids] if isinstance(ids, np.ndarray) else ids
+    written = 0
     try:
-        with open(tmp, "wb") as f:
-            for chunk in ids if isinstance(ids, list) else [ids]:
-                f.write(np.asarray(chunk, dtype=TOKEN_DTYPE).tobytes())
+        with open(tmp, "wb") as f, tqdm(total=total, desc=desc, unit="tok", unit_scale=True,
+                                        disable=total is None) as bar:
+            for chunk in chunks:
+                chunk = np.asarray(chunk, dtype=TOKEN_DTYPE)
+                f.write(chunk.tobytes())
+                written += chunk.size
+                bar.update(chunk.size)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +60,7 @@ def write_tokens(path, ids):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return written
 
 
 def write_meta(data_dir, meta):
@@ -56,6 +68,26 @@ def write_meta(data_dir, meta):
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1)
     os.replace(tmp, os.path.join(data_dir, "meta.json"))
+
+
+def write_dataset(data_dir, splits, meta, totals=None):
+    """Write each {split: token ids (array or iterable of chunks)} as data_dir/{split}.bin, then meta.json.
+
+    meta gets "{split}_tokens" for each split. An old meta.json is removed first and the new one is written
+    last, so a folder whose preparation was interrupted reads as not prepared (and no .bin in it is
+    ever truncated). totals ({split: expected tokens}) shows progress bars.
+    """
+    check_token_dtype(meta["vocab_size"])
+    os.makedirs(data_dir, exist_ok=True)
+    old_meta = os.path.join(data_dir, "meta.json")
+    if os.path.exists(old_meta):
+        os.remove(old_meta)
+    meta = dict(meta)
+    for split, ids in splits.items():
+        path = os.path.join(data_dir, f"{split}.bin")
+        meta[f"{split}_tokens"] = write_tokens(path, ids, total=(totals or {}).get(split), desc=f"writing {split}.bin")
+    write_meta(data_dir, meta)
+    return meta
 
 
 def open_tokens(data_dir, split):

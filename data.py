@@ -90,6 +90,64 @@ def write_dataset(data_dir, splits, meta, totals=None):
     return meta
 
 
+# -----------------------------------------------------------------------------
+# the bundled Shakespeare corpus (data/shakespeare/texts/, 42 works): the demo's and the tests' dataset
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+SHAKESPEARE_TEXTS = os.path.join(REPO_DIR, "data", "shakespeare", "texts")
+SHAKESPEARE_VAL_FRACTION = 0.1
+
+
+def shakespeare_works():
+    """[(file name, text)] of the 42 works, in file-name order."""
+    names = sorted(f for f in os.listdir(SHAKESPEARE_TEXTS) if f.endswith(".txt"))
+    works = []
+    for name in names:
+        with open(os.path.join(SHAKESPEARE_TEXTS, name), encoding="utf-8") as f:
+            works.append((name, f.read()))
+    return works
+
+
+def split_work(text, val_fraction=SHAKESPEARE_VAL_FRACTION):
+    """(train, val) text of one work: val is its last val_fraction, cut at the line break before that point."""
+    cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction))) + 1
+    return text[:cut], text[cut:]
+
+
+def prepare_shakespeare(out_dir=None, tokenizer="char"):
+    """Write the Shakespeare corpus as out_dir/train.bin, val.bin, meta.json; returns the meta dict.
+
+    The split is deterministic: the last 10% of every work (from a line break on) goes to val, so val holds
+    a piece of each of the 42 works. tokenizer="char": one id per distinct character (meta has "chars"),
+    works concatenated as they are. tokenizer="gpt2": GPT-2 BPE, each work's part followed by <|endoftext|>.
+    out_dir defaults to data/shakespeare_char or data/shakespeare_gpt2.
+    """
+    from tokenizer import CharTokenizer, GPT2Tokenizer
+
+    out_dir = out_dir or os.path.join(REPO_DIR, "data", f"shakespeare_{tokenizer}")
+    works = shakespeare_works()
+    parts = {"train": [], "val": []}
+    for _, text in works:
+        train_text, val_text = split_work(text)
+        parts["train"].append(train_text)
+        parts["val"].append(val_text)
+    if tokenizer == "char":
+        chars = sorted(set("".join(text for _, text in works)))
+        tok = CharTokenizer(chars)
+        ids = {split: np.array(tok.encode("".join(texts)), dtype=TOKEN_DTYPE) for split, texts in parts.items()}
+        meta = dict(tokenizer="char", vocab_size=tok.n_vocab, chars=tok.chars)
+    elif tokenizer == "gpt2":
+        tok = GPT2Tokenizer()
+        ids = {split: [np.array(doc + [tok.eot], dtype=TOKEN_DTYPE) for doc in tok.enc.encode_ordinary_batch(texts)]
+               for split, texts in parts.items()}
+        meta = dict(tokenizer="gpt2", vocab_size=tok.n_vocab, eot_token=tok.eot)
+    else:
+        raise DataError(f"unknown tokenizer '{tokenizer}' for Shakespeare: use 'char' or 'gpt2'")
+    meta.update(source="data/shakespeare/texts", works=len(works),
+                split=f"last {SHAKESPEARE_VAL_FRACTION:.0%} of each work (from a line break) is val")
+    return write_dataset(out_dir, ids, meta)
+
+
 def open_tokens(data_dir, split):
     """The uint16 token ids of data_dir/{split}.bin as a read-only memmap."""
     path = os.path.join(data_dir, f"{split}.bin")

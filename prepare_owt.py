@@ -1,0 +1,202 @@
+"""
+Tokenize a text corpus into out_dir/train.bin, val.bin (uint16 GPT-2 BPE ids) and meta.json for train.py.
+
+    python prepare_owt.py                                            # OpenWebText: 8M docs, ~9B tokens, ~54 GB download
+    python prepare_owt.py --dataset=HuggingFaceFW/fineweb-edu --subset=sample-10BT --out_dir=data/fineweb_edu
+    python prepare_owt.py --input=my_corpus/ --out_dir=data/my_corpus     # local .txt / .jsonl / .parquet
+    python prepare_owt.py --max_docs=2000 --out_dir=data/owt_tiny          # a quick run: streams 2000 documents
+
+Each document is encoded with tiktoken's gpt2 encoding (encode_ordinary: "<|endoftext|>" in the text is
+plain text) and followed by the end-of-text token 50256. A fixed-seed random val_fraction of the
+documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a .jsonl file has one
+document per line (its text_column), a .parquet file one per row; a folder is all such files in it,
+recursively, in sorted order. --dataset may also be a folder written by datasets' save_to_disk.
+The .bin files are written under a temporary name and renamed when complete, and meta.json last.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+from configurator import configure_or_exit
+from data import DataError, check_token_dtype, write_dataset
+from tokenizer import GPT2Tokenizer
+
+DEFAULTS = dict(
+    dataset="Skylion007/openwebtext",  # a Hugging Face Hub dataset, or a local save_to_disk / data-files folder
+    subset="",  # the Hub dataset's config name, e.g. sample-10BT for FineWeb-Edu
+    split="train",
+    revision="",  # a Hub revision; loading-script datasets fall back to their parquet conversion by themselves
+    text_column="text",
+    input="",  # local .txt / .jsonl / .parquet file or folder; replaces --dataset when given
+    max_docs=0,  # >0: only the first max_docs documents (streamed from the Hub, not the whole download)
+    val_fraction=0.0005,
+    seed=2357,
+    num_proc=max(1, (os.cpu_count() or 2) // 2),
+    out_dir="data/openwebtext",
+)
+PARQUET_REVISION = "refs/convert/parquet"  # the Hub's automatic parquet copy of every public dataset
+LOCAL_EXTENSIONS = (".txt", ".jsonl", ".parquet")
+ROWS_PER_CHUNK = 8192  # documents per chunk when streaming token ids into the .bin files
+
+
+# -----------------------------------------------------------------------------
+# loading documents: every source ends as a datasets.Dataset with one column, "text"
+
+def only_text_column(ds, text_column, source):
+    if text_column not in ds.column_names:
+        raise DataError(f"{source} has no column '{text_column}' (its columns: {', '.join(ds.column_names)}); "
+                        f"pass the one that holds the text with --text_column=NAME")
+    ds = ds.select_columns([text_column])
+    return ds.rename_column(text_column, "text") if text_column != "text" else ds
+
+
+def local_files(path):
+    if not os.path.exists(path):
+        raise DataError(f"input {path} does not exist: pass a .txt / .jsonl / .parquet file or a folder of them")
+    if os.path.isfile(path):
+        if not path.endswith(LOCAL_EXTENSIONS):
+            raise DataError(f"input {path} is not a {' / '.join(LOCAL_EXTENSIONS)} file")
+        return [path]
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                   if name.endswith(LOCAL_EXTENSIONS))
+    if not files:
+        raise DataError(f"input folder {path} holds no {' / '.join(LOCAL_EXTENSIONS)} files")
+    return files
+
+
+def load_local(path, text_column):
+    """Documents of local files: a .txt file is one document, .jsonl one per line, .parquet one per row."""
+    import datasets
+
+    files = [f for f in local_files(path) if os.path.getsize(f) > 0]  # datasets' json reader fails on empty files
+    parts = []
+    for ext, builder in ((".txt", "text"), (".jsonl", "json"), (".parquet", "parquet")):
+        group = [f for f in files if f.endswith(ext)]
+        if not group:
+            continue
+        kwargs = dict(sample_by="document") if builder == "text" else {}
+        ds = datasets.load_dataset(builder, data_files=group, split="train", **kwargs)
+        column = "text" if builder == "text" else text_column
+        parts.append(only_text_column(ds, column, f"{path} ({ext} files)"))
+    if not parts:
+        raise DataError(f"input {path} has no documents: every file is empty")
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def load_hub(name, subset, split, revision, max_docs):
+    """A Hub dataset split (or its first max_docs documents, streamed), or a local save_to_disk folder."""
+    import datasets
+
+    if os.path.isdir(name) and any(os.path.isfile(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json")):
+        ds = datasets.load_from_disk(name)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{name} has no split '{split}' (its splits: {', '.join(ds)}); pass --split=NAME")
+            ds = ds[split]
+        return ds
+    kwargs = dict(name=subset or None, split=split, revision=revision or None)
+
+    def load(**kwargs):
+        if not max_docs:
+            return datasets.load_dataset(name, **kwargs)
+        from tqdm import tqdm
+
+        stream = datasets.load_dataset(name, streaming=True, **kwargs).take(max_docs)
+        return datasets.Dataset.from_list(list(tqdm(stream, total=max_docs, desc=f"streaming {name}")))
+
+    try:
+        try:
+            return load(**kwargs)
+        except RuntimeError as e:  # datasets >= 4 refuses loading scripts (the original openwebtext repo)
+            if "scripts are no longer supported" not in str(e) or revision:
+                raise
+            print(f"{name} is a loading-script dataset: using its parquet conversion ({PARQUET_REVISION})")
+            return load(**{**kwargs, "revision": PARQUET_REVISION})
+    except DataError:
+        raise
+    except Exception as e:  # offline, unknown name or subset, gated: the user needs the reason, not a traceback
+        raise DataError(f"could not load dataset '{name}'{f' subset {subset}' if subset else ''} split '{split}' "
+                        f"({type(e).__name__}: {e}). Check the name (and --subset / --split), or pass local "
+                        f"files with --input=PATH") from None
+
+
+def load_documents(dataset, subset, split, revision, input, text_column, max_docs):
+    """The documents to tokenize as a datasets.Dataset with a single "text" column."""
+    if input:
+        docs, source = load_local(input, text_column), input
+    else:
+        docs, source = load_hub(dataset, subset, split, revision, max_docs), dataset
+        docs = only_text_column(docs, text_column, source)
+    if max_docs and len(docs) > max_docs:
+        docs = docs.select(range(max_docs))
+    if len(docs) == 0:
+        raise DataError(f"{source} has no documents")
+    return docs
+
+
+# -----------------------------------------------------------------------------
+# tokenizing in parallel (datasets.map with num_proc) and writing
+
+_tokenizer = None  # one per worker process, made on first use
+
+
+def tokenize_batch(batch):
+    global _tokenizer
+    if _tokenizer is None:
+        _tokenizer = GPT2Tokenizer()
+    ids = [np.array(_tokenizer.encode(text) + [_tokenizer.eot], dtype=np.uint16) for text in batch["text"]]
+    return {"ids": ids, "len": [len(x) for x in ids]}
+
+
+def token_chunks(tokenized):
+    """The token ids of a tokenized split, concatenated in document order, as arrays of ROWS_PER_CHUNK docs."""
+    import pyarrow.compute as pc
+
+    for table in tokenized.with_format("arrow").iter(batch_size=ROWS_PER_CHUNK):
+        yield pc.list_flatten(table.column("ids")).to_numpy()
+
+
+def split_documents(docs, val_fraction, seed):
+    """{"train": docs, "val": docs}: a fixed-seed shuffle, then val_fraction of the documents (at least 1) to val."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction} must be between 0 and 1")
+    if len(docs) < 2:
+        raise DataError(f"only {len(docs)} document: need at least 2 (one for val.bin, the rest for train.bin)")
+    n_val = max(1, round(len(docs) * val_fraction))
+    parts = docs.train_test_split(test_size=n_val, seed=seed, shuffle=True)
+    return {"train": parts["train"], "val": parts["test"]}
+
+
+def prepare(dataset, subset, split, revision, text_column, input, max_docs, val_fraction, seed, num_proc, out_dir):
+    """Load, split, tokenize and write a corpus (the script's config as arguments); returns meta.json's dict."""
+    tokenizer = GPT2Tokenizer()
+    check_token_dtype(tokenizer.n_vocab)  # before any long work
+    docs = load_documents(dataset, subset, split, revision, input, text_column, max_docs)
+    splits = split_documents(docs, val_fraction, seed)
+    tokenized = {name: part.map(tokenize_batch, batched=True, remove_columns=["text"], desc=f"tokenizing {name}",
+                                num_proc=num_proc if num_proc > 1 and len(part) >= 2 * num_proc else None)
+                 for name, part in splits.items()}
+    totals = {name: int(np.sum(part["len"], dtype=np.int64)) for name, part in tokenized.items()}
+    if sum(totals.values()) == len(docs):  # nothing but the end-of-text tokens
+        raise DataError(f"{input or dataset}: all {len(docs)} documents are empty (no tokens)")
+    meta = dict(tokenizer="gpt2", vocab_size=tokenizer.n_vocab, eot_token=tokenizer.eot,
+                source=os.path.abspath(input) if input else dataset, subset=subset, text_column=text_column,
+                val_fraction=val_fraction, seed=seed,
+                train_docs=len(tokenized["train"]), val_docs=len(tokenized["val"]))
+    return write_dataset(out_dir, {name: token_chunks(part) for name, part in tokenized.items()}, meta, totals)
+
+
+def main(argv=None):
+    config = configure_or_exit(DEFAULTS, argv)
+    try:
+        meta = prepare(**config)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {config['out_dir']}: train.bin {meta['train_tokens']:,} tokens ({meta['train_docs']:,} docs), "
+          f"val.bin {meta['val_tokens']:,} tokens ({meta['val_docs']:,} docs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+# Inheritune on GPT-2 xl (arXiv 2404.08634): inherit 24 of 48 blocks, 100K steps per round, +2 per round.
+# Paper (OpenWebText, 100K steps): reference 48 layers 2.65, Inheritune 24 layers 2.64, 24 layers from
+# scratch 2.69. Compute: one 100K-step round of the 24-layer model at 128K tokens/step is ~7.1e19 FLOPs
+# (~50 H100-hours at 40% MFU).
+#
+#   torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_xl.py
+out_dir = 'out-inherit-gpt2-xl'
+init_from = 'inherit'
+reference = 'gpt2-xl'
+n_layer = 24
+grow_every = 100000
+grow_by = 2
+grow_mode = 'restart'
+max_iters = 1200000
+lr_decay_iters = 100000
+dataset = 'openwebtext'
+# 8 sequences x 1024 tokens x 16 accumulation steps = 131,072 tokens per step (paper: 128K)
+batch_size = 8
+block_size = 1024
+gradient_accumulation_steps = 16
+learning_rate = 1.5e-4
+min_lr = 1e-5
+warmup_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+dropout = 0.0
+eval_interval = 2000
+eval_iters = 200
+wandb_project = 'inheritune'
+wandb_run_name = 'inherit-gpt2-xl'

@@ -1,0 +1,30 @@
+# Baseline for config/inherit_gpt2_large.py: a 36-layer GPT-2 large shape trained from scratch on
+# OpenWebText for 100K steps with the paper's hyperparameters (arXiv 2404.08634, App. F).
+# Paper: reference 36 layers 2.85. Compute: ~6.8e19 FLOPs (~48 H100-hours at 40% MFU).
+#
+#   torchrun --standalone --nproc_per_node=8 train.py config/scratch_gpt2_large.py
+out_dir = 'out-scratch-gpt2-large'
+init_from = 'scratch'
+n_layer = 36
+n_head = 20
+n_embd = 1280
+vocab_size = 50304
+bias = False
+dropout = 0.0
+dataset = 'openwebtext'
+batch_size = 16
+block_size = 1024
+gradient_accumulation_steps = 8
+max_iters = 100000
+lr_decay_iters = 100000
+learning_rate = 0.0002
+min_lr = 1e-5
+warmup_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+eval_interval = 2000
+eval_iters = 200
+wandb_project = 'inheritune'
+wandb_run_name = 'scratch-gpt2-large'

@@ -1,0 +1,399 @@
+"""
+Train a GPT, nanoGPT-style: one process on CPU / CUDA / MPS, or DDP under torchrun.
+
+    python train.py config/train_shakespeare_char.py --device=cpu --compile=False
+    torchrun --standalone --nproc_per_node=8 train.py config/SOME_CONFIG.py
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
+
+Every log and eval line is also appended as JSON to out_dir/log.jsonl. Checkpoints (out_dir/ckpt.pt)
+hold everything needed to continue exactly: --init_from=resume on CPU reproduces an uninterrupted
+run's losses bit for bit. SIGTERM / SIGINT save a checkpoint at the next step boundary and exit 0.
+"""
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import configurator
+import data
+import perf
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_model, save_checkpoint, \
+    strip_wrapper_prefixes
+from hf import ModelLoadError
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default config, overridden by config files and --key=value (see configurator.py)
+# I/O
+out_dir = "out"
+init_from = "scratch"  # 'scratch' | 'resume' (out_dir/ckpt.pt) | a GPT-2 name, Hugging Face folder or our checkpoint
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200  # validation batches per eval: eval_iters * batch_size fixed windows
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+# wandb logging
+wandb_log = False
+wandb_project = "inheritune"
+wandb_run_name = "gpt2"
+# data
+dataset = "openwebtext"
+data_dir = ""  # default: data/<dataset>
+gradient_accumulation_steps = 5 * 8  # global count, divided by the number of processes
+batch_size = 12  # micro-batch size per process
+block_size = 1024
+# model (for init_from='scratch'; pretrained and resumed models bring their own shape)
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
+bias = False  # biases in Linears and LayerNorms; False is a bit faster
+scale_attn_by_inverse_layer_idx = False
+# AdamW
+learning_rate = 6e-4  # peak learning rate
+max_iters = 600000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this norm; 0.0 disables
+# learning rate schedule: linear warmup, then cosine decay to min_lr (counted from the round's start)
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 600000  # ~ max_iters per Chinchilla
+min_lr = 6e-5  # ~ learning_rate / 10 per Chinchilla
+# system
+device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+dtype = "auto"  # 'auto' (bfloat16 where supported on CUDA, else float16; float32 on CPU / MPS) | 'float32' | 'bfloat16' | 'float16'
+compile = device == "cuda"  # torch.compile the model; works on CPU too, but is slow to start there
+backend = "auto"  # DDP backend: 'auto' (nccl on CUDA, gloo elsewhere) | 'nccl' | 'gloo'
+seed = 1337
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+config = configurator.configure_or_exit({k: globals()[k] for k in config_keys})
+globals().update(config)
+# -----------------------------------------------------------------------------
+
+MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "scale_attn_by_inverse_layer_idx")
+TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
+                       "best_val_loss", "rng", "sampler")
+
+
+def fail(message):
+    """A user error: say what was wrong and what to do, exit non-zero."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(f"error: {message}")
+
+
+# Building blocks, kept small so that growing the model mid-run can call them again.
+def build_model(model_args, state_dict=None):
+    """A GPT of model_args on device, with state_dict's weights if given."""
+    model = GPT(GPTConfig(**model_args))
+    if state_dict is not None:
+        model.load_state_dict(strip_wrapper_prefixes(state_dict))
+    return model.to(device)
+
+
+def wrap_model(raw_model):
+    """The module the training step calls: raw_model compiled and/or DDP-wrapped as configured."""
+    model = torch.compile(raw_model) if compile else raw_model
+    if ddp:
+        model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
+    return model
+
+
+def make_optimizer(raw_model):
+    return raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+
+
+def get_lr(it, round_start_iter):
+    """Linear warmup, then cosine decay to min_lr; iterations count from the current round's start."""
+    if not decay_lr:
+        return learning_rate
+    it -= round_start_iter
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def rng_state():
+    """This process's RNG states as tensors and plain types (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None,
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": np_state[2],
+                  "has_gauss": np_state[3], "cached_gaussian": np_state[4]},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if device_type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def gather(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank (a collective: every rank must call it)."""
+    if not ddp:
+        return [obj]
+    objs = [None] * ddp_world_size
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def save_training_checkpoint():
+    """Everything needed to continue exactly, written atomically by rank 0 (every rank must call this)."""
+    rng_states, sampler_states = gather(rng_state()), gather(train_batches.state_dict())
+    if master_process:
+        ckpt = dict(checkpoint_extras)  # keys other scripts wrote (e.g. inherit.py's metadata) are kept
+        ckpt.update(
+            model=raw_model.state_dict(), model_args=model_args, config=config,
+            optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+            iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss,
+            rng=rng_states, sampler=sampler_states,
+        )
+        save_checkpoint(ckpt, ckpt_path)
+        print(f"saved checkpoint at iter {iter_num} to {ckpt_path}")
+    if ddp:
+        dist.barrier()  # nobody exits (e.g. on preemption) before the checkpoint is on disk
+
+
+def log(record):
+    """Print a log record and append it as one JSON line to out_dir/log.jsonl (and wandb)."""
+    if not master_process:
+        return
+    print(" | ".join(f"{k} {v:.4f}" if k.endswith("loss") else f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in record.items() if v is not None))
+    with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if wandb_log:
+        wandb.log({k: v for k, v in record.items() if v is not None}, step=record["iter"])
+
+
+# -----------------------------------------------------------------------------
+# setup: processes, devices, precision
+for key, allowed in (("dtype", ("auto", "float32", "bfloat16", "float16")), ("backend", ("auto", "nccl", "gloo"))):
+    if config[key] not in allowed:
+        fail(f"{key}={config[key]!r} is not one of {', '.join(allowed)}")
+ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
+if ddp:
+    ddp_rank, ddp_local_rank, ddp_world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda"):
+        device = f"cuda:{ddp_local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
+else:
+    ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
+master_process = ddp_rank == 0
+device_type = "cuda" if device.startswith("cuda") else "mps" if device.startswith("mps") else "cpu"
+if gradient_accumulation_steps % ddp_world_size != 0:
+    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} (the global count) is not divisible by "
+         f"the {ddp_world_size} processes; make it a multiple of {ddp_world_size}")
+grad_accum_per_process = gradient_accumulation_steps // ddp_world_size
+tokens_per_iter = gradient_accumulation_steps * batch_size * block_size  # independent of the process count
+if dtype == "auto":
+    cuda_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = "bfloat16" if cuda_bf16 else "float16" if device_type == "cuda" else "float32"
+    config["dtype"] = dtype
+torch.manual_seed(seed + 1000 * ddp_rank)  # DDP broadcasts rank 0's initial weights, so ranks may differ here
+np.random.seed(seed + 1000 * ddp_rank)
+random.seed(seed + 1000 * ddp_rank)
+torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 matmuls and convolutions on Ampere and later
+torch.backends.cudnn.conv.fp32_precision = "tf32"
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+autocast_ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"config:\n{json.dumps(config, indent=1)}")
+    print(f"{ddp_world_size} process(es), {grad_accum_per_process} micro-steps each: "
+          f"{tokens_per_iter:,} tokens per iteration")
+
+# data
+data_dir = data_dir or os.path.join("data", dataset)
+try:
+    meta = data.load_meta(data_dir)
+    train_tokens, val_tokens = data.open_tokens(data_dir, "train"), data.open_tokens(data_dir, "val")
+    train_batches = data.TrainBatches(train_tokens, block_size, batch_size, seed + 1000 * ddp_rank)
+    eval_offsets = {split: data.fixed_offsets(tokens, block_size, eval_iters * batch_size, seed)
+                    for split, tokens in (("train", train_tokens), ("val", val_tokens))}
+except data.DataError as e:
+    fail(e)
+
+
+def get_batch():
+    x, y = train_batches.next()
+    if device_type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# model
+ckpt_path = checkpoint_path(os.path.join(out_dir, "ckpt.pt"))
+iter_num, round_start_iter, best_val_loss = 0, 0, float("inf")
+ckpt, checkpoint_extras = None, {}
+try:
+    if init_from == "scratch":
+        model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                          vocab_size=meta["vocab_size"], dropout=dropout,
+                          scale_attn_by_inverse_layer_idx=scale_attn_by_inverse_layer_idx)
+        raw_model = build_model(model_args)
+    elif init_from == "resume":
+        ckpt = load_checkpoint(ckpt_path)
+        model_args = {k: ckpt["model_args"][k] for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
+        raw_model = build_model(model_args, ckpt["model"])
+        iter_num = ckpt.get("iter_num", 0)
+        round_start_iter = ckpt.get("round_start_iter", 0)
+        best_val_loss = ckpt.get("best_val_loss", float("inf"))
+        checkpoint_extras = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
+    else:
+        pretrained, _ = load_model(init_from)
+        model_args = {k: getattr(pretrained.config, k) for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
+        raw_model = build_model(model_args, pretrained.state_dict())
+        del pretrained
+except (CheckpointError, ModelLoadError) as e:
+    fail(e)
+if block_size > raw_model.config.block_size:
+    fail(f"block_size={block_size} is longer than the model's context of {raw_model.config.block_size}")
+if block_size < raw_model.config.block_size:
+    raw_model.crop_block_size(block_size)
+    model_args["block_size"] = block_size
+if meta["vocab_size"] > model_args["vocab_size"]:
+    fail(f"{data_dir} has a vocabulary of {meta['vocab_size']} ids but the model only {model_args['vocab_size']}; "
+         f"use a dataset made with the model's tokenizer, or init_from='scratch'")
+if master_process:
+    print(f"model: {asdict(raw_model.config)}, {raw_model.get_num_params() / 1e6:.2f}M parameters")
+
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+optimizer = make_optimizer(raw_model)
+if ckpt is not None:
+    if "optimizer" in ckpt:  # a checkpoint written by inherit.py has weights only: fresh optimizer
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+    if "rng" in ckpt:
+        if len(ckpt["sampler"]) == ddp_world_size:
+            set_rng_state(ckpt["rng"][ddp_rank])
+            train_batches.load_state_dict(ckpt["sampler"][ddp_rank])
+        elif master_process:
+            print(f"note: the checkpoint was written by {len(ckpt['sampler'])} process(es), this run has "
+                  f"{ddp_world_size}: batches are drawn afresh, so this run does not replay an uninterrupted one")
+    del ckpt  # free the weights and optimizer state it held
+model = wrap_model(raw_model)
+gpu_name, peak_flops = perf.gpu_peak_flops(device)
+flops_per_token = raw_model.flops_per_token(block_size)
+if master_process:
+    print(f"MFU against {gpu_name}'s bf16 dense peak of {peak_flops / 1e12:.0f} TFLOP/s" if peak_flops else
+          f"MFU not reported: no known bf16 peak for {gpu_name or device_type}")
+if wandb_log and master_process:
+    import wandb
+
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+# preemption: the handler only sets a flag; the loop saves and exits at the next step boundary
+stop_signal = None
+
+
+def request_stop(signum, frame):
+    global stop_signal
+    stop_signal = signal.Signals(signum).name
+
+
+signal.signal(signal.SIGTERM, request_stop)
+signal.signal(signal.SIGINT, request_stop)
+
+
+@torch.no_grad()
+def estimate_losses():
+    """Mean loss on the fixed train and val windows, the same number on every rank."""
+    return {f"{split}_loss": data.evaluate_loss(model, tokens, eval_offsets[split], block_size, batch_size,
+                                                device, autocast_ctx, ddp_rank, ddp_world_size)
+            for split, tokens in (("train", train_tokens), ("val", val_tokens))}
+
+
+# -----------------------------------------------------------------------------
+# training loop
+start_iter = iter_num
+t_last_log, iters_since_log = time.time(), 0
+while True:
+    lr = get_lr(iter_num, round_start_iter)
+    if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
+        losses = estimate_losses()
+        log({"iter": iter_num, **losses, "lr": lr})
+        improved = losses["val_loss"] < best_val_loss
+        best_val_loss = min(best_val_loss, losses["val_loss"])
+        if (improved or always_save_checkpoint) and iter_num > start_iter:
+            save_training_checkpoint()
+        t_last_log, iters_since_log = time.time(), 0  # eval time is not training time
+    if iter_num >= max_iters or eval_only:
+        break
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(grad_accum_per_process):
+        if ddp:  # all-reduce gradients only on the last micro-step
+            model.require_backward_grad_sync = micro_step == grad_accum_per_process - 1
+        x, y = get_batch()
+        with autocast_ctx:
+            _, loss = model(x, y)
+        loss = loss / grad_accum_per_process  # the mean over micro-steps, as one big batch would give
+        loss_sum += loss.detach()
+        scaler.scale(loss).backward()
+    # one small all-reduce per step: the mean loss, and whether any rank was asked to stop
+    status = torch.stack([loss_sum, torch.tensor(float(stop_signal is not None), device=device)])
+    if ddp:
+        dist.all_reduce(status)
+    step_loss, stop_requested = (status / torch.tensor([ddp_world_size, 1.0], device=device)).tolist()
+    if not math.isfinite(step_loss):
+        fail(f"the loss is {step_loss} at iter {iter_num}: stopping without saving, so the last good checkpoint "
+             f"({ckpt_path}) stays. Lower learning_rate, raise warmup_iters, or use dtype=bfloat16 / float32.")
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    iters_since_log += 1
+    if iter_num % log_interval == 0:
+        dt = (time.time() - t_last_log) / iters_since_log
+        tokens_per_s = tokens_per_iter / dt
+        log({"iter": iter_num, "loss": step_loss, "lr": lr, "tok_per_s": round(tokens_per_s),
+             "ms_per_step": round(dt * 1000, 2),
+             "mfu": perf.mfu(flops_per_token, tokens_per_s, peak_flops, ddp_world_size)})
+        t_last_log, iters_since_log = time.time(), 0
+    iter_num += 1
+
+    if stop_requested:
+        if master_process:
+            print(f"received {stop_signal or 'a stop request on another rank'}: saving and exiting")
+        save_training_checkpoint()
+        if master_process:
+            print(f"resume with: python train.py ... --init_from=resume --out_dir={out_dir}")
+        break
+
+if wandb_log and master_process:
+    wandb.finish()
+if ddp:
+    dist.destroy_process_group()

@@ -9,12 +9,15 @@ validation windows are a fixed set, the same at every eval and in every run with
 
 import json
 import os
+import sys
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; a larger vocab is refused when writing
+GPT2_VOCAB_SIZE = 50257
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class DataError(ValueError):
@@ -28,6 +31,34 @@ def load_meta(data_dir):
                         f"(python prepare_owt.py ..., or python data/shakespeare/prepare.py)")
     with open(path) as f:
         return json.load(f)
+
+
+def find_dataset_meta(dataset):
+    """(meta, data_dir) of a prepared dataset name (data/<dataset> under the working directory, else under
+    the repo), or (None, the folders looked in) when it is not prepared there."""
+    folders = [os.path.join("data", dataset), os.path.join(REPO_DIR, "data", dataset)]
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "meta.json")):
+            return load_meta(folder), folder
+    return None, folders
+
+
+def run_tokenizer_meta(run_config, vocab_size):
+    """The meta.json of the dataset a checkpoint was trained on (its run config's "dataset"), which says the
+    tokenizer; GPT-2 BPE ({"tokenizer": "gpt2"}) for models without one that have GPT-2's vocabulary."""
+    dataset = (run_config or {}).get("dataset")
+    if dataset:
+        meta, looked_in = find_dataset_meta(dataset)
+        if meta is not None:
+            return meta
+    if vocab_size >= GPT2_VOCAB_SIZE:
+        if dataset:
+            print(f"note: dataset '{dataset}' is not prepared here (no meta.json in {' or '.join(looked_in)}); "
+                  f"using GPT-2 BPE", file=sys.stderr)
+        return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}
+    raise DataError(f"the model has a {vocab_size}-token vocabulary, not GPT-2's, and its dataset's meta.json "
+                    + (f"is not in {' or '.join(looked_in)}" if dataset else "is unknown (no 'dataset' in its config)")
+                    + ": prepare that dataset (e.g. python data/shakespeare/prepare.py) to get its tokenizer")
 
 
 def check_token_dtype(vocab_size):
@@ -93,7 +124,6 @@ def write_dataset(data_dir, splits, meta, totals=None):
 # -----------------------------------------------------------------------------
 # the bundled Shakespeare corpus (data/shakespeare/texts/, 42 works): the demo's and the tests' dataset
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 SHAKESPEARE_TEXTS = os.path.join(REPO_DIR, "data", "shakespeare", "texts")
 SHAKESPEARE_VAL_FRACTION = 0.1
 

@@ -340,6 +340,8 @@ while True:
     if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
         losses = estimate_losses()
         log({"iter": iter_num, **losses, "lr": lr})
+        if not math.isfinite(losses["val_loss"]):
+            fail(f"the val loss is {losses['val_loss']} at iter {iter_num}: stopping without saving")
         improved = losses["val_loss"] < best_val_loss
         best_val_loss = min(best_val_loss, losses["val_loss"])
         if (improved or always_save_checkpoint) and iter_num > start_iter:
@@ -366,8 +368,9 @@ while True:
         dist.all_reduce(status)
     step_loss, stop_requested = (status / torch.tensor([ddp_world_size, 1.0], device=device)).tolist()
     if not math.isfinite(step_loss):
-        fail(f"the loss is {step_loss} at iter {iter_num}: stopping without saving, so the last good checkpoint "
-             f"({ckpt_path}) stays. Lower learning_rate, raise warmup_iters, or use dtype=bfloat16 / float32.")
+        kept = f"the last good checkpoint ({ckpt_path}) stays" if os.path.exists(ckpt_path) else "no checkpoint written"
+        fail(f"the loss is {step_loss} at iter {iter_num}: stopping without saving ({kept}). "
+             f"Lower learning_rate, raise warmup_iters, or use dtype=bfloat16 / float32.")
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)

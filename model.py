@@ -170,6 +170,21 @@ class GPT(nn.Module):
             return logits, loss, attentions
         return logits, loss
 
+    def iter_attentions(self, idx):
+        """Yield each layer's (B, n_head, T, T) attention probabilities in turn (the explicit path).
+
+        Unlike forward(return_attn=True), only one layer's attention is alive at a time, and the final
+        LayerNorm and LM head are skipped: analyze_rank.py streams through deep models this way.
+        """
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x, att = block(x, return_attn=True)
+            yield att
+
     @classmethod
     def from_pretrained(cls, name_or_path, override_args=None):
         """A GPT-2 name (gpt2, gpt2-medium, ..., openai-community/...) or a local Hugging Face GPT-2 folder."""

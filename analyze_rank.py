@@ -1,0 +1,512 @@
+"""
+Measure attention collapse ("lazy layers") in a decoder LM, as in Inheritune (arXiv 2404.08634, Sec. 2, App. C).
+
+    python analyze_rank.py --model=out-shakespeare --data=data/shakespeare_char/val.bin
+    python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m
+    python analyze_rank.py --model=path/to/any/hf/causal-lm --data=some.txt
+
+--model is one of our checkpoints (out_dir or .pt), a GPT-2 name or Hugging Face GPT-2 folder (run through
+model.py's explicit attention path, streamed one layer at a time), or any other Hugging Face causal LM
+(loaded with transformers, attn_implementation="eager", output_attentions=True; one batch's attentions of
+all layers are in memory at a time, so lower --batch_size for very large models).
+--data is a .bin of uint16 token ids (our data preparation) or a .txt file tokenized with the model's tokenizer.
+
+Metrics, for one head's T x T post-softmax attention matrix A of one sequence:
+  k*(tau)  smallest k with (s_1^2 + ... + s_k^2) / (s_1^2 + ... + s_T^2) >= tau, s the singular values of A
+  m*(eta)  smallest number of columns, largest p_j first, whose p_j = ||A[:, j]||^2 / ||A||_F^2 sum to >= eta
+  p_0      the first column's share ||A[:, 0]||^2 / ||A||_F^2 (the attention sink)
+Rank(h) = mean k* over the samples, MaxRank(l) = max over heads, Mass(h) = mean m*, AvgMass(l) = mean over
+heads. Layer l is lazy when MaxRank(l) == 1: every head is rank one on every sample.
+"""
+
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+# Cumulative shares within this relative tolerance of tau / eta count as reaching it: the T x T identity
+# has share exactly k/T for its top k, and rounding must not turn k* = 90 into 91 at tau = 0.9.
+BOUNDARY_RTOL = 1e-6
+
+DEFAULTS = dict(
+    model="",  # our out_dir or .pt, a GPT-2 name / Hugging Face GPT-2 folder, or any Hugging Face causal LM folder
+    data="",  # a .bin of token ids or a .txt file
+    num_samples=100,  # N sequences
+    seq_len=100,  # T tokens each
+    seed=1337,  # which windows are drawn
+    tau=0.9,  # energy threshold of the approximate rank k*
+    eta=0.9,  # mass threshold of m*
+    near_rank_one=1.5,  # heads with Rank below this are listed as near-rank-one
+    batch_size=10,  # sequences per forward pass
+    device="auto",  # auto: cuda when available, else cpu
+    out_dir="out-analysis",
+)
+
+
+class AnalysisError(ValueError):
+    """Bad input to the analysis; the message says what was wrong and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the metrics
+
+
+def check_threshold(name, value):
+    if not (isinstance(value, (int, float)) and 0 < value <= 1):
+        raise AnalysisError(f"{name}={value!r} is outside (0, 1]: it is a fraction of the total, e.g. 0.9")
+
+
+def smallest_count_reaching(shares_desc, level):
+    """Per row of shares sorted in decreasing order: the smallest k whose first k shares sum to >= level."""
+    below = shares_desc.cumsum(-1) < level * (1 - BOUNDARY_RTOL)
+    return (below.sum(-1) + 1).clamp_max(shares_desc.size(-1))
+
+
+def layer_metrics(att, tau=0.9, eta=0.9):
+    """(k_star, m_star, sink_share) of attention matrices att (..., T, T), each with att's leading shape.
+
+    The squared singular values of A are the eigenvalues of A A^T: one batched eigvalsh in float64 gives
+    them to ~1e-15 of the total, several times faster on CPU than svdvals on the same stack.
+    """
+    check_threshold("tau", tau)
+    check_threshold("eta", eta)
+    if att.dim() < 2 or att.size(-1) != att.size(-2):
+        raise AnalysisError(f"attention matrices must have shape (..., T, T), got {tuple(att.shape)}")
+    A = att.detach().to(torch.float64)
+    energy = torch.linalg.eigvalsh(A @ A.mT).flip(-1).clamp_min(0)  # s_i^2, largest first
+    k_star = smallest_count_reaching(energy / energy.sum(-1, keepdim=True), tau)
+    column_mass = A.square().sum(-2)  # ||A[:, j]||^2
+    p = column_mass / column_mass.sum(-1, keepdim=True)
+    m_star = smallest_count_reaching(p.sort(-1, descending=True).values, eta)
+    return k_star, m_star, p[..., 0]
+
+
+def attention_metrics(att, tau=0.9, eta=0.9):
+    """(k_star, m_star): approximate rank and column mass of att (..., T, T), int64 with att's leading shape."""
+    k_star, m_star, _ = layer_metrics(att, tau, eta)
+    return k_star, m_star
+
+
+class HeadStats:
+    """Running sums of k*, m* and p_0 per (layer, head) over the samples seen so far."""
+
+    def __init__(self):
+        self.sums = {}  # layer -> (3, n_head) float64: k*, m*, p_0
+        self.count = {}
+
+    def add(self, layer, att, tau, eta):
+        k_star, m_star, sink = layer_metrics(att, tau, eta)  # (B, n_head) each
+        batch = torch.stack([k_star.double(), m_star.double(), sink]).sum(1).cpu()
+        self.sums[layer] = self.sums.get(layer, 0) + batch
+        self.count[layer] = self.count.get(layer, 0) + att.size(0)
+
+    def means(self, layer):
+        return (self.sums[layer] / self.count[layer]).tolist()  # [ranks, masses, sinks], one value per head
+
+
+def summarize(stats, near_rank_one):
+    """The per-layer records of analysis.json from the running sums."""
+    layers = []
+    for layer in sorted(stats.sums):
+        ranks, masses, sinks = stats.means(layer)
+        heads = [dict(head=h, rank=r, mass=m, sink_share=s) for h, (r, m, s) in enumerate(zip(ranks, masses, sinks))]
+        max_rank = max(ranks)
+        layers.append(dict(
+            layer=layer,
+            max_rank=max_rank,
+            mean_rank=sum(ranks) / len(ranks),
+            avg_mass=sum(masses) / len(masses),
+            sink_share=sum(sinks) / len(sinks),
+            lazy=max_rank == 1.0,  # k* >= 1 always, so the mean is exactly 1 only when every k* is 1
+            near_rank_one_heads=[h for h, r in enumerate(ranks) if r < near_rank_one],
+            heads=heads,
+        ))
+    return layers
+
+
+def recommend_depth(layers):
+    """(suggested_n_layer, paper_default_n_layer, reason) from the per-layer records.
+
+    Suggested: the leading layers before the first lazy one (at least 1). Without a lazy layer the
+    measurement gives no cut, and we fall back on the paper's default L/2 (inheriting all L layers
+    would not make a smaller model).
+    """
+    n_layer = len(layers)
+    paper_default = max(1, n_layer // 2)
+    lazy = [rec["layer"] for rec in layers if rec["lazy"]]
+    if not lazy:
+        return paper_default, paper_default, "no lazy layer: the paper's default L/2"
+    if lazy[0] == 0:
+        return 1, paper_default, "layer 0 is already lazy: the smallest depth, 1"
+    return lazy[0], paper_default, f"the {lazy[0]} layers before the first lazy layer ({lazy[0]})"
+
+
+def suggested_depth(analysis_json_path):
+    """suggested_n_layer from an analysis.json written by this script (for inherit.py --n_layer=auto)."""
+    try:
+        with open(analysis_json_path) as f:
+            analysis = json.load(f)
+    except FileNotFoundError:
+        raise AnalysisError(f"{analysis_json_path} not found: run `python analyze_rank.py --model=...` first "
+                            f"(it writes out_dir/analysis.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnalysisError(f"{analysis_json_path} is not valid JSON ({e}): rerun analyze_rank.py") from None
+    depth = analysis.get("suggested_n_layer") if isinstance(analysis, dict) else None
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise AnalysisError(f"{analysis_json_path} has no positive integer 'suggested_n_layer' (got {depth!r}): "
+                            f"it is not an analysis.json from analyze_rank.py; rerun it")
+    return depth
+
+
+# ----------------------------------------------------------------------------------------------------------
+# models: ours (explicit attention path) or any Hugging Face causal LM
+
+
+class GPTAttentions:
+    """Our GPT (checkpoints, GPT-2 names and folders): attentions stream one layer at a time."""
+
+    def __init__(self, model, ckpt, source):
+        self.model, self.ckpt, self.source = model.eval(), ckpt, source
+        self.kind = "gpt"
+        self.context = model.config.block_size
+        self.vocab_size = model.config.vocab_size
+        self.n_layer = model.config.n_layer
+
+    @torch.no_grad()
+    def layers(self, idx):
+        yield from self.model.iter_attentions(idx)
+
+    def tokenizer(self):
+        from tokenizer import GPT2Tokenizer, tokenizer_from_meta
+
+        meta = dataset_meta(self.ckpt)
+        if meta is not None:
+            return tokenizer_from_meta(meta)
+        if self.vocab_size >= 50257:  # GPT-2's own vocabulary (padded or not)
+            return GPT2Tokenizer()
+        raise AnalysisError(f"{self.source} has a {self.vocab_size}-id vocabulary and no findable dataset meta.json "
+                            f"to say its tokenizer: pass a .bin of token ids from its data preparation instead")
+
+
+def dataset_meta(ckpt):
+    """The meta.json of the dataset a checkpoint was trained on, when its config names one that exists here."""
+    if not ckpt or not isinstance(ckpt.get("config"), dict):
+        return None
+    from data import load_meta
+
+    cfg = ckpt["config"]
+    for data_dir in (cfg.get("data_dir"), os.path.join("data", cfg["dataset"]) if cfg.get("dataset") else None):
+        if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
+            return load_meta(data_dir)
+    return None
+
+
+class HFAttentions:
+    """Any Hugging Face causal LM with eager attention; one batch's attentions of all layers at a time."""
+
+    def __init__(self, model, source):
+        self.model, self.source = model.eval(), source
+        self.kind = "hf"
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.context = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+                             if isinstance(getattr(config, k, None), int)), None)
+        self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.n_layer = getattr(config, "num_hidden_layers", None)
+
+    @classmethod
+    def load(cls, source, device):
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", dtype=torch.float32)
+        except Exception as e:  # unknown architecture, no eager attention, missing files: all end here
+            raise AnalysisError(f"could not load {source} with transformers as a causal LM with "
+                                f"attn_implementation='eager' ({type(e).__name__}: {str(e)[:300]})") from None
+        return cls(model.to(device), source)
+
+    @torch.no_grad()
+    def layers(self, idx):
+        out = self.model(input_ids=idx, output_attentions=True, use_cache=False)
+        attentions = getattr(out, "attentions", None)
+        if not attentions or any(a is None for a in attentions):
+            raise AnalysisError(
+                f"{self.source} returned no attention probabilities (attn implementation "
+                f"'{getattr(self.model.config, '_attn_implementation', '?')}'). Load it with "
+                f"AutoModelForCausalLM.from_pretrained(..., attn_implementation='eager') and call it with "
+                f"output_attentions=True; sdpa / flash attention never materialize them")
+        rows = attentions[0].sum(-1)
+        if not torch.allclose(rows, torch.ones_like(rows), atol=1e-3):
+            raise AnalysisError(f"{self.source}'s attentions are not softmax probabilities (rows sum to "
+                                f"{rows.min().item():.3g}..{rows.max().item():.3g}); this model cannot be analyzed")
+        yield from attentions
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(self.source)
+        except Exception as e:
+            raise AnalysisError(f"could not load the tokenizer of {self.source} ({type(e).__name__}); "
+                                f"pass a .bin of token ids instead of a .txt file") from None
+
+        class Wrapped:  # no BOS/EOS: every window is plain text, as .bin windows are
+            def encode(self, text):
+                return tok(text, add_special_tokens=False)["input_ids"]
+
+        return Wrapped()
+
+
+def load_attention_model(source, device):
+    """GPTAttentions for our checkpoints and GPT-2 (names, model_type gpt2 folders), else HFAttentions."""
+    from checkpoint import is_checkpoint, load_model
+    from hf import HUB_GPT2_NAMES, ModelLoadError, read_hf_config
+
+    if not source:
+        raise AnalysisError("no --model: pass an out_dir or .pt checkpoint, a GPT-2 name, or a Hugging Face folder")
+    if is_checkpoint(source):
+        model, ckpt = load_model(source, device)
+        return GPTAttentions(model, ckpt, source)
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise AnalysisError(f"{source} holds neither ckpt.pt nor a Hugging Face config.json")
+        if read_hf_config(source).get("model_type") == "gpt2":
+            try:
+                model, ckpt = load_model(source, device)
+                return GPTAttentions(model, ckpt, source)
+            except ModelLoadError as e:  # a GPT-2 variant model.py does not implement: transformers still can
+                print(f"note: {e}; analyzing it with transformers instead")
+        return HFAttentions.load(source, device)
+    if os.path.exists(source):
+        raise AnalysisError(f"{source} is a file but not a .pt checkpoint: pass an out_dir, a .pt or a model folder")
+    if source.split("/")[-1] in HUB_GPT2_NAMES:
+        model, ckpt = load_model(source, device)
+        return GPTAttentions(model, ckpt, source)
+    return HFAttentions.load(source, device)  # a Hub id of another model (needs network or the HF cache)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data: N random non-overlapping windows of T tokens
+
+
+def read_tokens(path, attention_model):
+    """Token ids of a .bin (uint16, our preparation) or a .txt (tokenized with the model's tokenizer)."""
+    from data import open_tokens
+
+    if not os.path.isfile(path):
+        raise AnalysisError(f"--data={path!r}: no such file; pass a .bin of token ids or a .txt file")
+    if path.endswith(".bin"):
+        return open_tokens(os.path.dirname(path) or ".", os.path.basename(path)[:-len(".bin")])
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            ids = attention_model.tokenizer().encode(text)
+        except ValueError as e:  # e.g. characters outside a char-level vocabulary
+            raise AnalysisError(f"cannot tokenize {path} with the model's tokenizer: {e}") from None
+        return np.asarray(ids, dtype=np.int64)
+    raise AnalysisError(f"--data={path}: expected a .bin of token ids or a .txt file")
+
+
+def draw_windows(tokens, num_samples, seq_len, seed):
+    """num_samples distinct windows tokens[i*T:(i+1)*T], i drawn without replacement with seed: (N, T) int64.
+
+    Windows never overlap, so the data holds len(tokens) // T of them.
+    """
+    available = len(tokens) // seq_len
+    if num_samples > available:
+        raise AnalysisError(f"the data has {len(tokens)} tokens, i.e. {available} non-overlapping windows of "
+                            f"{seq_len}, fewer than --num_samples={num_samples}: lower --num_samples or "
+                            f"--seq_len, or use more data")
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(available, generator=g)[:num_samples].tolist()
+    return np.stack([np.asarray(tokens[i * seq_len:(i + 1) * seq_len], dtype=np.int64) for i in picks])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the analysis
+
+
+def check_seq_len(attention_model, seq_len):
+    if attention_model.context is not None and seq_len > attention_model.context:
+        raise AnalysisError(f"--seq_len={seq_len} is longer than the model's context of {attention_model.context} "
+                            f"tokens: use --seq_len={attention_model.context} or less")
+
+
+def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch_size=10, device="cpu",
+            progress=True):
+    """Per-layer records for windows (N, T) token ids, streaming batch by batch and layer by layer."""
+    from tqdm import tqdm
+
+    check_threshold("tau", tau)
+    check_threshold("eta", eta)
+    N, T = windows.shape
+    check_seq_len(attention_model, T)
+    top = int(windows.max())
+    if top >= attention_model.vocab_size:
+        raise AnalysisError(f"the data has token id {top} but the model's vocabulary has {attention_model.vocab_size} "
+                            f"ids: the data was made with another tokenizer; prepare it with the model's")
+    stats = HeadStats()
+    n_layer = attention_model.n_layer
+    bar = tqdm(total=N * n_layer if n_layer else None, unit="sample-layer", disable=not progress,
+               desc=f"analyzing {N} samples x {n_layer} layers")
+    for start in range(0, N, batch_size):
+        idx = torch.from_numpy(windows[start:start + batch_size]).to(device)
+        for layer, att in enumerate(attention_model.layers(idx)):
+            stats.add(layer, att, tau, eta)
+            bar.update(len(idx))
+            bar.set_postfix(samples=f"{start + len(idx)}/{N}", layer=layer)
+            del att  # free this layer before the next one is computed
+    bar.close()
+    return summarize(stats, near_rank_one)
+
+
+def build_report(layers, settings, attention_model):
+    suggested, paper_default, reason = recommend_depth(layers)
+    return dict(
+        model=settings["model"],
+        data=settings["data"],
+        model_kind=attention_model.kind,
+        n_layer=len(layers),
+        n_head=max(len(rec["heads"]) for rec in layers),
+        suggested_n_layer=suggested,
+        suggested_n_layer_reason=reason,
+        paper_default_n_layer=paper_default,
+        lazy_layers=[rec["layer"] for rec in layers if rec["lazy"]],
+        near_rank_one_heads=[dict(layer=rec["layer"], head=h["head"], rank=h["rank"])
+                             for rec in layers for h in rec["heads"] if h["rank"] < settings["near_rank_one"]],
+        settings=settings,
+        layers=layers,
+    )
+
+
+def print_table(report):
+    print(f"{'layer':>5} {'MaxRank':>8} {'meanRank':>9} {'AvgMass':>8} {'sink':>6}  lazy  near-rank-one heads")
+    for rec in report["layers"]:
+        near = ",".join(map(str, rec["near_rank_one_heads"])) or "-"
+        print(f"{rec['layer']:>5} {rec['max_rank']:>8.2f} {rec['mean_rank']:>9.2f} {rec['avg_mass']:>8.2f} "
+              f"{rec['sink_share']:>6.3f}  {'yes' if rec['lazy'] else 'no':>4}  {near}")
+    lazy = report["lazy_layers"]
+    print(f"lazy layers (MaxRank == 1): {lazy if lazy else 'none'}")
+    print(f"suggested depth for inherit.py: n_layer={report['suggested_n_layer']} ({report['suggested_n_layer_reason']}); "
+          f"the paper's default L/2 = {report['paper_default_n_layer']}")
+
+
+def write_outputs(report, out_dir):
+    """analysis.json, heads.csv, layers.csv, settings.csv and three PNG figures in out_dir; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, name) for name in ("analysis.json", "heads.csv", "layers.csv", "settings.csv")]
+    with open(paths[0], "w") as f:
+        json.dump(report, f, indent=1)
+    with open(paths[1], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", "head", "rank", "mass", "sink_share"])
+        for rec in report["layers"]:
+            for h in rec["heads"]:
+                w.writerow([rec["layer"], h["head"], h["rank"], h["mass"], h["sink_share"]])
+    with open(paths[2], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", "max_rank", "mean_rank", "avg_mass", "sink_share", "lazy"])
+        for rec in report["layers"]:
+            w.writerow([rec["layer"], rec["max_rank"], rec["mean_rank"], rec["avg_mass"], rec["sink_share"], rec["lazy"]])
+    with open(paths[3], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "value"])
+        for k, v in report["settings"].items():
+            w.writerow([k, v])
+    return paths + plot(report, out_dir)
+
+
+def plot(report, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    layers = report["layers"]
+    x = [rec["layer"] for rec in layers]
+    T = report["settings"]["seq_len"]
+    name = os.path.basename(os.path.normpath(report["model"]))
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(x, [rec["max_rank"] for rec in layers], color=["tab:red" if rec["lazy"] else "tab:blue" for rec in layers])
+    ax.axhline(1, color="k", lw=0.8, ls="--")
+    ax.set(xlabel="layer", ylabel=f"MaxRank (k*, tau={report['settings']['tau']})",
+           title=f"{name}: max approximate rank of attention per layer (red: lazy)")
+    paths.append(os.path.join(out_dir, "max_rank.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    grid = np.full((len(layers), report["n_head"]), np.nan)
+    for i, rec in enumerate(layers):
+        for h in rec["heads"]:
+            grid[i, h["head"]] = h["rank"]
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * report["n_head"] + 3), max(4, 0.25 * len(layers) + 2)))
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=1, vmax=max(2, np.nanmax(grid)))
+    fig.colorbar(im, ax=ax, label="Rank (mean k*)")
+    ax.set(xlabel="head", ylabel="layer", title=f"{name}: approximate rank per head (T={T})")
+    paths.append(os.path.join(out_dir, "rank_heatmap.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, [rec["avg_mass"] for rec in layers], "o-", color="tab:blue")
+    ax.set(xlabel="layer", ylabel=f"AvgMass (m*, eta={report['settings']['eta']})", title=f"{name}: column mass and sink share")
+    ax2 = ax.twinx()
+    ax2.plot(x, [rec["sink_share"] for rec in layers], "s--", color="tab:orange")
+    ax2.set(ylabel="sink share p_0", ylim=(0, 1.05))
+    ax.legend(ax.get_lines() + ax2.get_lines(), ["AvgMass", "sink share"], loc="best")
+    paths.append(os.path.join(out_dir, "mass_sink.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def main(argv=None):
+    from checkpoint import CheckpointError
+    from configurator import configure_or_exit
+    from data import DataError
+    from hf import ModelLoadError
+
+    cfg = configure_or_exit(DEFAULTS, argv)
+    try:
+        for key in ("num_samples", "seq_len", "batch_size"):
+            if cfg[key] < 1:
+                raise AnalysisError(f"--{key}={cfg[key]} must be at least 1")
+        check_threshold("tau", cfg["tau"])
+        check_threshold("eta", cfg["eta"])
+        if not cfg["data"]:
+            raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt file")
+        if not os.path.isfile(cfg["data"]):  # before loading what may be a large model
+            raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file")
+        device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        settings = dict(cfg, device=device, windows="non-overlapping, drawn without replacement with seed",
+                        boundary_rtol=BOUNDARY_RTOL)
+        attention_model = load_attention_model(cfg["model"], device)
+        check_seq_len(attention_model, cfg["seq_len"])  # before reading (and maybe tokenizing) the data
+        tokens = read_tokens(cfg["data"], attention_model)
+        windows = draw_windows(tokens, cfg["num_samples"], cfg["seq_len"], cfg["seed"])
+        t0 = time.time()
+        layers = analyze(attention_model, windows, cfg["tau"], cfg["eta"], cfg["near_rank_one"], cfg["batch_size"],
+                         device)
+        if not layers:
+            raise AnalysisError(f"{cfg['model']} returned no attention layers")
+        settings["seconds"] = round(time.time() - t0, 2)
+    except (AnalysisError, CheckpointError, ModelLoadError, DataError) as e:
+        sys.exit(f"error: {e}")
+    report = build_report(layers, settings, attention_model)
+    print_table(report)
+    paths = write_outputs(report, cfg["out_dir"])
+    print(f"wrote {', '.join(paths)}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

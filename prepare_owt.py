@@ -10,7 +10,7 @@ Each document is encoded with tiktoken's gpt2 encoding (encode_ordinary: "<|endo
 plain text) and followed by the end-of-text token 50256. A fixed-seed random val_fraction of the
 documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a .jsonl file has one
 document per line (its text_column), a .parquet file one per row; a folder is all such files in it,
-recursively, in sorted order. --dataset may also be a folder written by datasets' save_to_disk.
+recursively (empty files are skipped). --dataset may also be a folder written by datasets' save_to_disk.
 The .bin files are written under a temporary name and renamed when complete, and meta.json last.
 """
 

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -66,6 +67,26 @@ def smallest_count_reaching(shares_desc, level):
     return (below.sum(-1) + 1).clamp_max(shares_desc.size(-1))
 
 
+_eig_pool = None
+
+
+def squared_singular_values(A):
+    """s_i^2, largest first, of each matrix of A (..., T, T): the eigenvalues of A A^T, batched."""
+    global _eig_pool
+    G = A @ A.mT
+    flat = G.reshape(-1, *G.shape[-2:])
+    workers = torch.get_num_threads()
+    if G.device.type == "cpu" and workers > 1 and flat.size(0) >= 2 * workers:
+        # LAPACK's own threads on many small matrices are slow, and stall badly when other processes share
+        # the cores; one call per core, each on a slice of the stack, is faster and steady
+        if _eig_pool is None or _eig_pool._max_workers != workers:
+            _eig_pool = ThreadPoolExecutor(workers)
+        eig = torch.cat(list(_eig_pool.map(torch.linalg.eigvalsh, flat.chunk(workers))))
+    else:
+        eig = torch.linalg.eigvalsh(flat)
+    return eig.reshape(G.shape[:-1]).flip(-1).clamp_min(0)
+
+
 def layer_metrics(att, tau=0.9, eta=0.9):
     """(k_star, m_star, sink_share) of attention matrices att (..., T, T), each with att's leading shape.
 
@@ -77,7 +98,7 @@ def layer_metrics(att, tau=0.9, eta=0.9):
     if att.dim() < 2 or att.size(-1) != att.size(-2):
         raise AnalysisError(f"attention matrices must have shape (..., T, T), got {tuple(att.shape)}")
     A = att.detach().to(torch.float64)
-    energy = torch.linalg.eigvalsh(A @ A.mT).flip(-1).clamp_min(0)  # s_i^2, largest first
+    energy = squared_singular_values(A)
     k_star = smallest_count_reaching(energy / energy.sum(-1, keepdim=True), tau)
     column_mass = A.square().sum(-2)  # ||A[:, j]||^2
     p = column_mass / column_mass.sum(-1, keepdim=True)

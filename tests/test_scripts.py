@@ -1,6 +1,5 @@
 """sample.py and export_hf.py on tiny checkpoints: deterministic samples, tokenizers, Hugging Face round trip."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -77,7 +76,8 @@ def test_sample_errors_for_missing_checkpoint_and_unprepared_char_dataset(tmp_pa
     save_tiny_checkpoint(tmp_path / "out-char", len(CHARS), dataset="not_prepared_char_set")
     with pytest.raises(SystemExit) as e:
         sample.main(["--init_from=out-char", "--device=cpu"])
-    assert f"{len(CHARS)}-token vocabulary, not GPT-2's" in str(e.value.code) and "data/not_prepared_char_set" in str(e.value.code)
+    message = str(e.value.code)
+    assert f"{len(CHARS)}-token vocabulary, not GPT-2's" in message and "data/not_prepared_char_set" in message
     result = run_script("sample.py", "--init_from=no-such-out-dir", cwd=tmp_path)
     assert result.returncode == 1 and "error: unknown model 'no-such-out-dir'" in result.stderr
 

@@ -450,7 +450,10 @@ def plot(report, out_dir):
     layers = report["layers"]
     x = [rec["layer"] for rec in layers]
     T = report["settings"]["seq_len"]
-    name = os.path.basename(os.path.normpath(report["model"]))
+    from matplotlib.ticker import MaxNLocator
+
+    model_path = os.path.normpath(report["model"])
+    name = os.path.basename(os.path.dirname(model_path) if model_path.endswith(".pt") else model_path)
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -458,6 +461,7 @@ def plot(report, out_dir):
     ax.axhline(1, color="k", lw=0.8, ls="--")
     ax.set(xlabel="layer", ylabel=f"MaxRank (k*, tau={report['settings']['tau']})",
            title=f"{name}: max approximate rank of attention per layer (red: lazy)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "max_rank.png"))
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)
@@ -471,6 +475,8 @@ def plot(report, out_dir):
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=1, vmax=max(2, np.nanmax(grid)))
     fig.colorbar(im, ax=ax, label="Rank (mean k*)")
     ax.set(xlabel="head", ylabel="layer", title=f"{name}: approximate rank per head (T={T})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "rank_heatmap.png"))
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One GPU, a few minutes: training throughput of model.py vs transformers' GPT2LMHeadModel for the
+# GPT-2 124M and 350M shapes (bf16 autocast, flash attention through SDPA, eager and torch.compile).
+#   bash bench_gpu.sh 2>&1 | tee bench_gpu.log
+# Works offline; without transformers installed it times model.py alone. Most of the time is compilation.
+set -uo pipefail
+cd "$(dirname "$0")"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+common=(--device=cuda --dtype=bfloat16 --block_size=1024 --vocab_size=50304 --modes=eager,compile
+        --steps=10 --rounds=3 --warmup=3)
+status=0
+echo; echo "== GPT-2 124M: 12 layers, 12 heads, 768 wide, T=1024, B=16 =="
+python bench.py "${common[@]}" --n_layer=12 --n_head=12 --n_embd=768 --batch_size=16 || status=1
+echo; echo "== GPT-2 350M: 24 layers, 16 heads, 1024 wide, T=1024, B=8 =="
+python bench.py "${common[@]}" --n_layer=24 --n_head=16 --n_embd=1024 --batch_size=8 || status=1
+exit $status

@@ -37,7 +37,8 @@ def parse_args():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast dtype; auto: bfloat16 on CUDA, float32 elsewhere")
-    p.add_argument("--modes", default="eager,compile", help="comma-separated: eager, compile, or a torch.compile mode (max-autotune, ...)")
+    p.add_argument("--modes", default="eager,compile",
+                   help="comma-separated: eager, compile, or a torch.compile mode (max-autotune, ...)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds; each model's best round counts")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
@@ -78,7 +79,8 @@ class Runner:
     def __init__(self, name, mode, model, forward, device_type, autocast_ctx):
         self.name, self.mode, self.forward = name, mode, forward
         self.model = model if mode == "eager" else torch.compile(model, mode=None if mode == "compile" else mode)
-        self.optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, (0.9, 0.95), device_type)  # the same AdamW set-up for both
+        # the same AdamW set-up for both sides (configure_optimizers only needs .parameters())
+        self.optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, (0.9, 0.95), device_type)
         self.device_type, self.autocast_ctx = device_type, autocast_ctx
         self.best_s, self.peak_mem = float("inf"), None
 

@@ -28,8 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import configurator
 import data
 import perf
-from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_model, save_checkpoint, \
-    strip_wrapper_prefixes
+from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, load_model, save_checkpoint, strip_wrapper_prefixes
 from hf import ModelLoadError
 from model import GPT, GPTConfig
 
@@ -74,7 +73,7 @@ lr_decay_iters = 600000  # ~ max_iters per Chinchilla
 min_lr = 6e-5  # ~ learning_rate / 10 per Chinchilla
 # system
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-dtype = "auto"  # 'auto' (bfloat16 where supported on CUDA, else float16; float32 on CPU / MPS) | 'float32' | 'bfloat16' | 'float16'
+dtype = "auto"  # 'float32' | 'bfloat16' | 'float16' | 'auto': bfloat16 on CUDA (float16 on old GPUs), else float32
 compile = device == "cuda"  # torch.compile the model; works on CPU too, but is slow to start there
 backend = "auto"  # DDP backend: 'auto' (nccl on CUDA, gloo elsewhere) | 'nccl' | 'gloo'
 seed = 1337
@@ -84,7 +83,8 @@ config = configurator.configure_or_exit({k: globals()[k] for k in config_keys})
 globals().update(config)
 # -----------------------------------------------------------------------------
 
-MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "scale_attn_by_inverse_layer_idx")
+MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
+                    "scale_attn_by_inverse_layer_idx")
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
                        "best_val_loss", "rng", "sampler")
 
@@ -149,7 +149,8 @@ def set_rng_state(state):
     if device_type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
@@ -250,7 +251,7 @@ def get_batch():
 
 
 # model
-ckpt_path = checkpoint_path(os.path.join(out_dir, "ckpt.pt"))
+ckpt_path = os.path.join(out_dir, CKPT_NAME)
 iter_num, round_start_iter, best_val_loss = 0, 0, float("inf")
 ckpt, checkpoint_extras = None, {}
 try:

@@ -59,6 +59,7 @@ n_embd = 768
 dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
 bias = False  # biases in Linears and LayerNorms; False is a bit faster
 scale_attn_by_inverse_layer_idx = False
+vocab_size = 0  # 0: the dataset's (meta.json); GPT-2 configs pad 50257 to 50304, a multiple of 64, for speed
 # AdamW
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000
@@ -257,7 +258,7 @@ ckpt, checkpoint_extras = None, {}
 try:
     if init_from == "scratch":
         model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                          vocab_size=meta["vocab_size"], dropout=dropout,
+                          vocab_size=vocab_size or meta["vocab_size"], dropout=dropout,
                           scale_attn_by_inverse_layer_idx=scale_attn_by_inverse_layer_idx)
         raw_model = build_model(model_args)
     elif init_from == "resume":

@@ -123,6 +123,13 @@ def test_init_from_hugging_face_folder(char_data, tmp_path, make_hf_gpt2):
     assert ckpt["model_args"]["bias"] is True
 
 
+def test_vocab_size_padding_and_too_small_vocab(char_data, tmp_path):
+    train(char_data, tmp_path / "padded", "--vocab_size=128", "--max_iters=1", "--eval_interval=1")
+    assert torch.load(tmp_path / "padded" / "ckpt.pt", weights_only=True)["model_args"]["vocab_size"] == 128
+    result = train(char_data, tmp_path / "small", "--vocab_size=10", "--max_iters=1", expect_rc=1)
+    assert "vocabulary of" in result.stderr
+
+
 SLOW_SAVE = """
 import io, sys, time, torch
 sys.path.insert(0, ".")

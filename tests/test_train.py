@@ -20,16 +20,10 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
 
 @pytest.fixture(scope="module")
 def char_data(tmp_path_factory):
-    """A character-level dataset from a few of the bundled plays (the first 90% of each is train)."""
-    texts = [open(p, encoding="utf-8").read() for p in sorted(glob.glob(f"{REPO}/data/shakespeare/texts/*.txt"))[:3]]
-    chars = sorted(set("".join(texts)))
-    stoi = {c: i for i, c in enumerate(chars)}
-    folder = tmp_path_factory.mktemp("char")
-    splits = [[stoi[c] for c in t] for t in texts]
-    data.write_tokens(str(folder / "train.bin"), [ids[:len(ids) * 9 // 10] for ids in splits])
-    data.write_tokens(str(folder / "val.bin"), [ids[len(ids) * 9 // 10:] for ids in splits])
-    data.write_meta(str(folder), {"tokenizer": "char", "vocab_size": len(chars), "chars": "".join(chars)})
-    return str(folder)
+    """The bundled Shakespeare corpus, character-level, in a temporary folder."""
+    folder = str(tmp_path_factory.mktemp("shakespeare_char"))
+    data.prepare_shakespeare(folder, "char")
+    return folder
 
 
 def train_cmd(char_data, out_dir, *args):

@@ -262,6 +262,8 @@ try:
                           scale_attn_by_inverse_layer_idx=scale_attn_by_inverse_layer_idx)
         raw_model = build_model(model_args)
     elif init_from == "resume":
+        if not os.path.isfile(ckpt_path):
+            fail(f"init_from='resume' found no checkpoint at {ckpt_path}: point out_dir at the run to continue")
         ckpt = load_checkpoint(ckpt_path)
         model_args = {k: ckpt["model_args"][k] for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
         raw_model = build_model(model_args, ckpt["model"])
@@ -275,15 +277,15 @@ try:
         raw_model = build_model(model_args, pretrained.state_dict())
         del pretrained
 except (CheckpointError, ModelLoadError) as e:
-    fail(e)
+    fail(f"init_from={init_from!r} (scratch, resume, a GPT-2 name, a Hugging Face folder or a checkpoint): {e}")
 if block_size > raw_model.config.block_size:
     fail(f"block_size={block_size} is longer than the model's context of {raw_model.config.block_size}")
 if block_size < raw_model.config.block_size:
     raw_model.crop_block_size(block_size)
     model_args["block_size"] = block_size
 if meta["vocab_size"] > model_args["vocab_size"]:
-    fail(f"{data_dir} has a vocabulary of {meta['vocab_size']} ids but the model only {model_args['vocab_size']}; "
-         f"use a dataset made with the model's tokenizer, or init_from='scratch'")
+    fail(f"{data_dir} has a vocabulary of {meta['vocab_size']} ids but the model only {model_args['vocab_size']}: "
+         f"use a dataset made with the model's tokenizer (from scratch: vocab_size=0 takes the dataset's)")
 if master_process:
     print(f"model: {asdict(raw_model.config)}, {raw_model.get_num_params() / 1e6:.2f}M parameters")
 

@@ -32,7 +32,7 @@ def train_cmd(char_data, out_dir, *args):
 
 def train(char_data, out_dir, *args, expect_rc=0):
     result = subprocess.run(train_cmd(char_data, out_dir, *args), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == expect_rc, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == expect_rc, result.stderr[-3000:] + result.stdout[-3000:]
     return result
 
 
@@ -68,7 +68,7 @@ def test_ddp_two_processes_gloo(char_data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            *train_cmd(char_data, out, "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2")[1:]]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     assert "2 process(es), 1 micro-steps each" in result.stdout
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["iter_num"] == 6 and len(ckpt["rng"]) == len(ckpt["sampler"]) == 2

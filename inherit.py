@@ -192,8 +192,8 @@ if __name__ == "__main__":
             reference.crop_block_size(block_size)
         ref_loss = evaluate_loss(reference, val, offsets, block_size, cfg["batch_size"], cfg["device"], ctx)
         meta_inherit["reference_val_loss"] = ref_loss
-        meta_inherit["reference_eval"] = {k: cfg[k] for k in ("eval_iters", "batch_size", "seed")}
-        meta_inherit["reference_eval"].update(data_dir=data_dir, block_size=block_size)
+        meta_inherit["reference_eval"] = dict(data_dir=os.path.abspath(data_dir), block_size=block_size,
+                                              eval_iters=cfg["eval_iters"], batch_size=cfg["batch_size"], seed=cfg["seed"])
         print(f"reference val loss on {data_dir}: {ref_loss:.4f} (the growth target)")
     save_checkpoint({
         "model": student.state_dict(),

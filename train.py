@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 import data
+import inherit
 import perf
 from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, load_model, save_checkpoint, strip_wrapper_prefixes
 from hf import ModelLoadError
@@ -60,6 +61,19 @@ dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
 bias = False  # biases in Linears and LayerNorms; False is a bit faster
 scale_attn_by_inverse_layer_idx = False
 vocab_size = 0  # 0: the dataset's (meta.json); GPT-2 configs pad 50257 to 50304, a multiple of 64, for speed
+# Inheritune: init_from='inherit' takes the first n_layer blocks (or inherit_layers) of a reference model
+reference = ""  # the larger pre-trained model: a GPT-2 name, a Hugging Face folder, or our out_dir / ckpt.pt
+inherit_layers = ""  # explicit reference block indices, e.g. "0,1,2,3" (default: the first n_layer)
+inherit_fresh = ""  # parts left at fresh init instead of copied: "wpe", "ln_f", "wpe,ln_f"
+# growth: every grow_every iterations, evaluate; below the target stop, else add grow_by blocks
+grow_every = 0  # iterations per round; 0 = no growth
+grow_by = 2
+max_layers = 0  # 0: the reference's depth
+grow_mode = "restart"  # 'restart': re-inherit l + grow_by blocks, fresh optimizer and schedule (the paper's
+# Algorithm 1) | 'continue': keep the trained weights, add blocks on top, keep optimizer state and schedule
+grow_init = "reference"  # continue mode's new blocks: 'reference' | 'copy' | 'identity' | 'random'
+target_val_loss = 0.0  # 0: the reference's val loss, measured with this run's evaluation
+stop_at_target = True  # end the run once a round reaches the target
 # AdamW
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000
@@ -238,7 +252,7 @@ try:
     meta = data.load_meta(data_dir)
     train_tokens, val_tokens = data.open_tokens(data_dir, "train"), data.open_tokens(data_dir, "val")
     train_batches = data.TrainBatches(train_tokens, block_size, batch_size, seed + 1000 * ddp_rank)
-    eval_offsets = {split: data.fixed_offsets(tokens, block_size, eval_iters * batch_size, seed)
+    eval_offsets = {split: data.eval_offsets(tokens, block_size, eval_iters, batch_size, seed)
                     for split, tokens in (("train", train_tokens), ("val", val_tokens))}
 except data.DataError as e:
     fail(e)
@@ -255,6 +269,7 @@ def get_batch():
 ckpt_path = os.path.join(out_dir, CKPT_NAME)
 iter_num, round_start_iter, best_val_loss = 0, 0, float("inf")
 ckpt, checkpoint_extras = None, {}
+ref_model = None  # the reference of init_from='inherit' and of growth
 try:
     if init_from == "scratch":
         model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
@@ -271,11 +286,25 @@ try:
         round_start_iter = ckpt.get("round_start_iter", 0)
         best_val_loss = ckpt.get("best_val_loss", float("inf"))
         checkpoint_extras = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
+    elif init_from == "inherit":
+        if not reference:
+            fail("init_from='inherit' needs reference=... (a GPT-2 name, a Hugging Face folder or our out_dir)")
+        ref_model, _ = load_model(reference)
+        layers = inherit.parse_layers(inherit_layers, n_layer, ref_model.config.n_layer)
+        fresh = [p for p in inherit_fresh.split(",") if p]
+        raw_model = inherit.inherit(ref_model, layers, fresh, block_size=min(block_size, ref_model.config.block_size),
+                                    dropout=dropout).to(device)
+        model_args = {k: getattr(raw_model.config, k) for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
+        checkpoint_extras["inherit"] = inherit.inherit_metadata(reference, layers, ref_model, fresh)
+        if master_process:
+            print(f"inherited blocks {layers} of {reference} ({ref_model.config.n_layer} layers)")
     else:
         pretrained, _ = load_model(init_from)
         model_args = {k: getattr(pretrained.config, k) for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
         raw_model = build_model(model_args, pretrained.state_dict())
         del pretrained
+except inherit.InheritError as e:
+    fail(e)
 except (CheckpointError, ModelLoadError) as e:
     fail(f"init_from={init_from!r} (scratch, resume, a GPT-2 name, a Hugging Face folder or a checkpoint): {e}")
 if block_size > raw_model.config.block_size:
@@ -288,6 +317,56 @@ if meta["vocab_size"] > model_args["vocab_size"]:
          f"use a dataset made with the model's tokenizer (from scratch: vocab_size=0 takes the dataset's)")
 if master_process:
     print(f"model: {asdict(raw_model.config)}, {raw_model.get_num_params() / 1e6:.2f}M parameters")
+
+# growth: the reference (kept on the CPU), the target, and where the rounds stand
+growth = checkpoint_extras.get("growth")  # a resumed growing run brings its state
+if grow_every > 0:
+    if grow_mode not in ("restart", "continue"):
+        fail(f"grow_mode={grow_mode!r}: choose 'restart' (the paper's) or 'continue'")
+    if grow_init not in inherit.GROW_INITS:
+        fail(f"grow_init={grow_init!r}: choose from {', '.join(inherit.GROW_INITS)}")
+    info = checkpoint_extras.get("inherit")
+    needs_reference = grow_mode == "restart" or grow_init == "reference"
+    if info is None and (needs_reference or not target_val_loss):
+        fail("grow_every needs a model inherited from a reference (init_from='inherit', or resume an inherit.py "
+             "checkpoint); without one, use grow_mode='continue' with a grow_init other than 'reference', "
+             "target_val_loss and max_layers")
+    if init_from != "inherit" and info is not None and (needs_reference or not target_val_loss):
+        try:  # resuming: the reference must still be there and be the one this run was inherited from
+            ref_model, _ = load_model(reference or info["source"])
+        except (CheckpointError, ModelLoadError) as e:
+            fail(f"this growing run's reference {reference or info['source']!r} cannot be loaded ({e}); "
+                 f"pass its current location with --reference=...")
+        ref_shape = (ref_model.config.n_layer, ref_model.config.n_embd, ref_model.config.n_head)
+        if ref_shape != (info["source_n_layer"], model_args["n_embd"], model_args["n_head"]):
+            fail(f"reference {reference or info['source']!r} (n_layer, n_embd, n_head) = {ref_shape} is not the one this "
+                 f"run was inherited from ({info['source_n_layer']}, {model_args['n_embd']}, {model_args['n_head']})")
+    if needs_reference and meta["vocab_size"] > ref_model.config.vocab_size:
+        fail(f"{data_dir} has {meta['vocab_size']} token ids, more than the reference's {ref_model.config.vocab_size}")
+    max_depth = max_layers or (info["source_n_layer"] if info else 0)
+    if not max_depth:
+        fail("growing without a reference needs max_layers")
+    if growth is None:
+        growth = {"round": 0, "layers": list(info["layers"]) if info else [None] * raw_model.config.n_layer,
+                  "done": False, "target_val_loss": target_val_loss or None}
+    if target_val_loss:
+        growth["target_val_loss"] = target_val_loss
+    this_eval = dict(data_dir=os.path.abspath(data_dir), block_size=block_size, eval_iters=eval_iters,
+                     batch_size=batch_size, seed=seed)
+    if growth["target_val_loss"] is None and info.get("reference_eval") == this_eval:
+        growth["target_val_loss"] = info["reference_val_loss"]  # inherit.py measured it on these very windows
+    if growth["target_val_loss"] is None:  # the reference's loss on this run's own validation windows
+        ref_model.to(device)
+        growth["target_val_loss"] = data.evaluate_loss(ref_model, val_tokens, eval_offsets["val"], block_size,
+                                                       batch_size, device, autocast_ctx, ddp_rank, ddp_world_size)
+        ref_model.to("cpu")
+        info["reference_val_loss"], info["reference_eval"] = growth["target_val_loss"], this_eval
+    checkpoint_extras["growth"] = growth
+    if master_process:
+        print(f"growth: round {growth['round']}, {raw_model.config.n_layer} layers, target val loss "
+              f"{growth['target_val_loss']:.4f}, +{grow_by} layers every {grow_every} iters up to {max_depth}")
+if not (grow_every > 0 and needs_reference):
+    ref_model = None  # inherited from already; growth does not need it
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
 optimizer = make_optimizer(raw_model)
@@ -341,9 +420,12 @@ start_iter = iter_num
 t_last_log, iters_since_log = time.time(), 0
 while True:
     lr = get_lr(iter_num, round_start_iter)
-    if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
+    round_end = (grow_every > 0 and not growth["done"] and iter_num > 0 and iter_num % grow_every == 0
+                 and growth.get("last_round_end") != iter_num)
+    if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only or round_end:
         losses = estimate_losses()
-        log({"iter": iter_num, **losses, "lr": lr})
+        depth = {"n_layer": raw_model.config.n_layer, "round": growth["round"]} if growth else {}
+        log({"iter": iter_num, **losses, "lr": lr, **depth})
         if not math.isfinite(losses["val_loss"]):
             fail(f"the val loss is {losses['val_loss']} at iter {iter_num}: stopping without saving")
         improved = losses["val_loss"] < best_val_loss
@@ -351,6 +433,48 @@ while True:
         if (improved or always_save_checkpoint) and iter_num > start_iter:
             save_training_checkpoint()
         t_last_log, iters_since_log = time.time(), 0  # eval time is not training time
+    if round_end:  # every rank decides alike: the val loss was all-reduced
+        growth["last_round_end"] = iter_num
+        target, depth = growth["target_val_loss"], raw_model.config.n_layer
+        reached = losses["val_loss"] <= target
+        can_grow = not reached and depth + grow_by <= max_depth and iter_num < max_iters
+        decision = ("target reached" if reached else "grow" if can_grow else "max_iters reached"
+                    if iter_num >= max_iters else f"growth stops: {depth} + {grow_by} layers exceed max depth {max_depth}")
+        log({"iter": iter_num, "event": "round_end", "round": growth["round"], "n_layer": depth,
+             "round_val_loss": losses["val_loss"], "target_val_loss": target, "decision": decision})
+        if not can_grow:
+            growth["done"] = True
+            if reached and stop_at_target:
+                save_training_checkpoint()
+                break
+        else:
+            old_params = dict(raw_model.named_parameters())
+            if grow_mode == "restart":  # Algorithm 1: the first l + grow_by reference blocks, trained afresh
+                growth["layers"] += [growth["layers"][-1] + 1 + j for j in range(grow_by)]
+                raw_model = inherit.inherit(ref_model, growth["layers"], checkpoint_extras["inherit"]["fresh"],
+                                            block_size=block_size, dropout=dropout).to(device)
+            else:
+                next_ref = max((i for i in growth["layers"] if i is not None), default=-1) + 1
+                raw_model = inherit.grow(raw_model, grow_by, grow_init, ref_model, next_ref)
+                growth["layers"] += [next_ref + j if grow_init == "reference" else None for j in range(grow_by)]
+            model_args["n_layer"] = raw_model.config.n_layer
+            new_optimizer = make_optimizer(raw_model)
+            if grow_mode == "continue":  # kept parameters keep their AdamW moments; new ones start fresh
+                for name, p in raw_model.named_parameters():
+                    if name in old_params and old_params[name] in optimizer.state:
+                        new_optimizer.state[p] = optimizer.state[old_params[name]]
+            else:
+                round_start_iter = iter_num  # fresh warmup and cosine
+            optimizer, model = new_optimizer, wrap_model(raw_model)
+            del old_params
+            flops_per_token = raw_model.flops_per_token(block_size)
+            growth["round"] += 1
+            best_val_loss = float("inf")  # a new round's losses are not comparable to the last one's
+            log({"iter": iter_num, "event": "grow", "round": growth["round"], "n_layer": raw_model.config.n_layer,
+                 "grow_mode": grow_mode, "grow_init": grow_init if grow_mode == "continue" else "reference",
+                 "layers": growth["layers"], "start_val_loss": estimate_losses()["val_loss"]})
+            save_training_checkpoint()  # a resume continues at the grown depth
+            lr = get_lr(iter_num, round_start_iter)
     if iter_num >= max_iters or eval_only:
         break
 

@@ -12,34 +12,7 @@ import pytest
 import torch
 
 import data
-from conftest import REPO
-
-TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_iters=4",
-        "--log_interval=1", "--device=cpu", "--compile=False", "--warmup_iters=5", "--lr_decay_iters=100"]
-
-
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    """The bundled Shakespeare corpus, character-level, in a temporary folder."""
-    folder = str(tmp_path_factory.mktemp("shakespeare_char"))
-    data.prepare_shakespeare(folder, "char")
-    return folder
-
-
-def train_cmd(char_data, out_dir, *args):
-    return [sys.executable, "train.py", f"--data_dir={char_data}", f"--out_dir={out_dir}", *TINY, *args]
-
-
-def train(char_data, out_dir, *args, expect_rc=0):
-    result = subprocess.run(train_cmd(char_data, out_dir, *args), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == expect_rc, result.stderr[-3000:] + result.stdout[-3000:]
-    return result
-
-
-def read_log(out_dir):
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
+from conftest import REPO, TINY, read_log, train, train_cmd
 
 def train_losses(out_dir):
     return {r["iter"]: r["loss"] for r in read_log(out_dir) if "loss" in r}

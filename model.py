@@ -59,6 +59,10 @@ class CausalSelfAttention(nn.Module):
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= layer_idx + 1
 
+    def flash_attention(self, q, k, v):
+        dropout_p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=self.scale)
+
     def forward(self, x, return_attn=False):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
@@ -73,10 +77,12 @@ class CausalSelfAttention(nn.Module):
             scores = scores.masked_fill(~causal, float("-inf"))
             att = F.softmax(scores.float(), dim=-1).to(v.dtype)
             y = self.attn_dropout(att) @ v
+        elif x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # PyTorch's CPU flash attention is several times slower in bf16 than in fp32 (bench.py)
+            with torch.autocast("cpu", enabled=False):
+                y = self.flash_attention(q.float(), k.float(), v.float())
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=self.scale
-            )
+            y = self.flash_attention(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y)), att
 

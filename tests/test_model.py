@@ -126,3 +126,16 @@ def test_non_gpt2_config_is_refused(tmp_path):
                                  num_attention_heads=2, num_key_value_heads=2, vocab_size=50)).save_pretrained(tmp_path / "llama")
     with pytest.raises(ModelLoadError, match="'llama' model, not GPT-2.*analyze_rank.py"):
         GPT.from_pretrained(str(tmp_path / "llama"))
+
+
+def test_cpu_bf16_autocast_attention_runs_in_fp32():
+    # under CPU bf16 autocast, attention is kept in fp32 (faster there): logits stay close to fp32's
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=32)).eval()
+    idx = torch.randint(0, 50, (2, 32))
+    with torch.no_grad():
+        fp32, _ = model(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16, _ = model(idx)
+    assert bf16.dtype == torch.bfloat16
+    assert rel_err(bf16.float(), fp32) < 3e-2

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from atomic import atomic_write
 from model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
@@ -39,22 +40,8 @@ def save_checkpoint(obj, path):
     """
     path = checkpoint_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from atomic import atomic_write
+
 TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; a larger vocab is refused when writing
 GPT2_VOCAB_SIZE = 50257
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -73,32 +75,21 @@ def write_tokens(path, ids, total=None, desc=None):
     ids is one array, or an iterable of arrays (chunks: a corpus larger than memory is streamed shard by
     shard). total (tokens expected) turns on a progress bar labelled desc.
     """
-    tmp = path + ".tmp"
     chunks = [ids] if isinstance(ids, np.ndarray) else ids
     written = 0
-    try:
-        with open(tmp, "wb") as f, tqdm(total=total, desc=desc, unit="tok", unit_scale=True,
-                                        disable=total is None) as bar:
-            for chunk in chunks:
-                chunk = np.asarray(chunk, dtype=TOKEN_DTYPE)
-                f.write(chunk.tobytes())
-                written += chunk.size
-                bar.update(chunk.size)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f, tqdm(total=total, desc=desc, unit="tok", unit_scale=True,
+                                       disable=total is None) as bar:
+        for chunk in chunks:
+            chunk = np.asarray(chunk, dtype=TOKEN_DTYPE)
+            f.write(chunk.tobytes())
+            written += chunk.size
+            bar.update(chunk.size)
     return written
 
 
 def write_meta(data_dir, meta):
-    tmp = os.path.join(data_dir, "meta.json.tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(data_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    os.replace(tmp, os.path.join(data_dir, "meta.json"))
 
 
 def write_dataset(data_dir, splits, meta, totals=None):

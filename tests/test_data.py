@@ -171,7 +171,7 @@ def test_interrupted_prepare_leaves_no_bin_and_no_meta(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare(input=str(tmp_path / "in.jsonl"), out_dir=str(out), val_fraction=0.1)
     left = sorted(os.listdir(out))
-    assert "train.bin" not in left and "meta.json" not in left and not any(f.endswith(".tmp") for f in left)
+    assert "train.bin" not in left and "meta.json" not in left and not any(".tmp" in f for f in left)
     with pytest.raises(DataError, match="no meta.json"):
         load_meta(str(out))
 

@@ -186,3 +186,16 @@ def test_cli_vocab_that_does_not_fit(ref_and_data):
     write_meta(str(tmp / "data"), {"tokenizer": "gpt2", "vocab_size": 50257})
     r = run_inherit(f"--init_from={tmp / 'ref.pt'}", f"--data_dir={tmp / 'data'}", f"--out_dir={tmp / 'never'}")
     assert r.returncode != 0 and "does not fit the reference's (64)" in r.stderr
+
+
+def test_cli_depth_from_analysis(ref_and_data):
+    _, tmp = ref_and_data
+    (tmp / "analysis.json").write_text('{"suggested_n_layer": 3, "layers": []}')
+    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=auto", f"--analysis={tmp / 'analysis.json'}",
+                    f"--out_dir={tmp / 'auto'}")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(str(tmp / "auto"))["inherit"]["layers"] == [0, 1, 2]
+    (tmp / "bad.json").write_text('{"layers": []}')
+    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=auto", f"--analysis={tmp / 'bad.json'}",
+                    f"--out_dir={tmp / 'never'}")
+    assert r.returncode != 0 and "suggested_n_layer" in r.stderr and not (tmp / "never").exists()

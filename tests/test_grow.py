@@ -112,6 +112,7 @@ def test_resume_after_growth_is_exact(char_data, reference, tmp_path):
     (["--inherit_layers=0,4"], "out of range"),
     (["--grow_mode=sideways"], "grow_mode='sideways'"),
     (["--grow_init=zeros", "--grow_mode=continue"], "grow_init='zeros'"),
+    (["--block_size=64"], "block_size=64 is longer than the model's context of 32"),
 ])
 def test_bad_growth_settings(char_data, reference, tmp_path, args, message):
     r = train(char_data, tmp_path / "x", *GROW, f"--reference={reference}", "--max_iters=10", *args, expect_rc=1)
@@ -135,3 +136,13 @@ def test_resume_with_missing_or_mismatched_reference(char_data, reference, tmp_p
     train(char_data, other, "--n_layer=6", "--max_iters=1", "--eval_interval=1")
     r = train(char_data, out, *GROW[1:], "--init_from=resume", f"--reference={other}", "--max_iters=10", expect_rc=1)
     assert "is not the one this run was inherited from" in r.stderr
+
+
+def test_growth_under_compile(char_data, reference, tmp_path):
+    # the grown model is recompiled: training goes on at the new depth
+    out = tmp_path / "grow"
+    train(char_data, out, *GROW, f"--reference={reference}", "--compile=True", "--max_iters=12")
+    (grow,) = events(out, "grow")
+    assert grow["n_layer"] == 4
+    assert [r["iter"] for r in read_log(out) if "loss" in r][-1] == 11
+    assert torch.load(out / "ckpt.pt", weights_only=True)["model_args"]["n_layer"] == 4

@@ -13,10 +13,12 @@ import tempfile
 import torch
 
 from model import GPT, GPTConfig
+from tokenizer import GPT2_BPE_DIR
 
 HUB_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+GPT2_EOT_TEXT = "<|endoftext|>"
 
 
 class ModelLoadError(ValueError):
@@ -171,8 +173,19 @@ def state_dict_to_hf(model):
     return sd
 
 
-def export_hf(model, folder):
-    """Write model as a Hugging Face GPT-2 folder (config.json + model.safetensors), atomically."""
+def write_gpt2_tokenizer(folder, model_max_length):
+    """GPT-2's tokenizer files in Hugging Face's names, from the copies bundled in data/gpt2_bpe/."""
+    shutil.copyfile(os.path.join(GPT2_BPE_DIR, "encoder.json"), os.path.join(folder, "vocab.json"))
+    shutil.copyfile(os.path.join(GPT2_BPE_DIR, "vocab.bpe"), os.path.join(folder, "merges.txt"))
+    config = dict(tokenizer_class="GPT2Tokenizer", model_max_length=model_max_length, bos_token=GPT2_EOT_TEXT,
+                  eos_token=GPT2_EOT_TEXT, unk_token=GPT2_EOT_TEXT, add_prefix_space=False, errors="replace")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def export_hf(model, folder, gpt2_tokenizer=False):
+    """Write model as a Hugging Face GPT-2 folder (config.json + model.safetensors, and GPT-2's tokenizer
+    files with gpt2_tokenizer), atomically: built under a temporary name, then swapped in."""
     from safetensors.torch import save_file
 
     parent = os.path.dirname(os.path.abspath(folder))
@@ -181,6 +194,8 @@ def export_hf(model, folder):
     try:
         hf_config_from_gpt(model.config).save_pretrained(tmp)
         save_file(state_dict_to_hf(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        if gpt2_tokenizer:
+            write_gpt2_tokenizer(tmp, model.config.block_size)
         if os.path.exists(folder):
             shutil.rmtree(folder)
         os.replace(tmp, folder)

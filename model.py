@@ -151,18 +151,22 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
+    def embed(self, idx):
+        """Token + position embeddings of idx (B, T), the input of the first block."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}; "
+                             f"crop the input to the last {self.config.block_size} tokens")
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+
     def forward(self, idx, targets=None, return_attn=False):
         """Returns (logits, loss), or (logits, loss, attentions) with return_attn=True.
 
         logits cover every position, (B, T, vocab_size); loss is None without targets;
         attentions is a list with one (B, n_head, T, T) tensor of softmax probabilities per layer.
         """
-        B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}; "
-                             f"crop the input to the last {self.config.block_size} tokens")
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.embed(idx)
         attentions = []
         for block in self.transformer.h:
             x, att = block(x, return_attn)
@@ -182,11 +186,7 @@ class GPT(nn.Module):
         Unlike forward(return_attn=True), only one layer's attention is alive at a time, and the final
         LayerNorm and LM head are skipped: analyze_rank.py streams through deep models this way.
         """
-        B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.embed(idx)
         for block in self.transformer.h:
             x, att = block(x, return_attn=True)
             yield att

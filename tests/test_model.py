@@ -139,3 +139,15 @@ def test_cpu_bf16_autocast_attention_runs_in_fp32():
             bf16, _ = model(idx)
     assert bf16.dtype == torch.bfloat16
     assert rel_err(bf16.float(), fp32) < 3e-2
+
+
+def test_compiled_cpu_gelu_form_equals_pytorch_gelu(monkeypatch):
+    # under torch.compile on CPU, gelu_tanh is written with a sigmoid: the same function as F.gelu(tanh)
+    from model import gelu_tanh
+
+    x = torch.linspace(-12, 12, 20001, dtype=torch.float64)
+    expected = torch.nn.functional.gelu(x, approximate="tanh")
+    assert torch.equal(gelu_tanh(x), expected)  # eager: PyTorch's kernel itself
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert (gelu_tanh(x) - expected).abs().max().item() < 1e-12
+    assert (gelu_tanh(x.float()) - expected).abs().max().item() < 1e-5

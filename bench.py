@@ -40,7 +40,7 @@ def parse_args():
     p.add_argument("--modes", default="eager,compile",
                    help="comma-separated: eager, compile, or a torch.compile mode (max-autotune, ...)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=3, help="timing rounds; each model's best round counts")
+    p.add_argument("--rounds", type=int, default=5, help="timing rounds; each model's best round counts")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 keeps torch's default")
     p.add_argument("--hf", type=lambda s: s == "True", default=True, help="False: time only model.py")

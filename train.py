@@ -527,4 +527,11 @@ while True:
 if wandb_log and master_process:
     wandb.finish()
 if ddp:
+    gloo = dist.get_backend() == "gloo"
     dist.destroy_process_group()
+    if gloo:
+        # PyTorch's gloo now and then aborts in its C++ teardown at interpreter exit, after all work is done (3 runs
+        # in 60 of a minimal DDP script on CPU), and torchrun then reports a failed run: leave without that teardown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -67,7 +67,7 @@ def test_growth_two_process_ddp(char_data, reference, tmp_path, mode, init):
            *train_cmd(char_data, out, *GROW, f"--reference={reference}", f"--grow_mode={mode}",
                       f"--grow_init={init}", "--max_iters=20", "--gradient_accumulation_steps=2")[1:]]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     assert [e["decision"] for e in events(out, "round_end")] == ["grow", "max_iters reached"]
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["model_args"]["n_layer"] == 4 and len(ckpt["sampler"]) == 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf import ModelLoadError, export_hf
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, gelu_tanh
 
 PARITY_SHAPES = [
     dict(n_layer=2, n_head=2, n_embd=32, vocab_size=96, n_positions=64),
@@ -143,8 +143,6 @@ def test_cpu_bf16_autocast_attention_runs_in_fp32():
 
 def test_compiled_cpu_gelu_form_equals_pytorch_gelu(monkeypatch):
     # under torch.compile on CPU, gelu_tanh is written with a sigmoid: the same function as F.gelu(tanh)
-    from model import gelu_tanh
-
     x = torch.linspace(-12, 12, 20001, dtype=torch.float64)
     expected = torch.nn.functional.gelu(x, approximate="tanh")
     assert torch.equal(gelu_tanh(x), expected)  # eager: PyTorch's kernel itself

@@ -6,8 +6,9 @@ torch.load(path, weights_only=True) reads it. Keys written by train.py / inherit
   model        state dict of the unwrapped model (no "_orig_mod." / "module." prefixes)
   model_args   GPTConfig fields
   config       the resolved run config
-  iter_num, best_val_loss, optimizer, scaler, rng, sampler   (train.py, for exact resume)
+  iter_num, round_start_iter, best_val_loss, optimizer, scaler, rng, sampler   (train.py, for exact resume)
   inherit      {source, layers, source_n_layer, reference_val_loss, ...}   (inherit.py)
+  growth       {round, layers, target_val_loss, done, ...}   (train.py with grow_every: where growth stands)
 """
 
 import os

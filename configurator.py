@@ -10,7 +10,10 @@ names the key (and the closest valid ones), raised before the script does any wo
 
 import ast
 import difflib
+import io
+import re
 import sys
+import tokenize
 
 
 class ConfigError(ValueError):
@@ -41,9 +44,56 @@ def parse_value(text):
         return text
 
 
-def configure(defaults, argv=None):
-    """The config after applying config files and --key=value overrides in argv to defaults (a dict)."""
+def key_comments(source_file):
+    """{key: the comment at the end of the line that assigns key} in a script's source: its --help text."""
+    try:
+        with open(source_file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    comments = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT:
+                comments.setdefault(tok.start[0], tok.string.lstrip("#").strip())
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    found, literal = {}, {}  # a line that assigns a plain literal (a default) wins over other assignments
+    for lineno, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"\s*(\w+)\s*=(?!=)([^#]*)", line)
+        if not m or lineno not in comments:
+            continue
+        key = m.group(1)
+        found.setdefault(key, comments[lineno])
+        try:
+            ast.literal_eval(m.group(2).strip().rstrip(","))
+            literal.setdefault(key, comments[lineno])
+        except (ValueError, SyntaxError):
+            pass
+    return found | literal
+
+
+def help_text(defaults, source_file):
+    """Usage and every key with its default and the comment beside it in the script."""
+    script = source_file.split("/")[-1]
+    comments = key_comments(source_file)
+    width = max(len(k) for k in defaults) + 2
+    lines = [f"usage: python {script} [config.py ...] [--key=value ...]",
+             "config files (plain Python assignments) and --key=value flags apply in order; keys and defaults:", ""]
+    for key, value in defaults.items():
+        lines.append(f"  --{key:<{width}} {value!r:<24} {comments.get(key, '')}".rstrip())
+    return "\n".join(lines)
+
+
+def configure(defaults, argv=None, source_file=None):
+    """The config after applying config files and --key=value overrides in argv to defaults (a dict).
+
+    -h / --help prints help_text (keys, defaults, the comments beside them in source_file) and exits 0.
+    """
     argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(help_text(defaults, source_file or sys.argv[0]))
+        sys.exit(0)
     config = dict(defaults)
     for arg in argv:
         if not arg.startswith("--"):
@@ -67,9 +117,32 @@ def configure(defaults, argv=None):
     return config
 
 
-def configure_or_exit(defaults, argv=None):
-    """configure(), printing the error and exiting with status 2 instead of raising."""
+def check_device(device):
+    """Raise ConfigError unless torch can run on device ('cpu', 'cuda', 'cuda:1', 'mps')."""
+    import torch
+
     try:
-        return configure(defaults, argv)
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device={device!r} but {build} (torch {torch.__version__}): "
+                              f"use --device=cpu, or install a CUDA build of torch on a GPU machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device={device!r} but MPS is not available here: use --device=cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device={device!r} is not supported: use cpu, cuda, cuda:N or mps")
+
+
+def configure_or_exit(defaults, argv=None):
+    """configure(), printing the error and exiting with status 2 instead of raising; --help lists the keys
+    with the comments beside them in the calling script's source."""
+    try:
+        return configure(defaults, argv, source_file=sys._getframe(1).f_code.co_filename)
     except ConfigError as e:
         sys.exit(f"error: {e}")

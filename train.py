@@ -69,8 +69,7 @@ inherit_fresh = ""  # parts left at fresh init instead of copied: "wpe", "ln_f",
 grow_every = 0  # iterations per round; 0 = no growth
 grow_by = 2
 max_layers = 0  # 0: the reference's depth
-grow_mode = "restart"  # 'restart': re-inherit l + grow_by blocks, fresh optimizer and schedule (the paper's
-# Algorithm 1) | 'continue': keep the trained weights, add blocks on top, keep optimizer state and schedule
+grow_mode = "restart"  # 'restart' (Algorithm 1): re-inherit l + grow_by blocks, fresh optimizer | 'continue'
 grow_init = "reference"  # continue mode's new blocks: 'reference' | 'copy' | 'identity' | 'random'
 target_val_loss = 0.0  # 0: the reference's val loss, measured with this run's evaluation
 stop_at_target = True  # end the run once a round reaches the target
@@ -93,7 +92,8 @@ compile = device == "cuda"  # torch.compile the model; works on CPU too, but is 
 backend = "auto"  # DDP backend: 'auto' (nccl on CUDA, gloo elsewhere) | 'nccl' | 'gloo'
 seed = 1337
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+config_keys = [k for k, v in globals().items()
+               if not k.startswith("_") and not k.isupper() and isinstance(v, (int, float, bool, str))]
 config = configurator.configure_or_exit({k: globals()[k] for k in config_keys})
 globals().update(config)
 # -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """
 Measure attention collapse ("lazy layers") in a decoder LM, as in Inheritune (arXiv 2404.08634, Sec. 2, App. C).
 
-    python analyze_rank.py --model=out-shakespeare --data=data/shakespeare_char/val.bin
+    python analyze_rank.py --model=out-shakespeare-char --data=data/shakespeare_char/val.bin
     python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m
     python analyze_rank.py --model=path/to/any/hf/causal-lm --data=some.txt
 

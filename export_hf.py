@@ -52,7 +52,10 @@ def export(ckpt, out):
     check_out(out)
     model, checkpoint = load_model(ckpt)
     meta = run_tokenizer_meta(checkpoint and checkpoint.get("config"), model.config.vocab_size)
-    export_hf(model, out, tokenizer_meta=meta)
+    try:
+        export_hf(model, out, tokenizer_meta=meta)
+    except OSError as e:  # a full disk, a read-only folder: the staging folder is gone, out untouched
+        raise ExportError(f"could not write {out} ({e.strerror or e}); nothing was written") from None
     return meta
 
 

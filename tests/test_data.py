@@ -329,3 +329,6 @@ def test_shakespeare_prepare_script_rejects_unknown_tokenizer(tmp_path):
                              "--tokenizer=bpe", f"--out_dir={tmp_path / 'out'}"], capture_output=True, text=True)
     assert result.returncode == 1 and "error: unknown tokenizer 'bpe'" in result.stderr
     assert not (tmp_path / "out").exists()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataError, match="a-file is a file: the output is a folder"):
+        prepare_shakespeare(str(tmp_path / "a-file"), "char")

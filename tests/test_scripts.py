@@ -184,9 +184,17 @@ def test_export_hf_errors(tmp_path, monkeypatch):
             export_main(["--ckpt=out", f"--out={out}"])
         assert str(e.value.code) == f"error: {message}" + (" (it is replaced whole)" if out == "out" else "")
     assert os.listdir(tmp_path / "out") == ["ckpt.pt"] and (tmp_path / "out" / "ckpt.pt").read_bytes() == before
-    # a model that fails to load leaves nothing behind
+    # a model that fails to load, or a write that fails, leaves nothing behind
     with pytest.raises(SystemExit, match="unknown model 'missing'"):
         export_main(["--ckpt=missing", "--out=hf-new"])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    with pytest.raises(SystemExit) as e:
+        export_main(["--ckpt=out", "--out=hf-new"])
+    assert e.value.code == "error: could not write hf-new (No space left on device); nothing was written"
     assert sorted(os.listdir(tmp_path)) == ["empty", "out"]
 
 

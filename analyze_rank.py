@@ -1,7 +1,7 @@
 """
 Measure attention collapse ("lazy layers") in a decoder LM, as in Inheritune (arXiv 2404.08634, Sec. 2, App. C).
 
-    python analyze_rank.py --model=out-shakespeare --data=data/shakespeare_char/val.bin
+    python analyze_rank.py --model=out-shakespeare-char --data=data/shakespeare_char/val.bin
     python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m
     python analyze_rank.py --model=path/to/any/hf/causal-lm --data=some.txt
 
@@ -32,12 +32,13 @@ import torch
 # Cumulative shares within this relative tolerance of tau / eta count as reaching it: the T x T identity
 # has share exactly k/T for its top k, and rounding must not turn k* = 90 into 91 at tau = 0.9.
 BOUNDARY_RTOL = 1e-6
+PAPER_SEQ_LEN = 100  # the paper's T
 
 DEFAULTS = dict(
     model="",  # our out_dir or .pt, a GPT-2 name / Hugging Face GPT-2 folder, or any Hugging Face causal LM folder
     data="",  # a .bin of token ids or a .txt file
     num_samples=100,  # N sequences
-    seq_len=100,  # T tokens each
+    seq_len=0,  # T tokens each; 0: the paper's 100, or the model's context when that is shorter
     seed=1337,  # which windows are drawn
     tau=0.9,  # energy threshold of the approximate rank k*
     eta=0.9,  # mass threshold of m*
@@ -285,7 +286,7 @@ class HFAttentions:
 def load_attention_model(source, device):
     """GPTAttentions for our checkpoints and GPT-2 (names, model_type gpt2 folders), else HFAttentions."""
     from checkpoint import is_checkpoint, load_model
-    from hf import HUB_GPT2_NAMES, ModelLoadError, read_hf_config
+    from hf import HUB_GPT2_NAMES, ModelLoadError, looks_like_path, read_hf_config
 
     if not source:
         raise AnalysisError("no --model: pass an out_dir or .pt checkpoint, a GPT-2 name, or a Hugging Face folder")
@@ -304,6 +305,9 @@ def load_attention_model(source, device):
         return HFAttentions.load(source, device)
     if os.path.exists(source):
         raise AnalysisError(f"{source} is a file but not a .pt checkpoint: pass an out_dir, a .pt or a model folder")
+    if looks_like_path(source):
+        raise AnalysisError(f"no such folder: {source} (pass an out_dir or .pt of ours, a Hugging Face model "
+                            f"folder, or a Hub name)")
     if source.split("/")[-1] in HUB_GPT2_NAMES:
         model, ckpt = load_model(source, device)
         return GPTAttentions(model, ckpt, source)
@@ -356,6 +360,20 @@ def check_seq_len(attention_model, seq_len):
     if attention_model.context is not None and seq_len > attention_model.context:
         raise AnalysisError(f"--seq_len={seq_len} is longer than the model's context of {attention_model.context} "
                             f"tokens: use --seq_len={attention_model.context} or less")
+
+
+def choose_seq_len(attention_model, seq_len):
+    """--seq_len as given (checked against the context), or for 0 the paper's T = 100, or the model's context
+    when that is shorter (with a note: the windows are shorter than the paper's)."""
+    if seq_len:
+        check_seq_len(attention_model, seq_len)
+        return seq_len
+    context = attention_model.context
+    if context is not None and context < PAPER_SEQ_LEN:
+        print(f"note: seq_len={context}, the model's context: the paper's {PAPER_SEQ_LEN} does not fit "
+              f"(ranks of shorter windows are not comparable with the paper's)", file=sys.stderr)
+        return context
+    return PAPER_SEQ_LEN
 
 
 def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch_size=10, device="cpu",
@@ -418,28 +436,39 @@ def print_table(report):
 
 
 def write_outputs(report, out_dir):
-    """analysis.json, heads.csv, layers.csv, settings.csv and three PNG figures in out_dir; returns the paths."""
+    """heads.csv, layers.csv, settings.csv, three PNG figures and, last, analysis.json (what inherit.py reads) in
+    out_dir, each written atomically; returns the paths."""
+    from atomic import atomic_write
+
     os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, name) for name in ("analysis.json", "heads.csv", "layers.csv", "settings.csv")]
-    with open(paths[0], "w") as f:
+    tables = {
+        "heads.csv": [["layer", "head", "rank", "mass", "sink_share"]]
+        + [[rec["layer"], h["head"], h["rank"], h["mass"], h["sink_share"]] for rec in report["layers"] for h in rec["heads"]],
+        "layers.csv": [["layer", "max_rank", "mean_rank", "avg_mass", "sink_share", "lazy"]]
+        + [[rec["layer"], rec["max_rank"], rec["mean_rank"], rec["avg_mass"], rec["sink_share"], rec["lazy"]]
+           for rec in report["layers"]],
+        "settings.csv": [["key", "value"]] + [[k, v] for k, v in report["settings"].items()],
+    }
+    paths = []
+    for name, rows in tables.items():
+        paths.append(os.path.join(out_dir, name))
+        with atomic_write(paths[-1], "w") as f:
+            csv.writer(f).writerows(rows)
+    paths += plot(report, out_dir)
+    paths.append(os.path.join(out_dir, "analysis.json"))
+    with atomic_write(paths[-1], "w") as f:
         json.dump(report, f, indent=1)
-    with open(paths[1], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["layer", "head", "rank", "mass", "sink_share"])
-        for rec in report["layers"]:
-            for h in rec["heads"]:
-                w.writerow([rec["layer"], h["head"], h["rank"], h["mass"], h["sink_share"]])
-    with open(paths[2], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["layer", "max_rank", "mean_rank", "avg_mass", "sink_share", "lazy"])
-        for rec in report["layers"]:
-            w.writerow([rec["layer"], rec["max_rank"], rec["mean_rank"], rec["avg_mass"], rec["sink_share"], rec["lazy"]])
-    with open(paths[3], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["key", "value"])
-        for k, v in report["settings"].items():
-            w.writerow([k, v])
-    return paths + plot(report, out_dir)
+    return paths
+
+
+def save_figure(fig, path):
+    from atomic import atomic_write
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
 
 
 def plot(report, out_dir):
@@ -464,9 +493,7 @@ def plot(report, out_dir):
            title=f"{name}: max approximate rank of attention per layer (red: lazy)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "max_rank.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[-1])
 
     grid = np.full((len(layers), report["n_head"]), np.nan)
     for i, rec in enumerate(layers):
@@ -479,9 +506,7 @@ def plot(report, out_dir):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "rank_heatmap.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[-1])
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, [rec["avg_mass"] for rec in layers], "o-", color="tab:blue")
@@ -491,43 +516,46 @@ def plot(report, out_dir):
     ax2.set(ylabel="sink share p_0", ylim=(0, 1.05))
     ax.legend(ax.get_lines() + ax2.get_lines(), ["AvgMass", "sink share"], loc="best")
     paths.append(os.path.join(out_dir, "mass_sink.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[-1])
     return paths
 
 
 def main(argv=None):
     from checkpoint import CheckpointError
-    from configurator import configure_or_exit
+    from configurator import ConfigError, check_device, configure_or_exit
     from data import DataError
     from hf import ModelLoadError
 
     cfg = configure_or_exit(DEFAULTS, argv)
     try:
-        for key in ("num_samples", "seq_len", "batch_size"):
+        for key in ("num_samples", "batch_size"):
             if cfg[key] < 1:
                 raise AnalysisError(f"--{key}={cfg[key]} must be at least 1")
+        if cfg["seq_len"] < 0:
+            raise AnalysisError(f"--seq_len={cfg['seq_len']} must be at least 1 (or 0 for the default)")
         check_threshold("tau", cfg["tau"])
         check_threshold("eta", cfg["eta"])
         if not cfg["data"]:
             raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt file")
         if not os.path.isfile(cfg["data"]):  # before loading what may be a large model
             raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file")
+        if os.path.isfile(cfg["out_dir"]):
+            raise AnalysisError(f"--out_dir={cfg['out_dir']} is a file: out_dir is the folder to write")
         device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        settings = dict(cfg, device=device, windows="non-overlapping, drawn without replacement with seed",
-                        boundary_rtol=BOUNDARY_RTOL)
+        check_device(device)
         attention_model = load_attention_model(cfg["model"], device)
-        check_seq_len(attention_model, cfg["seq_len"])  # before reading (and maybe tokenizing) the data
+        seq_len = choose_seq_len(attention_model, cfg["seq_len"])  # before reading (maybe tokenizing) the data
+        settings = dict(cfg, device=device, seq_len=seq_len, boundary_rtol=BOUNDARY_RTOL,
+                        windows="non-overlapping, drawn without replacement with seed")
         tokens = read_tokens(cfg["data"], attention_model)
-        windows = draw_windows(tokens, cfg["num_samples"], cfg["seq_len"], cfg["seed"])
+        windows = draw_windows(tokens, cfg["num_samples"], seq_len, cfg["seed"])
         t0 = time.time()
         layers = analyze(attention_model, windows, cfg["tau"], cfg["eta"], cfg["near_rank_one"], cfg["batch_size"],
                          device)
         if not layers:
             raise AnalysisError(f"{cfg['model']} returned no attention layers")
         settings["seconds"] = round(time.time() - t0, 2)
-    except (AnalysisError, CheckpointError, ModelLoadError, DataError) as e:
+    except (AnalysisError, ConfigError, CheckpointError, ModelLoadError, DataError) as e:
         sys.exit(f"error: {e}")
     report = build_report(layers, settings, attention_model)
     print_table(report)

@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 import perf
+from configurator import ConfigError, check_device
 from model import GPT, GPTConfig
 
 
@@ -49,6 +50,10 @@ def parse_args():
     if args.quick:
         args.n_layer, args.n_head, args.n_embd, args.block_size, args.batch_size = 2, 2, 64, 64, 8
         args.steps, args.rounds, args.warmup = 3, 2, 2
+    try:
+        check_device(args.device)
+    except ConfigError as e:
+        p.exit(1, f"error: {e}\n")
     return args
 
 

@@ -6,6 +6,8 @@
 # Last, a short train.py check of the GPU-only paths (bf16, compile, fused AdamW, checkpoint + resume).
 set -uo pipefail
 cd "$(dirname "$0")"
+python -c "import configurator; configurator.check_device('cuda')" 2>/dev/null || {
+  echo "error: bench_gpu.sh needs a CUDA GPU and a CUDA build of torch; on a CPU run python bench.py" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 common=(--device=cuda --dtype=bfloat16 --block_size=1024 --vocab_size=50304 --modes=eager,compile

@@ -31,8 +31,14 @@ def load_meta(data_dir):
     if not os.path.isfile(path):
         raise DataError(f"{data_dir} has no meta.json: prepare the data first "
                         f"(python prepare_owt.py ..., or python data/shakespeare/prepare.py)")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is damaged (not JSON: {e}): prepare the data again") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int) or "tokenizer" not in meta:
+        raise DataError(f"{path} is damaged (no tokenizer / vocab_size): prepare the data again")
+    return meta
 
 
 def find_dataset_meta(dataset):
@@ -95,19 +101,36 @@ def write_meta(data_dir, meta):
 def write_dataset(data_dir, splits, meta, totals=None):
     """Write each {split: token ids (array or iterable of chunks)} as data_dir/{split}.bin, then meta.json.
 
-    meta gets "{split}_tokens" for each split. An old meta.json is removed first and the new one is written
-    last, so a folder whose preparation was interrupted reads as not prepared (and no .bin in it is
-    ever truncated). totals ({split: expected tokens}) shows progress bars.
+    meta gets "{split}_tokens" for each split. Every .bin is written under a temporary name first; only
+    when all are complete is the old meta.json removed, the .bin files renamed into place and the new
+    meta.json written, so a failed or interrupted preparation leaves the folder as it was (or, killed
+    during the renames, without meta.json: not prepared), never a new .bin beside an old meta.json.
+    totals ({split: expected tokens}) shows progress bars.
     """
     check_token_dtype(meta["vocab_size"])
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"out_dir {data_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
+    created = not os.path.exists(data_dir)
     os.makedirs(data_dir, exist_ok=True)
-    old_meta = os.path.join(data_dir, "meta.json")
-    if os.path.exists(old_meta):
-        os.remove(old_meta)
     meta = dict(meta)
-    for split, ids in splits.items():
-        path = os.path.join(data_dir, f"{split}.bin")
-        meta[f"{split}_tokens"] = write_tokens(path, ids, total=(totals or {}).get(split), desc=f"writing {split}.bin")
+    staged = {}
+    try:
+        for split, ids in splits.items():
+            staged[split] = os.path.join(data_dir, f".{split}.bin.staged")
+            meta[f"{split}_tokens"] = write_tokens(staged[split], ids, total=(totals or {}).get(split),
+                                                   desc=f"writing {split}.bin")
+        old_meta = os.path.join(data_dir, "meta.json")
+        if os.path.exists(old_meta):
+            os.remove(old_meta)
+        for split, path in staged.items():
+            os.replace(path, os.path.join(data_dir, f"{split}.bin"))
+    except BaseException:
+        for path in staged.values():
+            if os.path.exists(path):
+                os.remove(path)
+        if created and not os.listdir(data_dir):
+            os.rmdir(data_dir)
+        raise
     write_meta(data_dir, meta)
     return meta
 
@@ -170,10 +193,27 @@ def prepare_shakespeare(out_dir=None, tokenizer="char"):
 
 
 def open_tokens(data_dir, split):
-    """The uint16 token ids of data_dir/{split}.bin as a read-only memmap."""
+    """The uint16 token ids of data_dir/{split}.bin as a read-only memmap.
+
+    Checked in O(1) against damage: the byte length must be a whole number of tokens and, where data_dir
+    has a meta.json, the token count it recorded ("{split}_tokens").
+    """
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.isfile(path):
         raise DataError(f"{path} not found: prepare the data first")
+    size = os.path.getsize(path)
+    token_bytes = np.dtype(TOKEN_DTYPE).itemsize
+    if size % token_bytes:
+        raise DataError(f"{path} is damaged: its {size:,} bytes are not a whole number of {token_bytes}-byte "
+                        f"tokens (a truncated copy?); prepare the data again")
+    if size == 0:
+        raise DataError(f"{path} is empty: prepare the data again")
+    if os.path.isfile(os.path.join(data_dir, "meta.json")):
+        recorded = load_meta(data_dir).get(f"{split}_tokens")
+        if recorded is not None and recorded != size // token_bytes:
+            raise DataError(f"{path} holds {size // token_bytes:,} tokens but {os.path.join(data_dir, 'meta.json')} "
+                            f"records {recorded:,}: the folder mixes two preparations or a file is damaged; "
+                            f"prepare the data again")
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
 
 
@@ -189,11 +229,24 @@ def n_windows(tokens, block_size):
     return len(tokens) - block_size
 
 
+def check_window_fits(tokens, block_size):
+    """Raise DataError, naming the file and what to change, unless tokens hold one window of block_size + 1."""
+    if n_windows(tokens, block_size) >= 1:
+        return
+    path = getattr(tokens, "filename", None) or "the data"
+    fix = "use a smaller block_size"
+    if os.path.basename(str(path)).startswith("val"):
+        fix += ", or prepare the data again with a larger --val_fraction (prepare_owt.py)"
+    else:
+        fix += ", or prepare more data"
+    raise DataError(f"{path} has {len(tokens):,} tokens, too few for one window of block_size + 1 = "
+                    f"{block_size + 1} tokens: {fix}")
+
+
 def fixed_offsets(tokens, block_size, count, seed):
     """count window starts drawn once with seed: the same for every call (and every run) on the same data."""
+    check_window_fits(tokens, block_size)
     n = n_windows(tokens, block_size)
-    if n < 1:
-        raise DataError(f"{len(tokens)} tokens are too few for windows of {block_size}+1 tokens")
     g = torch.Generator().manual_seed(seed)
     return torch.randint(n, (count,), generator=g).tolist()
 
@@ -207,8 +260,7 @@ class TrainBatches:
     """Random training windows from a seeded generator; state_dict() makes a resumed run draw the same batches."""
 
     def __init__(self, tokens, block_size, batch_size, seed):
-        if n_windows(tokens, block_size) < 1:
-            raise DataError(f"{len(tokens)} training tokens are too few for block_size={block_size}")
+        check_window_fits(tokens, block_size)
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 

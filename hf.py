@@ -30,15 +30,27 @@ def hub_repo_id(name):
     return f"openai-community/{name}" if name in HUB_GPT2_NAMES[:4] else name
 
 
+def looks_like_path(name):
+    """True for a name that can only mean a local folder: absolute, ./ ../ ~, two or more '/', or a name
+    under a folder that exists here; such a name is never sent to the Hub."""
+    if name.startswith(("./", "../", "~")) or os.path.isabs(name) or name.count("/") > 1:
+        return True
+    parent = os.path.dirname(name)
+    return bool(parent) and os.path.isdir(parent)
+
+
 def resolve_hf_folder(name_or_path):
     """A local folder for a Hub name or folder path; downloads (or finds in the HF cache) Hub names."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
+    if os.path.isdir(os.path.expanduser(name_or_path)):
+        return os.path.expanduser(name_or_path)
     if os.path.exists(name_or_path):
         raise ModelLoadError(f"{name_or_path} is a file, not a Hugging Face model folder (config.json + weights)")
+    if looks_like_path(name_or_path):
+        raise ModelLoadError(f"no such folder: {name_or_path} (pass an existing folder with config.json and "
+                             f"the weights, an out_dir of ours, or a Hub name)")
     short = name_or_path.split("/")[-1]
     if short not in HUB_GPT2_NAMES and "/" not in name_or_path:
-        raise ModelLoadError(f"unknown model '{name_or_path}': not a local folder and not one of "
+        raise ModelLoadError(f"unknown model '{name_or_path}': no such folder here, and not one of "
                              f"{', '.join(HUB_GPT2_NAMES)} (or an 'org/name' Hub id)")
     from huggingface_hub import snapshot_download
 
@@ -49,7 +61,7 @@ def resolve_hf_folder(name_or_path):
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
         raise ModelLoadError(
             f"could not get '{repo_id}' from the Hugging Face Hub ({type(e).__name__}). On a machine without "
-            f"network, download it elsewhere (e.g. `huggingface-cli download {repo_id} --local-dir gpt2-folder`), "
+            f"network, download it elsewhere (`hf download {repo_id} --local-dir {short}`), "
             f"copy the folder here and pass its path instead of the name."
         ) from None
 
@@ -183,9 +195,36 @@ def write_gpt2_tokenizer(folder, model_max_length):
         json.dump(config, f, indent=2)
 
 
-def export_hf(model, folder, gpt2_tokenizer=False):
-    """Write model as a Hugging Face GPT-2 folder (config.json + model.safetensors, and GPT-2's tokenizer
-    files with gpt2_tokenizer), atomically: built under a temporary name, then swapped in."""
+def write_char_tokenizer(folder, chars, model_max_length):
+    """A Hugging Face tokenizer (tokenizer.json, for PreTrainedTokenizerFast) that maps each character of chars
+    to its index, as tokenizer.CharTokenizer does: a WordLevel vocabulary, a split into single characters and
+    a decoder that joins them. Characters outside chars are an error on encoding (there is no unknown token)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab={c: i for i, c in enumerate(chars)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character, \n too
+    tok.decoder = decoders.Fuse()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    config = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=model_max_length,
+                  clean_up_tokenization_spaces=False)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def make_readable(folder):
+    """Give folder and its files the permissions a plain mkdir / open would (0755 / 0644 under umask 022):
+    mkdtemp and safetensors create them private (0700 / 0600), unreadable to the rest of a cluster group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for name in os.listdir(folder):
+        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
+def export_hf(model, folder, tokenizer_meta=None):
+    """Write model as a Hugging Face GPT-2 folder (config.json + model.safetensors, and the tokenizer that
+    tokenizer_meta, a dataset's meta.json, names: GPT-2's files or a character-level tokenizer.json),
+    atomically: built under a temporary name, then swapped in."""
     from safetensors.torch import save_file
 
     parent = os.path.dirname(os.path.abspath(folder))
@@ -194,8 +233,12 @@ def export_hf(model, folder, gpt2_tokenizer=False):
     try:
         hf_config_from_gpt(model.config).save_pretrained(tmp)
         save_file(state_dict_to_hf(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        if gpt2_tokenizer:
+        kind = (tokenizer_meta or {}).get("tokenizer")
+        if kind == "gpt2":
             write_gpt2_tokenizer(tmp, model.config.block_size)
+        elif kind == "char":
+            write_char_tokenizer(tmp, tokenizer_meta["chars"], model.config.block_size)
+        make_readable(tmp)
         if os.path.exists(folder):
             shutil.rmtree(folder)
         os.replace(tmp, folder)

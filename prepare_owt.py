@@ -11,9 +11,11 @@ plain text) and followed by the end-of-text token 50256. A fixed-seed random val
 documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a .jsonl file has one
 document per line (its text_column), a .parquet file one per row; a folder is all such files in it,
 recursively (empty files are skipped). --dataset may also be a folder written by datasets' save_to_disk.
-The .bin files are written under a temporary name and renamed when complete, and meta.json last.
+The .bin files are written under temporary names and renamed when all are complete, then meta.json: a
+failed run leaves out_dir as it was (out_dir is always a folder, created if missing).
 """
 
+import json
 import os
 import sys
 
@@ -39,6 +41,7 @@ DEFAULTS = dict(
 PARQUET_REVISION = "refs/convert/parquet"  # the Hub's automatic parquet copy of every public dataset
 LOCAL_EXTENSIONS = (".txt", ".jsonl", ".parquet")
 ROWS_PER_CHUNK = 8192  # documents per chunk when streaming token ids into the .bin files
+GPT2_CONTEXT = 1024  # train.py's default block_size: a val.bin shorter than this + 1 gets a note
 
 
 # -----------------------------------------------------------------------------
@@ -48,6 +51,14 @@ def only_text_column(ds, text_column, source):
     if text_column not in ds.column_names:
         raise DataError(f"{source} has no column '{text_column}' (its columns: {', '.join(ds.column_names)}); "
                         f"pass the one that holds the text with --text_column=NAME")
+    dtype = getattr(ds.features[text_column], "dtype", None)
+    if dtype not in ("string", "large_string"):
+        raise DataError(f"{source}: column '{text_column}' holds {ds.features[text_column]}, not text; "
+                        f"pass the column that holds the text with --text_column=NAME")
+    missing = ds.data.column(text_column).null_count
+    if missing:
+        raise DataError(f"{source}: {missing} of {len(ds)} documents have no '{text_column}' (null or missing); "
+                        f"remove them or fill in their text")
     ds = ds.select_columns([text_column])
     return ds.rename_column(text_column, "text") if text_column != "text" else ds
 
@@ -66,6 +77,37 @@ def local_files(path):
     return files
 
 
+def first_bad_json_line(files):
+    """(file, line number, reason) of the first line of files that is not a JSON object, or None."""
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    return path, number, f"not valid JSON: {e.msg} at column {e.colno}"
+                if not isinstance(record, dict):
+                    return path, number, f"a JSON {type(record).__name__}, not an object"
+    return None
+
+
+def read_files(builder, files, path, ext):
+    """datasets.load_dataset(builder) of files; a file it cannot read is named (with the line, for .jsonl)."""
+    import datasets
+
+    kwargs = dict(sample_by="document") if builder == "text" else {}
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+    except Exception as e:  # datasets' DatasetGenerationError says neither which file nor which line
+        bad = first_bad_json_line(files) if builder == "json" else None
+        if bad:
+            raise DataError(f"{bad[0]} line {bad[1]} is {bad[2]}: fix or remove that line") from None
+        cause = e.__cause__ or e
+        raise DataError(f"cannot read the {ext} files of {path} ({type(cause).__name__}: {str(cause)[:300]})") from None
+
+
 def load_local(path, text_column):
     """Documents of local files: a .txt file is one document, .jsonl one per line, .parquet one per row."""
     import datasets
@@ -76,8 +118,7 @@ def load_local(path, text_column):
         group = [f for f in files if f.endswith(ext)]
         if not group:
             continue
-        kwargs = dict(sample_by="document") if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files=group, split="train", **kwargs)
+        ds = read_files(builder, group, path, ext)
         column = "text" if builder == "text" else text_column
         parts.append(only_text_column(ds, column, f"{path} ({ext} files)"))
     if not parts:
@@ -160,8 +201,6 @@ def token_chunks(tokenized):
 
 def split_documents(docs, val_fraction, seed):
     """{"train": docs, "val": docs}: a fixed-seed shuffle, then val_fraction of the documents (at least 1) to val."""
-    if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction={val_fraction} must be between 0 and 1")
     if len(docs) < 2:
         raise DataError(f"only {len(docs)} document: need at least 2 (one for val.bin, the rest for train.bin)")
     n_val = max(1, round(len(docs) * val_fraction))
@@ -173,6 +212,10 @@ def prepare(dataset, subset, split, revision, text_column, input, max_docs, val_
     """Load, split, tokenize and write a corpus (the script's config as arguments); returns meta.json's dict."""
     tokenizer = GPT2Tokenizer()
     check_token_dtype(tokenizer.n_vocab)  # before any long work
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction} must be between 0 and 1")
+    if os.path.isfile(out_dir):
+        raise DataError(f"out_dir {out_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
     docs = load_documents(dataset, subset, split, revision, input, text_column, max_docs)
     splits = split_documents(docs, val_fraction, seed)
     tokenized = {name: part.map(tokenize_batch, batched=True, remove_columns=["text"], desc=f"tokenizing {name}",
@@ -181,6 +224,10 @@ def prepare(dataset, subset, split, revision, text_column, input, max_docs, val_
     totals = {name: int(np.sum(part["len"], dtype=np.int64)) for name, part in tokenized.items()}
     if sum(totals.values()) == len(docs):  # nothing but the end-of-text tokens
         raise DataError(f"{input or dataset}: all {len(docs)} documents are empty (no tokens)")
+    if totals["val"] <= GPT2_CONTEXT:
+        print(f"note: val.bin gets only {totals['val']:,} tokens (val_fraction={val_fraction}): train.py needs "
+              f"block_size + 1 of them for one window (GPT-2's block_size is {GPT2_CONTEXT}); a larger "
+              f"--val_fraction gives more", file=sys.stderr)
     meta = dict(tokenizer="gpt2", vocab_size=tokenizer.n_vocab, eot_token=tokenizer.eot,
                 source=os.path.abspath(input) if input else dataset, subset=subset, text_column=text_column,
                 val_fraction=val_fraction, seed=seed,

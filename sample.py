@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from checkpoint import CheckpointError, load_model
-from configurator import configure_or_exit
+from configurator import ConfigError, check_device, configure_or_exit
 from data import DataError, run_tokenizer_meta
 from hf import ModelLoadError
 from tokenizer import tokenizer_from_meta
@@ -75,6 +75,7 @@ def sample(init_from, start, num_samples, max_new_tokens, temperature, top_k, se
     """A list of num_samples strings (each the start text and its continuation)."""
     if dtype not in ("float32", "bfloat16", "float16"):
         raise SampleError(f"dtype={dtype} must be float32, bfloat16 or float16")
+    check_device(device)
     model, ckpt = load_model(init_from, device)
     model.eval()
     tokenizer = tokenizer_from_meta(run_tokenizer_meta(ckpt and ckpt.get("config"), model.config.vocab_size))
@@ -96,7 +97,7 @@ def main(argv=None):
     config = configure_or_exit(DEFAULTS, argv)
     try:
         samples = sample(**config)
-    except (SampleError, CheckpointError, ModelLoadError, DataError) as e:
+    except (SampleError, ConfigError, CheckpointError, ModelLoadError, DataError) as e:
         sys.exit(f"error: {e}")
     for text in samples:
         print(text)

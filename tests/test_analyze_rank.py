@@ -297,13 +297,49 @@ def small_run(tmp_path):
     (["--eta=1.5"], r"eta=1.5 is outside \(0, 1\]"),
     (["--num_samples=0"], "at least 1"),
     (["--data=missing.bin"], "no such file"),
-    (["--model=nowhere/really-not-a-model-dir"], "could not load"),
+    (["--model=nowhere/really-not-a-model-dir"], "could not load"),  # an org/name Hub id, offline
+    (["--model=/models/Qwen2.5-0.5B"], "no such folder: /models/Qwen2.5-0.5B"),
+    (["--model=./qwen-folder"], "no such folder: ./qwen-folder"),
+    (["--model=path/to/Qwen2.5-0.5B"], "no such folder: path/to/Qwen2.5-0.5B"),
+    (["--model=../gpt2-medium"], "no such folder: ../gpt2-medium"),
 ])
 def test_bad_input_is_a_clear_error(small_run, args, message):
     model, data = small_run
     with pytest.raises(SystemExit, match=message) as e:
         main([f"--model={model}", f"--data={data}", *args])
     assert e.value.code != 0
+
+
+def test_default_seq_len_fits_the_model_context(small_run, tmp_path, capsys):
+    model, data = small_run
+    report = main([f"--model={model}", f"--data={data}", "--num_samples=10", f"--out_dir={tmp_path / 'out'}"])
+    assert report["settings"]["seq_len"] == 64  # the model's context, not the paper's 100
+    assert "note: seq_len=64, the model's context: the paper's 100 does not fit" in capsys.readouterr().err
+    long_model = tmp_path / "long"
+    save_as_checkpoint(lazy_top_gpt(block_size=128), long_model)
+    report = main([f"--model={long_model}", f"--data={data}", "--num_samples=6", f"--out_dir={tmp_path / 'out2'}"])
+    assert report["settings"]["seq_len"] == 100
+    assert len(json.loads((tmp_path / "out2" / "analysis.json").read_text())["layers"]) == 4
+    assert not [f for f in os.listdir(tmp_path / "out2") if ".tmp" in f]
+
+
+def test_out_dir_is_a_folder_and_a_failed_run_writes_nothing(small_run, tmp_path):
+    model, data = small_run
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit, match="a-file is a file: out_dir is the folder to write"):
+        main([f"--model={model}", f"--data={data}", "--num_samples=2", f"--out_dir={tmp_path / 'a-file'}"])
+    with pytest.raises(SystemExit, match="fewer than --num_samples=11"):
+        main([f"--model={model}", f"--data={data}", "--num_samples=11", f"--out_dir={tmp_path / 'new'}"])
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_cuda_is_one_line(small_run):
+    model, data = small_run
+    with pytest.raises(SystemExit) as e:
+        main([f"--model={model}", f"--data={data}", "--device=cuda"])
+    assert e.value.code.startswith("error: device='cuda' but ") and "\n" not in e.value.code
+    assert "--device=cpu" in e.value.code
 
 
 def test_token_ids_beyond_vocabulary(small_run, tmp_path):

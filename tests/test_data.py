@@ -10,8 +10,8 @@ import pytest
 
 import prepare_owt
 from conftest import REPO
-from data import (DataError, load_meta, prepare_shakespeare, shakespeare_works, split_work, write_dataset,
-                  write_tokens)
+from data import (DataError, TrainBatches, eval_offsets, load_meta, open_tokens, prepare_shakespeare,
+                  shakespeare_works, split_work, write_dataset, write_tokens)
 from tokenizer import GPT2_EOT, GPT2Tokenizer, tokenizer_from_meta
 
 
@@ -110,37 +110,144 @@ def test_prepare_saved_hf_dataset_in_parallel_and_parquet(tmp_path):
     assert meta_c["train_tokens"] + meta_c["val_tokens"] == sum(len(enc.encode(t)) + 1 for t in texts[:10])
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing_column", "has no column 'text' (its columns: content, n)"),
-    ("empty_files", "has no documents: every file is empty"),
-    ("empty_documents", "all 3 documents are empty (no tokens)"),
-    ("missing_path", "does-not-exist does not exist"),
-    ("unknown_flag", "unknown config key 'val_frac'"),
-])
-def test_prepare_owt_bad_input_exits_with_a_message_and_writes_nothing(tmp_path, case, expected):
+def write_bad_input(tmp_path, case):
+    """The --input / --dataset argument of a bad corpus for each case."""
     import datasets
 
-    out = tmp_path / "out"
-    args = [f"--out_dir={out}", "--num_proc=1"]
-    if case == "missing_column":
+    if case == "saved_dataset_without_text_column":
         datasets.Dataset.from_dict({"content": ["a", "b"], "n": [1, 2]}).save_to_disk(str(tmp_path / "saved"))
-        args.append(f"--dataset={tmp_path / 'saved'}")
+        return f"--dataset={tmp_path / 'saved'}"
+    if case == "jsonl_without_text_column":
+        (tmp_path / "docs.jsonl").write_text('{"body": "a"}\n{"body": "b"}\n')
+    elif case == "parquet_without_text_column":
+        datasets.Dataset.from_dict({"body": ["a", "b"]}).to_parquet(str(tmp_path / "docs.parquet"))
+        return f"--input={tmp_path / 'docs.parquet'}"
+    elif case == "jsonl_text_not_a_string":
+        (tmp_path / "docs.jsonl").write_text('{"text": 1}\n{"text": 2}\n')
+    elif case == "jsonl_some_lines_without_text":
+        (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n{"id": 2}\n{"text": "c"}\n')
+    elif case == "malformed_jsonl_line":
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "a.jsonl").write_text('{"text": "fine"}\n')
+        (tmp_path / "in" / "b.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\n{"text": broken\n')
+        return f"--input={tmp_path / 'in'}"
     elif case == "empty_files":
         (tmp_path / "in").mkdir()
         (tmp_path / "in" / "a.txt").write_text("")
         (tmp_path / "in" / "b.jsonl").write_text("")
-        args.append(f"--input={tmp_path / 'in'}")
-    elif case == "empty_documents":
+        return f"--input={tmp_path / 'in'}"
+    elif case == "empty_jsonl_documents":
         (tmp_path / "docs.jsonl").write_text('{"text": ""}\n' * 3)
-        args.append(f"--input={tmp_path / 'docs.jsonl'}")
+    elif case == "empty_parquet_documents":
+        datasets.Dataset.from_dict({"text": ["", ""]}).to_parquet(str(tmp_path / "docs.parquet"))
+        return f"--input={tmp_path / 'docs.parquet'}"
+    elif case == "txt_without_text":
+        (tmp_path / "empty.txt").write_text("")
+        return f"--input={tmp_path / 'empty.txt'}"
     elif case == "missing_path":
-        args.append(f"--input={tmp_path / 'does-not-exist'}")
-    else:
-        args.append("--val_frac=0.1")
-    result = run_prepare_owt(*args)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and expected in result.stderr
+        return f"--input={tmp_path / 'does-not-exist'}"
+    return f"--input={tmp_path / 'docs.jsonl'}"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("saved_dataset_without_text_column", "has no column 'text' (its columns: content, n)"),
+    ("jsonl_without_text_column", "docs.jsonl (.jsonl files) has no column 'text' (its columns: body)"),
+    ("parquet_without_text_column", "docs.parquet (.parquet files) has no column 'text' (its columns: body)"),
+    ("jsonl_text_not_a_string", "column 'text' holds Value('int64'), not text"),
+    ("jsonl_some_lines_without_text", "1 of 3 documents have no 'text' (null or missing)"),
+    ("malformed_jsonl_line", "b.jsonl line 4 is not valid JSON"),
+    ("empty_files", "has no documents: every file is empty"),
+    ("empty_jsonl_documents", "all 3 documents are empty (no tokens)"),
+    ("empty_parquet_documents", "all 2 documents are empty (no tokens)"),
+    ("txt_without_text", "empty.txt has no documents: every file is empty"),
+    ("missing_path", "does-not-exist does not exist"),
+])
+def test_prepare_owt_bad_input_is_one_line_and_writes_nothing(tmp_path, case, expected):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_owt.main([write_bad_input(tmp_path, case), f"--out_dir={out}", "--num_proc=1"])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message and expected in message
     assert not out.exists()
+
+
+def test_prepare_owt_bad_input_from_the_command_line(tmp_path):
+    out = tmp_path / "out"
+    result = run_prepare_owt(write_bad_input(tmp_path, "malformed_jsonl_line"), f"--out_dir={out}", "--num_proc=1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'in' / 'b.jsonl'} line 4 is not valid JSON: "
+                                                      f"Expecting value at column 10: fix or remove that line")
+    assert not out.exists()
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(SystemExit, match="a-file is a file: the output is a folder"):
+        prepare_owt.main([f"--input={tmp_path / 'in'}", f"--out_dir={tmp_path / 'a-file'}"])
+    with pytest.raises(SystemExit, match="unknown config key 'val_frac'"):
+        prepare_owt.main(["--val_frac=0.1", f"--out_dir={out}"])
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """data/tiny: train.bin 300 tokens, val.bin 40, and the meta.json that records them."""
+    folder = tmp_path / "data" / "tiny"
+    rng = np.random.default_rng(0)
+    write_dataset(str(folder), {"train": rng.integers(0, 50, 300), "val": rng.integers(0, 50, 40)},
+                  {"tokenizer": "char", "vocab_size": 50, "chars": "".join(chr(65 + i) for i in range(50))})
+    return folder
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("odd_bytes", "train.bin is damaged: its 601 bytes are not a whole number of 2-byte tokens"),
+    ("meta_disagrees", "train.bin holds 200 tokens but {meta} records 300: the folder mixes two preparations"),
+    ("meta_not_json", "meta.json is damaged (not JSON"),
+    ("meta_without_vocab", "meta.json is damaged (no tokenizer / vocab_size)"),
+    ("empty_bin", "train.bin is empty"),
+])
+def test_damaged_dataset_is_named(tiny_dataset, damage, expected):
+    train, meta = tiny_dataset / "train.bin", tiny_dataset / "meta.json"
+    if damage == "odd_bytes":
+        with open(train, "ab") as f:
+            f.write(b"\0")
+    elif damage == "meta_disagrees":
+        write_tokens(str(train), np.zeros(200))  # another preparation's train.bin
+    elif damage == "meta_not_json":
+        meta.write_text('{"tokenizer": "char", "vocab')
+    elif damage == "meta_without_vocab":
+        meta.write_text('{"train_tokens": 300}')
+    else:
+        train.write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        load_meta(str(tiny_dataset))
+        open_tokens(str(tiny_dataset), "train")
+    assert expected.format(meta=meta) in str(e.value) and "prepare the data again" in str(e.value)
+    assert str(tiny_dataset) in str(e.value)
+
+
+def test_damaged_bin_stops_train_py_with_one_line(tiny_dataset, tmp_path):
+    with open(tiny_dataset / "val.bin", "ab") as f:
+        f.write(b"\0")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--data_dir={tiny_dataset}",
+                             f"--out_dir={tmp_path / 'out'}", "--device=cpu", "--compile=False", "--block_size=8"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {tiny_dataset / 'val.bin'} is damaged: its 81 bytes are "
+                                                  f"not a whole number of 2-byte tokens (a truncated copy?); "
+                                                  f"prepare the data again"]
+
+
+def test_val_split_too_short_for_a_window_names_the_file_and_val_fraction(tiny_dataset, tmp_path, capsys):
+    val = open_tokens(str(tiny_dataset), "val")
+    assert len(eval_offsets(val, 39, 2, 2, seed=0)) == 4  # 40 tokens: one window of 39 + 1
+    with pytest.raises(DataError) as e:
+        eval_offsets(val, 40, 2, 2, seed=0)
+    assert str(e.value) == (f"{tiny_dataset / 'val.bin'} has 40 tokens, too few for one window of block_size + 1 = "
+                            f"41 tokens: use a smaller block_size, or prepare the data again with a larger "
+                            f"--val_fraction (prepare_owt.py)")
+    with pytest.raises(DataError, match="train.bin has 300 tokens, too few .* or prepare more data"):
+        TrainBatches(open_tokens(str(tiny_dataset), "train"), 300, 4, seed=0)
+    # prepare_owt.py says so at preparation time already
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(50)))
+    prepare(input=str(tmp_path / "docs.jsonl"), out_dir=str(tmp_path / "out"), val_fraction=0.02)
+    assert "note: val.bin gets only 3 tokens (val_fraction=0.02)" in capsys.readouterr().err
 
 
 def test_vocab_that_does_not_fit_uint16_is_refused_before_loading(tmp_path, monkeypatch):
@@ -154,26 +261,33 @@ def test_vocab_that_does_not_fit_uint16_is_refused_before_loading(tmp_path, monk
     assert not (tmp_path / "out").exists()
 
 
-def test_interrupted_prepare_leaves_no_bin_and_no_meta(tmp_path, monkeypatch):
+def test_failed_prepare_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(20)))
+    (tmp_path / "other.jsonl").write_text("".join(json.dumps({"text": f"other {i}"}) + "\n" for i in range(30)))
     out = tmp_path / "out"
     prepare(input=str(tmp_path / "in.jsonl"), out_dir=str(out), val_fraction=0.1)
-    assert (out / "meta.json").exists()
-    os.remove(out / "train.bin")
+    before = {name: (out / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")}
 
     real_chunks = prepare_owt.token_chunks
+    calls = []
 
-    def interrupted(tokenized):
-        yield next(real_chunks(tokenized))
-        raise KeyboardInterrupt  # Ctrl-C halfway through train.bin
+    def interrupted_in_val(tokenized):
+        calls.append(1)
+        if len(calls) == 2:  # train.bin written in full, then Ctrl-C halfway through val.bin
+            yield next(real_chunks(tokenized))
+            raise KeyboardInterrupt
+        yield from real_chunks(tokenized)
 
-    monkeypatch.setattr(prepare_owt, "token_chunks", interrupted)
+    monkeypatch.setattr(prepare_owt, "token_chunks", interrupted_in_val)
     with pytest.raises(KeyboardInterrupt):
-        prepare(input=str(tmp_path / "in.jsonl"), out_dir=str(out), val_fraction=0.1)
-    left = sorted(os.listdir(out))
-    assert "train.bin" not in left and "meta.json" not in left and not any(".tmp" in f for f in left)
-    with pytest.raises(DataError, match="no meta.json"):
-        load_meta(str(out))
+        prepare(input=str(tmp_path / "other.jsonl"), out_dir=str(out), val_fraction=0.1)
+    assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]  # no staged or temporary file
+    assert {name: (out / name).read_bytes() for name in before} == before  # not one new .bin
+
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):  # into a new folder: nothing is left, not even the folder
+        prepare(input=str(tmp_path / "other.jsonl"), out_dir=str(tmp_path / "new"), val_fraction=0.1)
+    assert not (tmp_path / "new").exists()
 
 
 def test_write_tokens_streams_chunks_and_counts(tmp_path):
@@ -215,3 +329,6 @@ def test_shakespeare_prepare_script_rejects_unknown_tokenizer(tmp_path):
                              "--tokenizer=bpe", f"--out_dir={tmp_path / 'out'}"], capture_output=True, text=True)
     assert result.returncode == 1 and "error: unknown tokenizer 'bpe'" in result.stderr
     assert not (tmp_path / "out").exists()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataError, match="a-file is a file: the output is a folder"):
+        prepare_shakespeare(str(tmp_path / "a-file"), "char")

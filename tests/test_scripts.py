@@ -12,6 +12,7 @@ from checkpoint import save_checkpoint
 from conftest import REPO
 from data import write_meta
 from export_hf import export
+from export_hf import main as export_main
 from model import GPT, GPTConfig
 
 CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -113,25 +114,124 @@ def test_export_hf_round_trip_with_tokenizer(tmp_path, monkeypatch):
         got = hf_model(idx).logits
     assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-5
 
-    # exporting again replaces the folder (a stale file does not survive)
-    (tmp_path / "hf" / "stale.txt").write_text("old")
-    export("out", str(tmp_path / "hf"))
-    assert not (tmp_path / "hf" / "stale.txt").exists()
+    # exporting again replaces an earlier export whole: a character-level model's leaves no GPT-2 files
+    char_dir = tmp_path / "data" / "tiny_char"
+    char_dir.mkdir(parents=True)
+    write_meta(str(char_dir), {"tokenizer": "char", "vocab_size": len(CHARS), "chars": CHARS})
+    save_tiny_checkpoint(tmp_path / "out-char", len(CHARS), dataset="tiny_char")
+    assert export("out-char", "hf")["tokenizer"] == "char"
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors", "tokenizer.json",
+                                                   "tokenizer_config.json"]
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".export-")]
 
 
-def test_export_hf_char_model_has_no_tokenizer_files(char_run):
-    from transformers import AutoModelForCausalLM
+def test_export_hf_char_model_tokenizer_is_our_char_tokenizer(tmp_path, monkeypatch):
+    """AutoTokenizer on a character-level export encodes and decodes the Shakespeare text as CharTokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert export("out", "hf-char") == "char"
-    assert sorted(os.listdir(char_run / "hf-char")) == ["config.json", "model.safetensors"]
-    assert AutoModelForCausalLM.from_pretrained(str(char_run / "hf-char")).config.vocab_size == len(CHARS)
+    from data import shakespeare_works, split_work
+    from tokenizer import CharTokenizer
+
+    works = shakespeare_works()
+    chars = sorted(set("".join(text for _, text in works)))
+    (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
+    write_meta(str(tmp_path / "data" / "shakespeare_char"), {"tokenizer": "char", "vocab_size": len(chars),
+                                                             "chars": "".join(chars)})
+    ours = save_tiny_checkpoint(tmp_path / "out", len(chars), dataset="shakespeare_char").eval()
+    monkeypatch.chdir(tmp_path)
+    assert export("out", "hf-char")["tokenizer"] == "char"
+    tokenizer = AutoTokenizer.from_pretrained("hf-char")
+    text = "".join(split_work(text)[1] for _, text in works)  # 0.5M characters, a piece of every work
+    ids = tokenizer(text)["input_ids"]
+    assert ids == CharTokenizer(chars).encode(text)
+    assert tokenizer.decode(ids) == text and tokenizer.model_max_length == 32
+    with pytest.raises(Exception, match="Missing \\[UNK\\] token"):  # as CharTokenizer, unknown characters are refused
+        tokenizer("caf\u00e9")
+    hf_model = AutoModelForCausalLM.from_pretrained("hf-char").eval()
+    idx = torch.tensor([ids[:32]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, ours(idx)[0], rtol=1e-5, atol=1e-5)
 
 
-def test_export_hf_errors(tmp_path):
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_export_hf_folder_has_the_permissions_of_a_plain_mkdir(tmp_path, monkeypatch, umask):
+    monkeypatch.chdir(tmp_path)
+    save_tiny_checkpoint(tmp_path / "out", 50257)
+    old = os.umask(umask)
+    try:
+        export("out", "hf")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "hf").st_mode & 0o777 == 0o777 & ~umask
+    for name in os.listdir(tmp_path / "hf"):
+        assert os.stat(tmp_path / "hf" / name).st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_export_hf_errors(tmp_path, monkeypatch):
     result = run_script("export_hf.py", "--ckpt=out", cwd=tmp_path)
     assert result.returncode == 1 and "error: pass the folder to write with --out=FOLDER" in result.stderr
     (tmp_path / "empty").mkdir()
     result = run_script("export_hf.py", "--ckpt=empty", "--out=hf", cwd=tmp_path)
     assert result.returncode == 1 and "holds neither ckpt.pt nor a Hugging Face config.json" in result.stderr
     assert not (tmp_path / "hf").exists()
+    # --out is never a folder that holds something else (here the checkpoint itself), nor a file
+    monkeypatch.chdir(tmp_path)
+    save_tiny_checkpoint(tmp_path / "out", 50257)
+    before = (tmp_path / "out" / "ckpt.pt").read_bytes()
+    for out, message in (("out", "--out=out holds ckpt.pt, not an earlier export: pass a new folder"),
+                         ("out/ckpt.pt", "--out=out/ckpt.pt is a file: --out is the folder to write")):
+        with pytest.raises(SystemExit) as e:
+            export_main(["--ckpt=out", f"--out={out}"])
+        assert str(e.value.code) == f"error: {message}" + (" (it is replaced whole)" if out == "out" else "")
+    assert os.listdir(tmp_path / "out") == ["ckpt.pt"] and (tmp_path / "out" / "ckpt.pt").read_bytes() == before
+    # a model that fails to load, or a write that fails, leaves nothing behind
+    with pytest.raises(SystemExit, match="unknown model 'missing'"):
+        export_main(["--ckpt=missing", "--out=hf-new"])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    with pytest.raises(SystemExit) as e:
+        export_main(["--ckpt=out", "--out=hf-new"])
+    assert e.value.code == "error: could not write hf-new (No space left on device); nothing was written"
+    assert sorted(os.listdir(tmp_path)) == ["empty", "out"]
+
+
+@pytest.mark.parametrize("name", ["/models/gpt2-medium", "./gpt2-folder", "../gpt2-folder", "models/gpt2",
+                                  "path/to/gpt2-medium", "~/gpt2-medium-missing"])
+def test_missing_local_folder_is_no_such_folder_not_a_hub_download(tmp_path, monkeypatch, name):
+    from hf import ModelLoadError, resolve_hf_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # "models/gpt2" is under an existing folder: a path, not an org/name Hub id
+    with pytest.raises(ModelLoadError) as e:
+        resolve_hf_folder(name)
+    assert str(e.value).startswith(f"no such folder: {name} ")
+
+
+def test_hub_name_offline_says_how_to_download_with_hf(tmp_path, monkeypatch):
+    from hf import ModelLoadError, resolve_hf_folder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError) as e:
+        resolve_hf_folder("gpt2-medium")  # HF_HUB_OFFLINE=1 in the tests and nothing in the cache
+    assert "`hf download openai-community/gpt2-medium --local-dir gpt2-medium`" in str(e.value)
+    assert "huggingface-cli" not in str(e.value)
+    with pytest.raises(SystemExit) as e:  # through a script: one line
+        sample.main(["--init_from=./gpt2-folder", "--device=cpu"])
+    assert str(e.value.code).startswith("error: no such folder: ./gpt2-folder ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors on a machine without CUDA")
+def test_cuda_device_without_cuda_stops_sample_bench_and_bench_gpu_at_once(char_run):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--init_from=out", "--device=cuda"])
+    assert str(e.value.code).startswith("error: device='cuda' but ") and "--device=cpu" in str(e.value.code)
+    result = run_script("bench.py", "--device=cuda", "--quick", cwd=char_run)
+    assert result.returncode == 1 and result.stderr.startswith("error: device='cuda' but ")
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    result = subprocess.run(["bash", os.path.join(REPO, "bench_gpu.sh")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["error: bench_gpu.sh needs a CUDA GPU and a CUDA build of torch; "
+                                                  "on a CPU run python bench.py"]

@@ -8,7 +8,8 @@ Zero-shot evaluation through lm-evaluation-harness, the paper's downstream table
 --model is one of our checkpoints (an out_dir or .pt file: written to a temporary Hugging Face folder with
 export_hf.py's export and evaluated there, so the numbers are those of `lm_eval --model hf --model_args
 pretrained=FOLDER` on the exported folder), a Hugging Face model folder (any causal LM lm-eval's `hf` model
-loads, with its tokenizer) or a GPT-2 name. --tasks is `paper` (arc_easy, piqa, sciq, hellaswag,
+loads, with its tokenizer) or a GPT-2 name; --model_args passes lm-eval's other hf arguments (dtype=bfloat16,
+prefix_token_id=0, ...). --tasks is `paper` (arc_easy, piqa, sciq, hellaswag,
 lambada_openai), `paper_xl` (those and winogrande, boolq, wikitext) or a comma list of lm-eval task names.
 The task code is lm-eval's: this script resolves the model, checks the task names and prints the table.
 lm-eval is an optional dependency: pip install 'lm-eval[hf]'.
@@ -42,6 +43,7 @@ DEFAULTS = dict(
     batch_size="1",  # a number, or auto (lm-eval finds the largest that fits; on GPUs)
     num_fewshot=0,  # 0: zero-shot, as in the paper
     device="auto",  # auto: cuda when available, else cpu
+    model_args="",  # more arguments of lm-eval's hf model, as lm_eval's --model_args: e.g. dtype=bfloat16
     out="",  # also write the results as JSON to this file
 )
 
@@ -89,28 +91,35 @@ def limit_arg(limit):
 
 
 def hf_folder(source, workdir):
-    """A Hugging Face folder with a tokenizer for source: our checkpoint exported into workdir, an HF folder as it
-    is, a GPT-2 name from the Hub (or its cache)."""
-    from transformers import AutoTokenizer
-
+    """A Hugging Face folder for source: our checkpoint exported into workdir (as export_hf.py writes it), an HF
+    folder as it is, a GPT-2 name from the Hub (or its cache)."""
     from export_hf import export
 
     if is_checkpoint(source):
         folder = os.path.join(workdir, "hf")
-        tokenizer = export(source, folder)
-        if tokenizer != "gpt2":
-            raise EvalError(f"{source} uses the '{tokenizer}' tokenizer, which lm-eval cannot load: zero-shot tasks "
-                            f"need a model trained on GPT-2 BPE data")
+        export(source, folder)
         return folder
     if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
         raise EvalError(f"{source} holds neither ckpt.pt nor a Hugging Face config.json")
-    folder = resolve_hf_folder(source)
+    return resolve_hf_folder(source)
+
+
+def check_tokenizer(folder, source, hflm_args):
+    """lm-eval loads the folder's tokenizer and prefixes each loglikelihood with its BOS (else EOS) token, or
+    prefix_token_id: say so now rather than deep inside lm-eval."""
+    from transformers import AutoTokenizer
+
     try:
-        AutoTokenizer.from_pretrained(folder)
-    except Exception as e:  # noqa: BLE001 (missing files, unknown tokenizer class: the same advice)
-        raise EvalError(f"{source} has no tokenizer lm-eval can load ({type(e).__name__}): add the tokenizer "
-                        f"files to the folder") from None
-    return folder
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        failure = None if len(tokenizer) > len(set(tokenizer.all_special_tokens)) else "no vocabulary files"
+    except Exception as e:  # noqa: BLE001 (missing files, an unknown tokenizer class: the same advice)
+        failure = type(e).__name__
+    if failure:  # transformers 5 makes an empty GPT-2 tokenizer, special tokens only, for a folder without files
+        raise EvalError(f"{source} has no tokenizer that transformers can load ({failure}): lm-eval needs the "
+                        f"model's Hugging Face tokenizer files in the folder")
+    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None and "prefix_token_id" not in hflm_args:
+        raise EvalError(f"{source}'s tokenizer has no BOS or EOS token, which lm-eval puts before each text: pass "
+                        f"--model_args=prefix_token_id=ID (e.g. the id of a newline)")
 
 
 def table_rows(results, tasks):
@@ -137,12 +146,13 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewshot=0, device="auto"):
+def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewshot=0, device="auto", model_args=""):
     """Run lm-eval's tasks on model; returns {"rows": table rows, "results": lm-eval's per-task results, ...}."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
+        from lm_eval.utils import simple_parse_args_string
     except ImportError as e:
         raise EvalError(f"evaluate.py needs lm-evaluation-harness with its Hugging Face extra ({e.name} is not "
                         f"installed): pip install 'lm-eval[hf]'") from None
@@ -152,6 +162,9 @@ def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewsh
         device = "cuda" if torch.cuda.is_available() else "cpu"
     check_device(device)
     batch, limit = batch_size_arg(str(batch_size)), limit_arg(limit)
+    hflm_args = simple_parse_args_string(model_args)
+    if "pretrained" in hflm_args:
+        raise EvalError("--model names the model; --model_args takes lm-eval's other hf arguments (no pretrained=)")
     names = expand_tasks(tasks)
     if include_path and not os.path.isdir(include_path):
         raise EvalError(f"include_path={include_path!r} is not a folder: pass the folder that holds your task YAMLs")
@@ -159,11 +172,13 @@ def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewsh
     check_tasks(names, task_manager.all_tasks)
     with tempfile.TemporaryDirectory(prefix="evaluate-") as workdir:
         folder = hf_folder(model, workdir)
-        lm = HFLM(pretrained=folder, batch_size=batch, device=device)  # what `lm_eval --model hf` builds
+        check_tokenizer(folder, model, hflm_args)
+        # the model `lm_eval --model hf --model_args pretrained=FOLDER,MODEL_ARGS` builds
+        lm = HFLM.create_from_arg_obj({"pretrained": folder, **hflm_args}, {"batch_size": batch, "device": device})
         output = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
                                          task_manager=task_manager, log_samples=False)
-    return {"model": model, "tasks": names, "num_fewshot": num_fewshot, "limit": limit, "device": device,
-            "lm_eval_version": lm_eval.__version__, "rows": table_rows(output["results"], names),
+    return {"model": model, "model_args": hflm_args, "tasks": names, "num_fewshot": num_fewshot, "limit": limit,
+            "device": device, "lm_eval_version": lm_eval.__version__, "rows": table_rows(output["results"], names),
             "results": output["results"], "n-samples": output.get("n-samples")}
 
 

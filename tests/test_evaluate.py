@@ -132,7 +132,8 @@ def test_bad_settings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for args, message in ((["--tasks=,"], "--tasks is empty"), (["--batch_size=big"], "batch_size='big'"),
                           (["--limit=2.5"], "limit=2.5"), (["--device=cuda:7"], "device='cuda:7'"),
-                          (["--include_path=nowhere"], "include_path='nowhere' is not a folder")):
+                          (["--include_path=nowhere"], "include_path='nowhere' is not a folder"),
+                          (["--model_args=pretrained=gpt2"], "--model_args takes lm-eval's other hf arguments")):
         with pytest.raises(SystemExit) as e:
             evaluate.main(["--model=out", "--out=res.json", *args])
         assert message in str(e.value.code), (args, e.value.code)
@@ -153,3 +154,23 @@ def test_without_lm_eval_installed(tmp_path):
     assert result.stderr.strip() == ("error: evaluate.py needs lm-evaluation-harness with its Hugging Face extra "
                                      "(lm_eval is not installed): pip install 'lm-eval[hf]'")
     assert os.listdir(tmp_path) == []
+
+
+def test_models_lm_eval_cannot_run(tmp_path, make_hf_gpt2):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    with pytest.raises(evaluate.ModelLoadError, match="no-such-run"):
+        evaluate.hf_folder(str(tmp_path / "no-such-run"), str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(evaluate.EvalError, match="holds neither ckpt.pt nor a Hugging Face config.json"):
+        evaluate.hf_folder(str(tmp_path / "empty"), str(tmp_path))
+    folder = make_hf_gpt2()  # weights and config, no tokenizer files
+    with pytest.raises(evaluate.EvalError, match="has no tokenizer that transformers can load"):
+        evaluate.check_tokenizer(folder, "hf-gpt2", {})
+    # a character vocabulary without BOS / EOS: lm-eval has nothing to put before a text unless told
+    vocab = {c: i for i, c in enumerate("\n abcdefghijklmnopqrstuvwxyz")}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=None))).save_pretrained(folder)
+    with pytest.raises(evaluate.EvalError, match=r"no BOS or EOS token.*--model_args=prefix_token_id=ID"):
+        evaluate.check_tokenizer(folder, "hf-gpt2", {})
+    evaluate.check_tokenizer(folder, "hf-gpt2", {"prefix_token_id": 0})

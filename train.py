@@ -268,7 +268,7 @@ def get_batch():
 # model
 ckpt_path = os.path.join(out_dir, CKPT_NAME)
 iter_num, round_start_iter, best_val_loss = 0, 0, float("inf")
-compute = {"tokens": 0, "flops": 0}  # training tokens and FLOPs so far, all rounds (flops_per_token, as MFU)
+compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
 ckpt, checkpoint_extras = None, {}
 ref_model = None  # the reference of init_from='inherit' and of growth
 try:

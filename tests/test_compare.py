@@ -49,6 +49,7 @@ def test_eval_records_carry_tokens_and_flops_of_all_rounds(char_data, runs):
     scratch = evals(runs["scratch"])
     assert [(r["iter"], r["tokens"], r["flops"]) for r in scratch] == [
         (i, i * TOKENS_PER_ITER, i * TOKENS_PER_ITER * f4) for i in (0, 8, 16, 24)]
+    assert all(isinstance(r["flops"], float) for r in grow + scratch)  # big runs pass int64 (pandas would wrap)
     ckpt = torch.load(os.path.join(runs["grow"], "ckpt.pt"), weights_only=True)
     assert ckpt["compute"] == {"tokens": grow[-1]["tokens"], "flops": grow[-1]["flops"]}
 

@@ -76,7 +76,7 @@ def reference_source(ckpt):
 def reference_cost(source):
     """{source, tokens, flops, steps} of a reference that is one of our runs with a counted log; else
     {source, note} saying why its cost is not known."""
-    out_dir = os.path.dirname(source) if source.endswith(".pt") else source
+    out_dir = (os.path.dirname(source) or ".") if source.endswith(".pt") else source
     if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         return {"source": source, "note": f"not known: no log.jsonl at {out_dir}"}
     try:

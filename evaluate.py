@@ -16,6 +16,7 @@ lm-eval is an optional dependency: pip install 'lm-eval[hf]'.
 """
 
 import difflib
+import importlib
 import json
 import os
 import sys
@@ -196,5 +197,20 @@ def main(argv=None):
         print(f"wrote {config['out']}")
 
 
+def import_hf_evaluate():
+    """Import Hugging Face's `evaluate` package, which some lm-eval tasks use (squadv2, humaneval, ...): this
+    script's name would shadow it while its folder is on sys.path."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    try:
+        importlib.import_module("evaluate")
+    except ImportError:
+        pass  # not installed: only the tasks that need it fail, saying so
+    finally:
+        sys.path[:] = saved
+
+
 if __name__ == "__main__":
+    import_hf_evaluate()
     main()

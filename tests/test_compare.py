@@ -45,7 +45,8 @@ def test_eval_records_carry_tokens_and_flops_of_all_rounds(char_data, runs):
     grow = evals(runs["grow"])
     assert [(r["iter"], r["n_layer"]) for r in grow] == [(0, 2), (10, 2), (18, 4)]
     assert [r["tokens"] for r in grow] == [0, 10 * TOKENS_PER_ITER, 18 * TOKENS_PER_ITER]
-    assert [r["flops"] for r in grow] == [0, 10 * TOKENS_PER_ITER * f2, 10 * TOKENS_PER_ITER * f2 + 8 * TOKENS_PER_ITER * f4]
+    round_1 = 10 * TOKENS_PER_ITER * f2  # 10 steps at 2 layers, then 8 at 4
+    assert [r["flops"] for r in grow] == [0, round_1, round_1 + 8 * TOKENS_PER_ITER * f4]
     scratch = evals(runs["scratch"])
     assert [(r["iter"], r["tokens"], r["flops"]) for r in scratch] == [
         (i, i * TOKENS_PER_ITER, i * TOKENS_PER_ITER * f4) for i in (0, 8, 16, 24)]

@@ -115,7 +115,8 @@ def test_paper_task_sets_are_lm_eval_tasks():
     rows = evaluate.table_rows(results, ["hellaswag", "lambada_openai", "my_task"])
     assert [(r["task"], r["metric"], r["value"], r["stderr"]) for r in rows] == [
         ("hellaswag", "acc_norm", 0.29, 0.005), ("lambada_openai", "acc", 0.3, 0.01),
-        ("lambada_openai", "perplexity", 40.1, 1.5), ("my_task", "f1", 0.5, None), ("my_task", "exact_match", 0.25, None)]
+        ("lambada_openai", "perplexity", 40.1, 1.5), ("my_task", "f1", 0.5, None),
+        ("my_task", "exact_match", 0.25, None)]
 
 
 def test_unknown_task_fails_before_loading_the_model(tmp_path):
@@ -138,6 +139,22 @@ def test_bad_settings(tmp_path, monkeypatch):
             evaluate.main(["--model=out", "--out=res.json", *args])
         assert message in str(e.value.code), (args, e.value.code)
     assert os.listdir(tmp_path) == []
+
+
+def test_lm_eval_tasks_get_hugging_faces_evaluate_package(tmp_path):
+    # run as a script, evaluate.py must not stand in for the `evaluate` package that some lm-eval tasks import
+    block = (f"import sys, runpy\nsys.path.insert(0, {REPO!r})\n"
+             "sys.argv = ['evaluate.py', '--tasks=,']\n"
+             "try:\n"
+             f"    runpy.run_path({os.path.join(REPO, 'evaluate.py')!r}, run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    print(e.code, file=sys.stderr)\n"
+             "    import evaluate\n"
+             "    print(evaluate.__file__, hasattr(evaluate, 'load'))\n")
+    result = run(["-c", block], cwd=tmp_path)
+    assert "--tasks is empty" in result.stderr
+    path, has_load = result.stdout.split()
+    assert os.path.dirname(path) != REPO and has_load == "True", result.stdout
 
 
 def test_without_lm_eval_installed(tmp_path):

@@ -119,14 +119,13 @@ def test_paper_task_sets_are_lm_eval_tasks():
         ("my_task", "exact_match", 0.25, None)]
 
 
-def test_unknown_task_fails_before_loading_the_model(tmp_path):
-    # the model does not exist: the task check must come first
-    result = run([os.path.join(REPO, "evaluate.py"), "--model=no-such-run", "--tasks=paper,hellaswagg,zzzqqq",
-                  "--device=cpu", "--out=res.json"], cwd=tmp_path)
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: unknown lm-eval task 'hellaswagg' (close: hellaswag") and "'zzzqqq'" in last
-    assert os.listdir(tmp_path) == []
+def test_unknown_task_fails_before_loading_the_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:  # the model does not exist: the task check must come first
+        evaluate.main(["--model=no-such-run", "--tasks=paper,hellaswagg,zzzqqq", "--device=cpu", "--out=res.json"])
+    message = str(e.value.code)
+    assert message.startswith("error: unknown lm-eval task 'hellaswagg' (close: hellaswag") and "'zzzqqq'" in message
+    assert "\n" not in message and os.listdir(tmp_path) == []
 
 
 def test_bad_settings(tmp_path, monkeypatch):

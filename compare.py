@@ -196,6 +196,8 @@ def plot(result, path):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:  # the arguments are out_dirs, not the config files the key list mentions
+        print(__doc__.strip() + "\n")
     out_dirs = [os.path.normpath(a) for a in argv if not a.startswith("-")]
     config = configure_or_exit(DEFAULTS, [a for a in argv if a.startswith("-")])
     if not out_dirs:

@@ -155,8 +155,11 @@ def test_bad_run_folders(tmp_path, monkeypatch, make, message):
     assert sorted(os.listdir(tmp_path)) == ["run"]  # nothing written
 
 
-def test_bad_arguments(runs, tmp_path, monkeypatch):
+def test_bad_arguments(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--help"])
+    assert e.value.code == 0 and "python compare.py out-inherit" in capsys.readouterr().out
     for argv, message in (([], "pass the out_dirs of the runs to compare"),
                           ([runs["grow"], "--out=cmp.jpg"], "out='cmp.jpg' is not a .png file path"),
                           ([runs["grow"], "--outt=x.png"], "unknown config key 'outt'")):

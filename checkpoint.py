@@ -9,6 +9,7 @@ torch.load(path, weights_only=True) reads it. Keys written by train.py / inherit
   iter_num, round_start_iter, best_val_loss, optimizer, scaler, rng, sampler   (train.py, for exact resume)
   inherit      {source, layers, source_n_layer, reference_val_loss, ...}   (inherit.py)
   growth       {round, layers, target_val_loss, done, ...}   (train.py with grow_every: where growth stands)
+  compute      {tokens, flops}: training tokens and FLOPs so far, all rounds   (train.py; as in log.jsonl's evals)
 """
 
 import os
@@ -45,12 +46,13 @@ def save_checkpoint(obj, path):
         torch.save(obj, f)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """The checkpoint dict at path (an out_dir or a .pt file), loaded with weights_only=True."""
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """The checkpoint dict at path (an out_dir or a .pt file), loaded with weights_only=True; mmap=True maps the
+    tensors from the file instead of reading them (to read a big checkpoint's metadata)."""
     path = checkpoint_path(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}: pass an out_dir that holds {CKPT_NAME} or a .pt file")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def strip_wrapper_prefixes(state_dict):

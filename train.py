@@ -101,7 +101,7 @@ globals().update(config)
 MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
                     "scale_attn_by_inverse_layer_idx")
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
-                       "best_val_loss", "rng", "sampler")
+                       "best_val_loss", "rng", "sampler", "compute")
 
 
 def fail(message):
@@ -187,7 +187,7 @@ def save_training_checkpoint():
         ckpt.update(
             model=raw_model.state_dict(), model_args=model_args, config=config,
             optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-            iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss,
+            iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss, compute=compute,
             rng=rng_states, sampler=sampler_states,
         )
         save_checkpoint(ckpt, ckpt_path)
@@ -268,6 +268,7 @@ def get_batch():
 # model
 ckpt_path = os.path.join(out_dir, CKPT_NAME)
 iter_num, round_start_iter, best_val_loss = 0, 0, float("inf")
+compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
 ckpt, checkpoint_extras = None, {}
 ref_model = None  # the reference of init_from='inherit' and of growth
 try:
@@ -285,6 +286,7 @@ try:
         iter_num = ckpt.get("iter_num", 0)
         round_start_iter = ckpt.get("round_start_iter", 0)
         best_val_loss = ckpt.get("best_val_loss", float("inf"))
+        compute = ckpt.get("compute", compute if iter_num == 0 else None)  # None: saved before they were counted
         checkpoint_extras = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
     elif init_from == "inherit":
         if not reference:
@@ -425,7 +427,7 @@ while True:
     if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only or round_end:
         losses = estimate_losses()
         depth = {"n_layer": raw_model.config.n_layer, "round": growth["round"]} if growth else {}
-        log({"iter": iter_num, **losses, "lr": lr, **depth})
+        log({"iter": iter_num, **losses, "lr": lr, **depth, **(compute or {})})
         if not math.isfinite(losses["val_loss"]):
             fail(f"the val loss is {losses['val_loss']} at iter {iter_num}: stopping without saving")
         improved = losses["val_loss"] < best_val_loss
@@ -515,6 +517,9 @@ while True:
              "mfu": perf.mfu(flops_per_token, tokens_per_s, peak_flops, ddp_world_size)})
         t_last_log, iters_since_log = time.time(), 0
     iter_num += 1
+    if compute is not None:
+        compute["tokens"] += tokens_per_iter
+        compute["flops"] += flops_per_token * tokens_per_iter  # at this round's depth
 
     if stop_requested:
         if master_process:

@@ -1,0 +1,221 @@
+"""
+Compare train.py runs at equal steps and at equal compute: a table, and a PNG of val loss against steps and FLOPs.
+
+    python compare.py out-inherit out-scratch out-scratch-2x --out=compare.png --json=compare.json
+
+One row per run (an out_dir with log.jsonl): layers (a growing run's path, e.g. 4->6), parameters, steps, training
+tokens and FLOPs (all rounds; train.py logs them with every eval), final and best val loss, and the val loss at the
+FIRST run's steps and at its FLOPs, read off each run's eval curve by linear interpolation between its evals ("n/a"
+outside the curve: never extrapolated). A run inherited from a reference did not pay for the reference's training:
+that cost is listed apart (from the reference's log.jsonl when it is one of our runs), with the total including it.
+Tokens and FLOPs are not reconstructed for logs written before train.py counted them: a resume may have changed
+the batch and a growth the depth, and a guess is not a measurement.
+"""
+
+import json
+import os
+import pickle
+import sys
+
+import numpy as np
+import torch
+
+from atomic import atomic_write
+from checkpoint import CKPT_NAME, load_checkpoint
+from configurator import configure_or_exit
+from model import GPT, GPTConfig
+
+DEFAULTS = dict(
+    out="compare.png",  # the PNG to write: val loss against steps and against FLOPs
+    json="",  # also write the comparison as JSON to this file
+)
+
+
+class CompareError(ValueError):
+    pass
+
+
+def read_evals(out_dir):
+    """The eval records of out_dir/log.jsonl, one per iteration (the last logged wins: a resumed run logs its
+    iteration again), in iteration order."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        raise CompareError(f"{out_dir} has no log.jsonl: pass the out_dirs of train.py runs")
+    by_iter = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise CompareError(f"{path} is damaged: line {lineno} is not JSON") from None
+            if "val_loss" in record:
+                by_iter[record["iter"]] = record
+    if not by_iter:
+        raise CompareError(f"{path} has no eval records (val_loss): the run has not reached its first eval")
+    if any("flops" not in r for r in by_iter.values()):
+        raise CompareError(f"{path} has eval records without tokens and FLOPs (written by a train.py from before "
+                           f"they were counted): re-run the training to compare it at equal compute")
+    return [by_iter[i] for i in sorted(by_iter)]
+
+
+def interpolate(xs, ys, x):
+    """y at x on the piecewise-linear curve through (xs, ys); None outside [xs[0], xs[-1]]: no extrapolation."""
+    if not xs[0] <= x <= xs[-1]:
+        return None
+    return float(np.interp(x, xs, ys))
+
+
+def reference_source(ckpt):
+    """Where an inherited run's reference is: the run's --reference (its latest location), else the source in
+    the checkpoint's inherit metadata; None for runs not inherited."""
+    if ckpt is None or not ckpt.get("inherit"):
+        return None
+    return (ckpt.get("config") or {}).get("reference") or ckpt["inherit"].get("source")
+
+
+def reference_cost(source):
+    """{source, tokens, flops, steps} of a reference that is one of our runs with a counted log; else
+    {source, note} saying why its cost is not known."""
+    out_dir = (os.path.dirname(source) or ".") if source.endswith(".pt") else source
+    if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
+        return {"source": source, "note": f"not known: no log.jsonl at {out_dir}"}
+    try:
+        last = read_evals(out_dir)[-1]
+    except CompareError as e:
+        return {"source": source, "note": f"not known: {e}"}
+    return {"source": source, "tokens": last["tokens"], "flops": last["flops"], "steps": last["iter"]}
+
+
+def summarize(out_dir):
+    """One run's row: its eval curve and what it cost."""
+    evals = read_evals(out_dir)
+    ckpt_path = os.path.join(out_dir, CKPT_NAME)
+    try:
+        ckpt = load_checkpoint(ckpt_path, mmap=True) if os.path.isfile(ckpt_path) else None
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise CompareError(f"{ckpt_path} is damaged ({type(e).__name__}): it cannot be read") from None
+    depths = [r["n_layer"] for r in evals if "n_layer" in r]  # growing runs log their depth with every eval
+    if ckpt is not None:
+        depths.append(ckpt["model_args"]["n_layer"])
+    layers = [d for i, d in enumerate(depths) if i == 0 or d != depths[i - 1]]
+    params = None
+    if ckpt is not None:
+        with torch.device("meta"):  # the shape only: no memory, no init
+            params = GPT(GPTConfig(**ckpt["model_args"])).get_num_params(non_embedding=False)
+    source = reference_source(ckpt)
+    last = evals[-1]
+    return {"name": out_dir, "layers": layers, "params": params, "steps": last["iter"], "tokens": last["tokens"],
+            "flops": last["flops"], "final_val_loss": last["val_loss"],
+            "best_val_loss": min(r["val_loss"] for r in evals),
+            "reference": reference_cost(source) if source else None,
+            "evals": [{k: r[k] for k in ("iter", "tokens", "flops", "val_loss")} for r in evals]}
+
+
+def compare(out_dirs):
+    """The runs' rows, with each run's val loss at the first run's steps and FLOPs."""
+    runs = [summarize(d) for d in out_dirs]
+    matched_steps, matched_flops = runs[0]["steps"], runs[0]["flops"]
+    for run in runs:
+        iters, flops, losses = ([r[k] for r in run["evals"]] for k in ("iter", "flops", "val_loss"))
+        run["val_loss_at_matched_steps"] = interpolate(iters, losses, matched_steps)
+        run["val_loss_at_matched_flops"] = interpolate(flops, losses, matched_flops)
+        ref = run["reference"]
+        run["flops_incl_reference"] = run["flops"] + ref["flops"] if ref and "flops" in ref else None
+    return {"matched_steps": matched_steps, "matched_flops": matched_flops, "runs": runs}
+
+
+def count(n):
+    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def loss(x):
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def format_report(result):
+    steps, flops = result["matched_steps"], result["matched_flops"]
+    header = ["run", "layers", "params", "steps", "tokens", "FLOPs", "final val", "best val",
+              f"val @ {steps} steps", f"val @ {flops:.3g} FLOPs"]
+    rows = [[run["name"], "->".join(map(str, run["layers"])) or "?",
+             "?" if run["params"] is None else count(run["params"]), str(run["steps"]), count(run["tokens"]),
+             f"{run['flops']:.3g}", loss(run["final_val_loss"]), loss(run["best_val_loss"]),
+             loss(run["val_loss_at_matched_steps"]), loss(run["val_loss_at_matched_flops"])] for run in result["runs"]]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in [header, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"val @: each run's val loss at the first run's ({result['runs'][0]['name']}) steps and FLOPs, "
+                 f"interpolated between its evals; n/a: outside its eval curve (never extrapolated)")
+    for run in result["runs"]:
+        ref = run["reference"]
+        if ref is None:
+            continue
+        if "flops" in ref:
+            lines.append(f"{run['name']}: reference cost: {ref['flops']:.3g} FLOPs, {count(ref['tokens'])} tokens, "
+                         f"{ref['steps']} steps ({ref['source']}; not included above)")
+            lines.append(f"{run['name']}: total incl. reference: {run['flops_incl_reference']:.3g} FLOPs")
+        else:
+            lines.append(f"{run['name']}: reference cost: {ref['note']} ({ref['source']}; not included above)")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    """Val loss against steps and against FLOPs, one line per run, the matched budgets dotted; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in result["runs"]:
+        label = f"{run['name']} ({'->'.join(map(str, run['layers']))} layers)"
+        losses = [r["val_loss"] for r in run["evals"]]
+        for ax, key in zip(axes, ("iter", "flops")):
+            line, = ax.plot([r[key] for r in run["evals"]], losses, marker=".", label=label)
+        if run["flops_incl_reference"] is not None:  # the same curve, moved right by what the reference cost
+            axes[1].plot([r["flops"] + run["reference"]["flops"] for r in run["evals"]], losses, linestyle="--",
+                         color=line.get_color(), label=f"{run['name']} incl. reference")
+    for ax, x, xlabel in zip(axes, (result["matched_steps"], result["matched_flops"]), ("steps", "training FLOPs")):
+        ax.axvline(x, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("val loss")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("val loss at equal steps")
+    axes[1].set_title("val loss at equal compute (dashed: incl. the reference's training)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:  # the arguments are out_dirs, not the config files the key list mentions
+        print(__doc__.strip() + "\n")
+    out_dirs = [os.path.normpath(a) for a in argv if not a.startswith("-")]
+    config = configure_or_exit(DEFAULTS, [a for a in argv if a.startswith("-")])
+    if not out_dirs:
+        sys.exit("error: pass the out_dirs of the runs to compare, the baseline first: python compare.py OUT_DIR ...")
+    if not config["out"].lower().endswith(".png"):
+        sys.exit(f"error: out={config['out']!r} is not a .png file path: pass --out=NAME.png")
+    try:
+        result = compare(out_dirs)
+    except CompareError as e:
+        sys.exit(f"error: {e}")
+    print(format_report(result))
+    plot(result, config["out"])
+    if config["json"]:
+        os.makedirs(os.path.dirname(os.path.abspath(config["json"])), exist_ok=True)
+        with atomic_write(config["json"], "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"wrote {config['out']}" + (f" and {config['json']}" if config["json"] else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""
+Zero-shot evaluation through lm-evaluation-harness, the paper's downstream tables (arXiv 2404.08634, Tables 1, 7).
+
+    python evaluate.py --model=out-inherit --tasks=paper
+    python evaluate.py --model=gpt2-medium --tasks=paper_xl --device=cuda --batch_size=auto --out=results.json
+    python evaluate.py --model=out-inherit --tasks=my_task --include_path=my_tasks/ --limit=100
+
+--model is one of our checkpoints (an out_dir or .pt file: written to a temporary Hugging Face folder with
+export_hf.py's export and evaluated there, so the numbers are those of `lm_eval --model hf --model_args
+pretrained=FOLDER` on the exported folder), a Hugging Face model folder (any causal LM lm-eval's `hf` model
+loads, with its tokenizer) or a GPT-2 name; --model_args passes lm-eval's other hf arguments (dtype=bfloat16,
+prefix_token_id=0, ...). --tasks is `paper` (arc_easy, piqa, sciq, hellaswag,
+lambada_openai), `paper_xl` (those and winogrande, boolq, wikitext) or a comma list of lm-eval task names.
+The task code is lm-eval's: this script resolves the model, checks the task names and prints the table.
+lm-eval is an optional dependency: pip install 'lm-eval[hf]'.
+"""
+
+import difflib
+import importlib
+import json
+import os
+import sys
+import tempfile
+
+from atomic import atomic_write
+from checkpoint import CheckpointError, is_checkpoint
+from configurator import ConfigError, check_device, configure_or_exit
+from data import DataError
+from hf import ModelLoadError, resolve_hf_folder
+
+PAPER_TASKS = ("arc_easy", "piqa", "sciq", "hellaswag", "lambada_openai")
+PAPER_XL_TASKS = PAPER_TASKS + ("winogrande", "boolq", "wikitext")
+TASK_SETS = {"paper": PAPER_TASKS, "paper_xl": PAPER_XL_TASKS}
+# the metrics the paper reports for its tasks; other tasks show every metric lm-eval returns
+PAPER_METRICS = {"arc_easy": ("acc",), "piqa": ("acc",), "sciq": ("acc",), "hellaswag": ("acc_norm",),
+                 "lambada_openai": ("acc", "perplexity"), "winogrande": ("acc",), "boolq": ("acc",),
+                 "wikitext": ("word_perplexity",)}
+
+DEFAULTS = dict(
+    model="out",  # our out_dir or .pt, a Hugging Face model folder, or a GPT-2 name
+    tasks="paper",  # paper | paper_xl | a comma list of lm-eval task names
+    include_path="",  # a folder of extra task YAMLs (lm-eval's --include_path)
+    limit=0.0,  # examples per task for a quick check (0: all; below 1: that fraction); not for reported numbers
+    batch_size="1",  # a number, or auto (lm-eval finds the largest that fits; on GPUs)
+    num_fewshot=0,  # 0: zero-shot, as in the paper
+    device="auto",  # auto: cuda when available, else cpu
+    model_args="",  # more arguments of lm-eval's hf model, as lm_eval's --model_args: e.g. dtype=bfloat16
+    out="",  # also write the results as JSON to this file
+)
+
+
+class EvalError(ValueError):
+    pass
+
+
+def expand_tasks(spec):
+    """The lm-eval task names of --tasks: `paper`, `paper_xl` and lm-eval names, comma-separated, in order."""
+    names = []
+    for name in (n.strip() for n in spec.split(",")):
+        for task in TASK_SETS.get(name, (name,) if name else ()):
+            if task not in names:
+                names.append(task)
+    if not names:
+        raise EvalError("--tasks is empty: pass paper, paper_xl or lm-eval task names separated by commas")
+    return names
+
+
+def check_tasks(names, known):
+    """Raise EvalError naming the close known names for every name lm-eval does not know."""
+    known = set(known)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+            hints.append(f"'{name}'" + (f" (close: {', '.join(close)})" if close else ""))
+        raise EvalError(f"unknown lm-eval task {'; '.join(hints)}: see `lm_eval ls tasks`, or pass the folder of "
+                        f"your task YAMLs with --include_path")
+
+
+def batch_size_arg(text):
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text if text == "auto" else int(text)
+    raise EvalError(f"batch_size={text!r}: pass a positive number or auto")
+
+
+def limit_arg(limit):
+    """lm-eval's limit: None for all examples, a count (>= 1) or a fraction (< 1)."""
+    if limit < 0 or (limit > 1 and limit != int(limit)):
+        raise EvalError(f"limit={limit}: pass 0 (all), a count of examples, or a fraction below 1")
+    return None if limit == 0 else int(limit) if limit >= 1 else limit
+
+
+def hf_folder(source, workdir):
+    """A Hugging Face folder for source: our checkpoint exported into workdir (as export_hf.py writes it), an HF
+    folder as it is, a GPT-2 name from the Hub (or its cache)."""
+    from export_hf import export
+
+    if is_checkpoint(source):
+        folder = os.path.join(workdir, "hf")
+        export(source, folder)
+        return folder
+    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+        raise EvalError(f"{source} holds neither ckpt.pt nor a Hugging Face config.json")
+    return resolve_hf_folder(source)
+
+
+def check_tokenizer(folder, source, hflm_args):
+    """lm-eval loads the folder's tokenizer and prefixes each loglikelihood with its BOS (else EOS) token, or
+    prefix_token_id: say so now rather than deep inside lm-eval."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        failure = None if len(tokenizer) > len(set(tokenizer.all_special_tokens)) else "no vocabulary files"
+    except Exception as e:  # noqa: BLE001 (missing files, an unknown tokenizer class: the same advice)
+        failure = type(e).__name__
+    if failure:  # transformers 5 makes an empty GPT-2 tokenizer, special tokens only, for a folder without files
+        raise EvalError(f"{source} has no tokenizer that transformers can load ({failure}): lm-eval needs the "
+                        f"model's Hugging Face tokenizer files in the folder")
+    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None and "prefix_token_id" not in hflm_args:
+        raise EvalError(f"{source}'s tokenizer has no BOS or EOS token, which lm-eval puts before each text: pass "
+                        f"--model_args=prefix_token_id=ID (e.g. the id of a newline)")
+
+
+def table_rows(results, tasks):
+    """[{task, metric, value, stderr}] from lm-eval's results["results"]: the paper's metrics for its tasks, every
+    metric for others, in the order of tasks (a group's subtasks after them)."""
+    rows = []
+    for task, metrics in results.items():
+        names = [k.split(",")[0] for k in metrics if "," in k and "_stderr" not in k]
+        for name in PAPER_METRICS.get(task, names):
+            key = next(k for k in metrics if k.split(",")[0] == name and "_stderr" not in k)
+            stderr = metrics.get(key.replace(",", "_stderr,", 1))  # "N/A" where lm-eval has none
+            rows.append({"task": task, "metric": name, "value": metrics[key],
+                         "stderr": stderr if isinstance(stderr, (int, float)) else None})
+    order = {task: i for i, task in enumerate(tasks)}
+    return sorted(rows, key=lambda row: order.get(row["task"], len(order)))
+
+
+def format_table(rows):
+    width = max([len("task")] + [len(row["task"]) for row in rows]) + 2
+    lines = [f"{'task':<{width}}{'metric':<18}{'value':>14}{'stderr':>10}"]
+    for row in rows:
+        stderr = "" if row["stderr"] is None else f"{row['stderr']:.4f}"
+        lines.append(f"{row['task']:<{width}}{row['metric']:<18}{row['value']:>14.4f}{stderr:>10}")
+    return "\n".join(lines)
+
+
+def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewshot=0, device="auto", model_args=""):
+    """Run lm-eval's tasks on model; returns {"rows": table rows, "results": lm-eval's per-task results, ...}."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+        from lm_eval.utils import simple_parse_args_string
+    except ImportError as e:
+        raise EvalError(f"evaluate.py needs lm-evaluation-harness with its Hugging Face extra ({e.name} is not "
+                        f"installed): pip install 'lm-eval[hf]'") from None
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
+    batch, limit = batch_size_arg(str(batch_size)), limit_arg(limit)
+    hflm_args = simple_parse_args_string(model_args)
+    if "pretrained" in hflm_args:
+        raise EvalError("--model names the model; --model_args takes lm-eval's other hf arguments (no pretrained=)")
+    names = expand_tasks(tasks)
+    if include_path and not os.path.isdir(include_path):
+        raise EvalError(f"include_path={include_path!r} is not a folder: pass the folder that holds your task YAMLs")
+    task_manager = TaskManager(include_path=include_path or None)
+    check_tasks(names, task_manager.all_tasks)
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as workdir:
+        folder = hf_folder(model, workdir)
+        check_tokenizer(folder, model, hflm_args)
+        # the model `lm_eval --model hf --model_args pretrained=FOLDER,MODEL_ARGS` builds
+        lm = HFLM.create_from_arg_obj({"pretrained": folder, **hflm_args}, {"batch_size": batch, "device": device})
+        output = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
+                                         task_manager=task_manager, log_samples=False)
+    return {"model": model, "model_args": hflm_args, "tasks": names, "num_fewshot": num_fewshot, "limit": limit,
+            "device": device, "lm_eval_version": lm_eval.__version__, "rows": table_rows(output["results"], names),
+            "results": output["results"], "n-samples": output.get("n-samples")}
+
+
+def main(argv=None):
+    config = configure_or_exit(DEFAULTS, argv)
+    try:
+        report = evaluate(**{k: v for k, v in config.items() if k != "out"})
+    except (EvalError, ConfigError, CheckpointError, ModelLoadError, DataError) as e:
+        sys.exit(f"error: {e}")
+    print(format_table(report["rows"]))
+    if config["out"]:
+        os.makedirs(os.path.dirname(os.path.abspath(config["out"])), exist_ok=True)
+        with atomic_write(config["out"], "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        print(f"wrote {config['out']}")
+
+
+def import_hf_evaluate():
+    """Import Hugging Face's `evaluate` package, which some lm-eval tasks use (squadv2, humaneval, ...): this
+    script's name would shadow it while its folder is on sys.path."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    try:
+        importlib.import_module("evaluate")
+    except ImportError:
+        pass  # not installed: only the tasks that need it fail, saying so
+    finally:
+        sys.path[:] = saved
+
+
+if __name__ == "__main__":
+    import_hf_evaluate()
+    main()

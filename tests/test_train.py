@@ -110,7 +110,7 @@ def half_then_hang(obj, f):  # write half the bytes, then hang: the parent kills
     print("writing", flush=True)
     time.sleep(600)
 torch.save = half_then_hang
-save_checkpoint({"model": {"w": torch.ones(1_000_000)}, "iter_num": 2}, sys.argv[1])
+save_checkpoint({"model": {"w": torch.ones(1_000_000)}, "model_args": {}, "iter_num": 2}, sys.argv[1])
 """
 
 
@@ -118,7 +118,7 @@ def test_kill_during_save_keeps_old_checkpoint(tmp_path):
     from checkpoint import load_checkpoint, save_checkpoint
 
     path = str(tmp_path / "ckpt.pt")
-    save_checkpoint({"model": {"w": torch.zeros(3)}, "iter_num": 1}, path)
+    save_checkpoint({"model": {"w": torch.zeros(3)}, "model_args": {}, "iter_num": 1}, path)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, path], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "writing"
@@ -129,6 +129,9 @@ def test_kill_during_save_keeps_old_checkpoint(tmp_path):
     assert glob.glob(path + ".tmp.*")  # the half-written file is there, under its temporary name
     ckpt = load_checkpoint(path)
     assert ckpt["iter_num"] == 1 and torch.equal(ckpt["model"]["w"], torch.zeros(3))
+    save_checkpoint({"model": {"w": torch.ones(3)}, "model_args": {}, "iter_num": 3}, path)
+    assert not glob.glob(path + ".tmp.*")  # the next save into the folder removes what the killed one left
+    assert load_checkpoint(path)["iter_num"] == 3
 
 
 def test_sigterm_saves_and_exits_zero(char_data, tmp_path):

@@ -96,8 +96,8 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated or overwritten file fails in torch.load's zip, pickle or unpickler code
-        first_line = (str(e).strip().splitlines() or [""])[0][:120]
-        raise damaged(path, f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__) from None
+        first_sentence = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]
+        raise damaged(path, f"{type(e).__name__}: {first_sentence}" if first_sentence else type(e).__name__) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise damaged(path, f"no {' / '.join(missing)} in it")

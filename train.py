@@ -16,6 +16,7 @@ another run's checkpoint or log: it stops with an error unless given --overwrite
 takes its settings from the checkpoint's config, overridden by what config files and flags set.
 """
 
+import faulthandler
 import json
 import math
 import os
@@ -315,6 +316,36 @@ def gather(obj):
 
 
 
+def init_distributed(backend_name):
+    """The process group of this torchrun launch, failing after dist_timeout_s (not the default 30 minutes of gloo)
+    when a rendezvous or collective cannot complete (a peer died or never came), so torchrun can restart the group.
+
+    torchrun's agent keeps one TCPStore for every restart of its workers, and PyTorch gives the process group no
+    per-restart key prefix: a restarted group can read the dead group's addresses from it and fail to connect
+    ("Connection refused", or a hang at start-up; pytorch/pytorch#135712). On one node every worker comes from one
+    agent and sees the same TORCHELASTIC_RESTART_COUNT, which then names a key space of the group's own. (Across
+    nodes the counts can differ; there, run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.)
+    """
+    timeout = timedelta(seconds=dist_timeout_s)
+    env = os.environ
+    # gloo's connection set-up can wait past the timeout it is given (seen: minutes in Pair::waitUntilConnected with
+    # a 30 s timeout): then faulthandler's watchdog thread, which needs no GIL, prints where it hangs and exits
+    faulthandler.dump_traceback_later(dist_timeout_s + min(dist_timeout_s, 60), exit=True)
+    try:
+        if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and env.get("LOCAL_WORLD_SIZE") == env["WORLD_SIZE"]:
+            agent_store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
+            store = dist.PrefixStore(f"inheritune/restart{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store)
+            dist.init_process_group(backend_name, store=store, rank=ddp_rank, world_size=ddp_world_size,
+                                    timeout=timeout)
+        else:
+            dist.init_process_group(backend_name, timeout=timeout)
+    except (RuntimeError, dist.DistError) as e:  # a peer that never came, an address that does not answer
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        sys.exit(f"error: rank {ddp_rank}: the process group was not set up within dist_timeout_s={dist_timeout_s} "
+                 f"({message})")
+    faulthandler.cancel_dump_traceback_later()
+
+
 def save_training_checkpoint():
     """Everything needed to continue exactly, written atomically by rank 0 (every rank must call this).
 
@@ -394,7 +425,7 @@ ckpt_path, log_path = checkpoint_path(out_dir), os.path.join(out_dir, "log.jsonl
 try:
     ckpt = open_run()
 except CheckpointError as e:
-    fail(f"{e} (a new run in that out_dir: --overwrite=True)")
+    fail(f"{e}: a new run with --overwrite=True")
 resuming = ckpt is not None
 if resuming:  # the run's recorded settings, under what this command's config files and flags set
     config = defaults | recorded_config(ckpt) | given
@@ -430,10 +461,7 @@ if ddp:
     if device.startswith("cuda"):
         device = f"cuda:{ddp_local_rank}"
         torch.cuda.set_device(device)
-    # a rendezvous or collective that cannot complete (a peer died, or never came) fails after dist_timeout_s, so
-    # torchrun can restart the group, instead of holding the allocation for gloo's default 30 minutes
-    dist.init_process_group(backend=("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend,
-                            timeout=timedelta(seconds=dist_timeout_s))
+    init_distributed(("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
 else:
     ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
 master_process = ddp_rank == 0
@@ -746,7 +774,7 @@ while True:
             print(f"received {stop_signal or 'a stop request on another rank'}: saving and exiting")
         save_training_checkpoint()
         if master_process:
-            print(f"to continue, run the same command again (or python train.py --init_from=resume --out_dir={out_dir})")
+            print(f"to continue, run the same command again (or: train.py --init_from=resume --out_dir={out_dir})")
         break
 
 finish()

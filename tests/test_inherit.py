@@ -227,15 +227,17 @@ def test_cli_depth_from_an_analysis_of_this_reference_only(ref_and_data):
     report = analyze_rank([f"--model={tmp / 'ref.pt'}", f"--data={tmp / 'data' / 'val.bin'}", "--num_samples=4",
                            "--seq_len=16", "--device=cpu", f"--out_dir={tmp / 'analysis'}"])
     assert report["model_fingerprint"] == model_fingerprint(ref)
-    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=auto", f"--analysis={tmp / 'analysis' / 'analysis.json'}",
+    analysis = tmp / "analysis" / "analysis.json"
+    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=auto", f"--analysis={analysis}",
                     f"--out_dir={tmp / 'auto'}")
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(str(tmp / "auto"))["inherit"]["layers"] == list(range(report["suggested_n_layer"]))
     # the same analysis given for another model of the same shape: refused, naming both
     other = tiny_reference(seed=1)
-    save_checkpoint({"model": other.state_dict(), "model_args": dataclasses.asdict(other.config)}, str(tmp / "other.pt"))
-    r = run_inherit(f"--init_from={tmp / 'other.pt'}", "--n_layer=auto",
-                    f"--analysis={tmp / 'analysis' / 'analysis.json'}", f"--out_dir={tmp / 'never'}")
+    save_checkpoint({"model": other.state_dict(), "model_args": dataclasses.asdict(other.config)},
+                    str(tmp / "other.pt"))
+    r = run_inherit(f"--init_from={tmp / 'other.pt'}", "--n_layer=auto", f"--analysis={analysis}",
+                    f"--out_dir={tmp / 'never'}")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "is an analysis of" in r.stderr and "ref.pt" in r.stderr and "other.pt" in r.stderr
     assert model_fingerprint(other) in r.stderr and report["model_fingerprint"] in r.stderr

@@ -5,7 +5,9 @@ nanoGPT-style configuration: a script's defaults are plain globals; then
 
 runs each config file (a plain Python file of assignments) and applies each --key=value in order.
 Unlike nanoGPT's exec'd configurator, an unknown key or a value of the wrong type is an error that
-names the key (and the closest valid ones), raised before the script does any work.
+names the key (and the closest valid ones), raised before the script does any work. overrides() returns
+only what the files and flags set, for a script that puts other settings under them (train.py resuming
+a run puts its checkpoint's config between the defaults and the command line).
 """
 
 import ast

@@ -40,7 +40,8 @@ DATA_DIR = os.path.join(REPO, "data", "shakespeare_char")
 # one small GPT shape for all runs: only the depth differs
 COMMON = dict(dataset="shakespeare_char", data_dir=DATA_DIR, device=cfg["device"], compile=False, dtype="float32",
               n_head=4, n_embd=128, block_size=128, batch_size=32, gradient_accumulation_steps=1, bias=False,
-              dropout=0.0, learning_rate=2e-3, min_lr=1e-4, warmup_iters=50, beta2=0.99, weight_decay=0.1,
+              dropout=0.0, learning_rate=2e-3, min_lr=1e-4, beta2=0.99, weight_decay=0.1,
+              warmup_iters=min(50, cfg["round_iters"] // 2),  # below a round's length (train.py refuses more)
               eval_interval=100, eval_iters=20, log_interval=50, always_save_checkpoint=False, seed=1337)
 
 

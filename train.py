@@ -110,6 +110,7 @@ given = configurator.overrides_or_exit(defaults)  # what config files and --key=
 config = defaults | given
 globals().update(config)
 # -----------------------------------------------------------------------------
+master_process = int(os.environ.get("RANK", "0")) == 0  # rank 0 (or the only process): it prints and writes
 
 MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
                     "scale_attn_by_inverse_layer_idx")
@@ -129,7 +130,7 @@ def fail(message):
     """A user error: say what was wrong and what to do (rank 0 says it), exit non-zero."""
     if dist.is_initialized():
         dist.destroy_process_group()
-    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
+    sys.exit(f"error: {message}" if master_process else 1)
 
 
 def check_settings(cfg, new_model):
@@ -240,7 +241,7 @@ def open_run():
         why = f" has {'; '.join(differences[:3])}" if differences else " records no config to compare"
         fail(f"out_dir={out_dir} holds another run: {what}{why}. Continue that run with --init_from=resume, "
              f"pick another --out_dir, or replace it with --overwrite=True")
-    if int(os.environ.get("RANK", "0")) == 0:
+    if master_process:
         print(f"continuing the run in {out_dir} from its checkpoint at iter {previous.get('iter_num', 0)}: its config "
               f"is this command's (--overwrite=True starts over)" if previous else
               f"starting the run in {out_dir} again: its earlier attempt stopped before its first checkpoint")
@@ -434,7 +435,7 @@ if resuming:  # the run's recorded settings, under what this command's config fi
 try:
     configurator.check_device(device)
     for warning in check_settings(config, new_model=not resuming and init_from == "scratch"):
-        if int(os.environ.get("RANK", "0")) == 0:
+        if master_process:
             print(f"warning: {warning}")
 except configurator.ConfigError as e:
     fail(e)
@@ -448,12 +449,13 @@ if resuming and not eval_only:
     evaluated = (ckpt.get("last_eval") or {"iter": done_iters})["iter"] == done_iters
     at_target = growth_end == "target reached" and stop_at_target
     if (done_iters == max_iters and evaluated) or at_target:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if master_process:
             print(f"nothing to do: the run in {out_dir} is complete at iter {done_iters} ("
                   + ("it reached its target val loss; --stop_at_target=False trains on" if at_target
                      else f"max_iters={max_iters}; a larger --max_iters trains on") + ")")
         sys.exit(0)
 
+# -----------------------------------------------------------------------------
 # setup: processes, devices, precision
 ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
 if ddp:
@@ -464,7 +466,6 @@ if ddp:
     init_distributed(("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
 else:
     ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
-master_process = ddp_rank == 0
 device_type = "cuda" if device.startswith("cuda") else "mps" if device.startswith("mps") else "cpu"
 if gradient_accumulation_steps % ddp_world_size != 0:
     fail(f"gradient_accumulation_steps={gradient_accumulation_steps} (the global count) is not divisible by "

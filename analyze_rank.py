@@ -405,11 +405,14 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
 
 
 def build_report(layers, settings, attention_model):
+    from checkpoint import model_fingerprint  # inherit.py --n_layer=auto checks the analysis is of its reference
+
     suggested, paper_default, reason = recommend_depth(layers)
     return dict(
         model=settings["model"],
         data=settings["data"],
         model_kind=attention_model.kind,
+        model_fingerprint=model_fingerprint(attention_model.model) if attention_model.kind == "gpt" else None,
         n_layer=len(layers),
         n_head=max(len(rec["heads"]) for rec in layers),
         suggested_n_layer=suggested,

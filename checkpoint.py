@@ -1,25 +1,32 @@
 """
 Checkpoint I/O, the one place every script loads and saves models through.
 
+Paths: a path ending in .pt is a checkpoint file; any other path is a folder (an out_dir) that holds
+ckpt.pt, created when a checkpoint is first written there. Nothing is guessed from what exists on disk.
+
 A checkpoint (out_dir/ckpt.pt) is a dict of tensors and plain Python types, so
 torch.load(path, weights_only=True) reads it. Keys written by train.py / inherit.py:
-  model        state dict of the unwrapped model (no "_orig_mod." / "module." prefixes)
-  model_args   GPTConfig fields
-  config       the resolved run config
+  model        state dict of the unwrapped model (no "_orig_mod." / "module." prefixes)   (always)
+  model_args   GPTConfig fields   (always)
+  config       the run's config as train.py keys: a resume, and a re-run of the same command, start from it
   iter_num, round_start_iter, best_val_loss, optimizer, scaler, rng, sampler   (train.py, for exact resume)
-  inherit      {source, layers, source_n_layer, reference_val_loss, ...}   (inherit.py)
-  growth       {round, layers, target_val_loss, done, ...}   (train.py with grow_every: where growth stands)
+  last_eval    {iter, train_loss, val_loss} of the last evaluation (a resume at that iter does not repeat it)
+  log_size     bytes of out_dir/log.jsonl when the checkpoint was saved (a resume drops what came after)
+  inherit      {source, layers, source_n_layer, fresh, reference_val_loss, reference_eval, settings}   (inherit.py)
+  growth       {round, layers, target_val_loss, done, last_round_end, end}   (train.py with grow_every)
   compute      {tokens, flops}: training tokens and FLOPs so far, all rounds   (train.py; as in log.jsonl's evals)
 """
 
+import hashlib
 import os
 
 import torch
 
-from atomic import atomic_write
+from atomic import atomic_write, stale_temporaries
 from model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
+REQUIRED_KEYS = ("model", "model_args")
 
 
 class CheckpointError(ValueError):
@@ -27,23 +34,59 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_path(path):
-    """out_dir -> out_dir/ckpt.pt; a file path is kept."""
-    return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
+    """The checkpoint file a path names: a .pt path itself, any other path (a folder) + /ckpt.pt."""
+    return path if str(path).endswith(".pt") else os.path.join(path, CKPT_NAME)
 
 
 def is_checkpoint(path):
-    return os.path.isfile(checkpoint_path(path)) and checkpoint_path(path).endswith(".pt")
+    """Whether path names one of our checkpoints: a .pt path (existing or not), or a folder holding ckpt.pt."""
+    return str(path).endswith(".pt") or os.path.isfile(os.path.join(path, CKPT_NAME))
 
 
 def save_checkpoint(obj, path):
     """Write atomically: a temporary file, flushed and fsynced, renamed over the old checkpoint.
 
-    A crash or kill during the save leaves the previous checkpoint as it was.
+    A crash, kill or full disk during the save leaves the previous checkpoint as it was; temporary files
+    left by an earlier save that was killed are removed first.
     """
     path = checkpoint_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for stale in stale_temporaries(path):
+        os.remove(stale)
     with atomic_write(path) as f:
-        torch.save(obj, f)
+        writer = WriteErrorKeeper(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+                raise writer.error from None
+            raise
+
+
+class WriteErrorKeeper:
+    """A file's write, keeping the OSError it raised (torch.save hides it behind a RuntimeError)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def damaged(path, reason):
+    """The error for a checkpoint file that exists but cannot be used."""
+    leftovers = stale_temporaries(path)
+    note = (f"; {os.path.basename(leftovers[0])} beside it is an unfinished save, not a usable checkpoint"
+            if leftovers else "")
+    return CheckpointError(f"{path} is damaged ({reason}) and cannot be loaded. No earlier checkpoint is kept: "
+                           f"each save replaces {os.path.basename(path)}{note}. Restore it from a copy, or start over")
 
 
 def load_checkpoint(path, map_location="cpu", mmap=False):
@@ -52,7 +95,15 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     path = checkpoint_path(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}: pass an out_dir that holds {CKPT_NAME} or a .pt file")
-    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:  # a truncated or overwritten file fails in torch.load's zip, pickle or unpickler code
+        first_sentence = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]
+        raise damaged(path, f"{type(e).__name__}: {first_sentence}" if first_sentence else type(e).__name__) from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise damaged(path, f"no {' / '.join(missing)} in it")
+    return ckpt
 
 
 def strip_wrapper_prefixes(state_dict):
@@ -65,9 +116,12 @@ def strip_wrapper_prefixes(state_dict):
     return out
 
 
-def model_from_checkpoint(ckpt):
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(strip_wrapper_prefixes(ckpt["model"]))
+def model_from_checkpoint(ckpt, path="the checkpoint"):
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(strip_wrapper_prefixes(ckpt["model"]))
+    except (TypeError, RuntimeError, ValueError, AttributeError) as e:  # weights that do not fit model_args
+        raise damaged(path, f"its weights do not fit its model_args: {str(e).splitlines()[0][:120]}") from None
     return model
 
 
@@ -75,7 +129,20 @@ def load_model(source, device="cpu"):
     """(model, checkpoint dict or None) for one of our checkpoints, a GPT-2 name or a Hugging Face folder."""
     if is_checkpoint(source):
         ckpt = load_checkpoint(source)
-        return model_from_checkpoint(ckpt).to(device), ckpt
+        return model_from_checkpoint(ckpt, checkpoint_path(source)).to(device), ckpt
     if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
         raise CheckpointError(f"{source} holds neither {CKPT_NAME} nor a Hugging Face config.json")
     return GPT.from_pretrained(source).to(device), None
+
+
+def model_fingerprint(model, sample=65536):
+    """A short hash of a model's weights: its parameter names, shapes and dtypes, and up to `sample` evenly
+    spaced values of each tensor (all of a small one). Tells two models apart cheaply (e.g. an analysis of
+    one model from another), whatever path or device they were loaded from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        flat = t.detach().reshape(-1)
+        flat = flat[::max(1, flat.numel() // sample)][:sample]
+        h.update(flat.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

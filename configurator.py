@@ -5,7 +5,9 @@ nanoGPT-style configuration: a script's defaults are plain globals; then
 
 runs each config file (a plain Python file of assignments) and applies each --key=value in order.
 Unlike nanoGPT's exec'd configurator, an unknown key or a value of the wrong type is an error that
-names the key (and the closest valid ones), raised before the script does any work.
+names the key (and the closest valid ones), raised before the script does any work. overrides() returns
+only what the files and flags set, for a script that puts other settings under them (train.py resuming
+a run puts its checkpoint's config between the defaults and the command line).
 """
 
 import ast
@@ -85,8 +87,10 @@ def help_text(defaults, source_file):
     return "\n".join(lines)
 
 
-def configure(defaults, argv=None, source_file=None):
-    """The config after applying config files and --key=value overrides in argv to defaults (a dict).
+def overrides(defaults, argv=None, source_file=None):
+    """{key: value} of what the config files and --key=value flags in argv set (later ones win), each checked
+    against defaults. A script that layers other settings under them (train.py resuming a run: its checkpoint's
+    config) needs to know which keys were given, not only the result.
 
     -h / --help prints help_text (keys, defaults, the comments beside them in source_file) and exits 0.
     """
@@ -94,7 +98,7 @@ def configure(defaults, argv=None, source_file=None):
     if "-h" in argv or "--help" in argv:
         print(help_text(defaults, source_file or sys.argv[0]))
         sys.exit(0)
-    config = dict(defaults)
+    given = {}
     for arg in argv:
         if not arg.startswith("--"):
             namespace = {}
@@ -105,7 +109,7 @@ def configure(defaults, argv=None, source_file=None):
                 raise ConfigError(f"config file {arg} not found (arguments are config files or --key=value)")
             for key, value in namespace.items():
                 if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
-                    config[key] = _check(key, value, defaults, f"in {arg}")
+                    given[key] = _check(key, value, defaults, f"in {arg}")
         else:
             if "=" not in arg:
                 raise ConfigError(f"argument {arg} has no value: write {arg}=VALUE")
@@ -113,8 +117,13 @@ def configure(defaults, argv=None, source_file=None):
             value = parse_value(text)
             if isinstance(defaults.get(key), str) and not isinstance(value, str) and value is not None:
                 value = text  # a string key given something that parses as a number, e.g. --wandb_run_name=1
-            config[key] = _check(key, value, defaults, f"--{key}")
-    return config
+            given[key] = _check(key, value, defaults, f"--{key}")
+    return given
+
+
+def configure(defaults, argv=None, source_file=None):
+    """The config after applying config files and --key=value overrides in argv to defaults (a dict)."""
+    return dict(defaults) | overrides(defaults, argv, source_file)
 
 
 def check_device(device):
@@ -140,9 +149,17 @@ def check_device(device):
 
 
 def configure_or_exit(defaults, argv=None):
-    """configure(), printing the error and exiting with status 2 instead of raising; --help lists the keys
+    """configure(), printing the error and exiting with status 1 instead of raising; --help lists the keys
     with the comments beside them in the calling script's source."""
     try:
         return configure(defaults, argv, source_file=sys._getframe(1).f_code.co_filename)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
+def overrides_or_exit(defaults, argv=None):
+    """overrides(), printing the error and exiting with status 1 instead of raising (as configure_or_exit)."""
+    try:
+        return overrides(defaults, argv, source_file=sys._getframe(1).f_code.co_filename)
     except ConfigError as e:
         sys.exit(f"error: {e}")

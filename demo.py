@@ -20,23 +20,28 @@ import os
 import subprocess
 import sys
 
-from configurator import configure_or_exit
+from configurator import ConfigError, check_device, configure_or_exit
 
 cfg = configure_or_exit(dict(
-    out_dir="out-demo",
+    out_dir="out-demo",  # a folder, created when the first stage writes to it
     device="cpu",
     reference_layers=8,
     reference_iters=600,
     round_iters=100,  # grow_every: training steps per Inheritune round
     max_rounds=3,  # 4 -> 6 -> 8 layers at most
 ))
-OUT = cfg["out_dir"]
+try:
+    check_device(cfg["device"])
+except ConfigError as e:
+    sys.exit(f"error: {e}")
+OUT = os.path.abspath(cfg["out_dir"])  # the stages run in the repo's folder, not the caller's
 REPO = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(REPO, "data", "shakespeare_char")
 # one small GPT shape for all runs: only the depth differs
 COMMON = dict(dataset="shakespeare_char", data_dir=DATA_DIR, device=cfg["device"], compile=False, dtype="float32",
               n_head=4, n_embd=128, block_size=128, batch_size=32, gradient_accumulation_steps=1, bias=False,
-              dropout=0.0, learning_rate=2e-3, min_lr=1e-4, warmup_iters=50, beta2=0.99, weight_decay=0.1,
+              dropout=0.0, learning_rate=2e-3, min_lr=1e-4, beta2=0.99, weight_decay=0.1,
+              warmup_iters=min(50, cfg["round_iters"] // 2),  # below a round's length (train.py refuses more)
               eval_interval=100, eval_iters=20, log_interval=50, always_save_checkpoint=False, seed=1337)
 
 
@@ -49,7 +54,8 @@ def run(script, args, stage):
     cmd = [sys.executable, os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()]
     print(f"== {stage}: {' '.join(cmd[1:])}", flush=True)
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
-        sys.exit(f"error: the {stage} stage failed (see its output above)")
+        sys.exit(f"error: the {stage} stage failed (see its output above); running the demo again continues it")
+    os.makedirs(os.path.dirname(done), exist_ok=True)
     with open(done, "w") as f:
         json.dump({"command": cmd[1:]}, f)
 
@@ -67,10 +73,6 @@ def evals(stage):
 if not os.path.isfile(os.path.join(DATA_DIR, "meta.json")):
     if subprocess.run([sys.executable, os.path.join(REPO, "data", "shakespeare", "prepare.py")], cwd=REPO).returncode:
         sys.exit("error: preparing data/shakespeare_char failed")
-os.makedirs(OUT, exist_ok=True)
-for stage in ("reference", "analysis", "inheritune", "scratch"):
-    os.makedirs(os.path.join(OUT, stage), exist_ok=True)
-
 # 2. the reference
 ref_dir = os.path.join(OUT, "reference")
 run("train.py", COMMON | dict(out_dir=ref_dir, n_layer=cfg["reference_layers"], max_iters=cfg["reference_iters"],

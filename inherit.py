@@ -7,24 +7,37 @@ Inheritune, step 1: build a smaller model from the blocks of a larger pre-traine
     python inherit.py --init_from=out-ref --n_layer=auto --analysis=out-analysis/analysis.json
 
 The student gets the reference's token and position embeddings, the chosen blocks (in the given order),
-the final LayerNorm and the tied LM head. It is written as out_dir/ckpt.pt in train.py's format, so
-`python train.py --init_from=resume --out_dir=...` trains it. With --dataset, the reference's validation
-loss is measured with train.py's evaluation and stored as the growth target.
+the final LayerNorm and the tied LM head. It is written as out_dir/ckpt.pt (out_dir is a folder, created
+if missing; an out_dir that already holds a checkpoint is refused unless --overwrite=True) in train.py's
+format, so `python train.py --init_from=resume --out_dir=...` trains it, with the settings its config
+records: the reference run's training settings when the reference is one of our checkpoints (else
+train.py's defaults), and this command's data and evaluation settings. With --dataset (or --data_dir), the
+reference's validation loss is measured with train.py's evaluation and stored as the growth target.
+--n_layer=auto takes the depth from analyze_rank.py's analysis.json, which must be of this very reference
+(its model_fingerprint is compared).
 
 This file is also the library train.py uses to inherit and to grow (--grow_every).
 """
 
 import dataclasses
+import json
 import os
+import shlex
 import sys
 
 import torch
 
-from checkpoint import load_model, save_checkpoint
+from checkpoint import checkpoint_path, load_model, model_fingerprint, save_checkpoint
 from model import GPT
 
 FRESH_PARTS = ("wpe", "ln_f")  # parts that can be left at fresh init (the paper's released code did)
 GROW_INITS = ("reference", "copy", "identity", "random")
+# train.py keys of the reference run's config that the student trains with by default (how to train, not what)
+TRAINING_KEYS = ("dataset", "data_dir", "gradient_accumulation_steps", "batch_size", "block_size", "dropout",
+                 "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr",
+                 "warmup_iters", "lr_decay_iters", "min_lr", "eval_interval", "log_interval", "eval_iters",
+                 "always_save_checkpoint", "seed", "wandb_project")
+EVAL_DEFAULTS = dict(eval_iters=200, batch_size=12, seed=1337)  # train.py's, for a reference without a run config
 
 
 class InheritError(ValueError):
@@ -140,47 +153,101 @@ def resolve_n_layer(n_layer, analysis):
     return suggested_depth(analysis)
 
 
+def check_analysis_is_of(analysis, reference, source):
+    """Refuse an analysis.json (for --n_layer=auto) that analyze_rank.py made of another model than reference."""
+    with open(analysis) as f:
+        report = json.load(f)
+    theirs, ours = report.get("model_fingerprint"), model_fingerprint(reference)
+    if theirs != ours:
+        what = f"model fingerprint {theirs}" if theirs else "no model fingerprint"
+        of = f"of {report['model']!r}" if report.get("model") else "of an unnamed model"
+        raise InheritError(f"{analysis} is an analysis {of} ({what}), not of --init_from={source!r} "
+                           f"(fingerprint {ours}): run python analyze_rank.py --model={source} first")
+
+
+def student_config(cfg, reference_run_config, layers, block_size, data_given):
+    """The student's run config, as train.py keys: what train.py --init_from=resume trains it with unless told
+    otherwise. The reference run's training settings (when it has a train.py config), then how the student was
+    made, then this command's data and evaluation settings."""
+    recorded = {k: v for k, v in (reference_run_config or {}).items() if k in TRAINING_KEYS}
+    if cfg["dataset"] and not cfg["data_dir"]:
+        recorded.pop("data_dir", None)  # --dataset names the data; the reference's data_dir would win over it
+    recorded |= dict(init_from="inherit", reference=cfg["init_from"], n_layer=len(layers), block_size=block_size,
+                     inherit_layers=",".join(map(str, layers)), inherit_fresh=cfg["fresh"])
+    recorded |= {k: cfg[k] for k in ("dataset", "data_dir") if cfg[k]}
+    if data_given:  # the reference's loss was measured with these: train.py must evaluate alike to reuse it
+        recorded |= {k: cfg[k] for k in EVAL_DEFAULTS}
+    return recorded
+
+
+def train_command(out_dir, config):
+    """The train.py command that trains the student in out_dir (its data named explicitly)."""
+    data_arg = f"--data_dir={config['data_dir']}" if config.get("data_dir") else \
+        f"--dataset={config.get('dataset') or 'openwebtext'}"
+    return shlex.join(["python", "train.py", "--init_from=resume", f"--out_dir={out_dir}", data_arg])
+
+
 # -----------------------------------------------------------------------------
 # the command line
-if __name__ == "__main__":
-    from configurator import configure_or_exit
-    from data import DataError, evaluate_loss, eval_offsets, load_meta, open_tokens
+DEFAULTS = dict(
+    init_from="gpt2",  # the reference: a GPT-2 name, a Hugging Face folder, or one of our out_dirs / ckpt.pt
+    n_layer=None,  # how many leading blocks to inherit (None: half the reference; "auto": --analysis)
+    layers="",  # or an explicit list of reference block indices, e.g. "0,1,2,3" or "0,1,2,0,1,2"
+    analysis="",  # analyze_rank.py's analysis.json of this reference, for --n_layer=auto
+    fresh="",  # comma-separated parts left at fresh init: wpe, ln_f
+    out_dir="out-inherit",  # a folder: the student goes to out_dir/ckpt.pt
+    overwrite=False,  # replace a checkpoint already in out_dir
+    # measure the reference's val loss (the growth target) with train.py's evaluation:
+    dataset="",  # e.g. shakespeare_char -> data/shakespeare_char (or data_dir)
+    data_dir="",
+    block_size=None,  # None: the reference's context
+    eval_iters=None,  # None: the reference run's (our checkpoints), else 200
+    batch_size=None,  # None: the reference run's (our checkpoints), else 12
+    seed=None,  # None: the reference run's (our checkpoints), else 1337
+    device="cuda" if torch.cuda.is_available() else "cpu",
+    dtype="bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32",
+)
+
+
+def main(cfg):
+    """Inherit, measure the reference's val loss (with data), write out_dir/ckpt.pt; returns its path and config.
+    Every check comes before the checkpoint is written: a refused command writes nothing."""
     import contextlib
 
-    defaults = dict(
-        init_from="gpt2",  # the reference: a GPT-2 name, a Hugging Face folder, or one of our out_dirs / ckpt.pt
-        n_layer=None,  # how many leading blocks to inherit (None: half the reference; "auto": --analysis)
-        layers="",  # or an explicit list of reference block indices, e.g. "0,1,2,3" or "0,1,2,0,1,2"
-        analysis="",  # analyze_rank.py's analysis.json, for --n_layer=auto
-        fresh="",  # comma-separated parts left at fresh init: wpe, ln_f
-        out_dir="out-inherit",
-        # measure the reference's val loss (the growth target) with train.py's evaluation:
-        dataset="",  # e.g. shakespeare_char -> data/shakespeare_char (or data_dir)
-        data_dir="",
-        block_size=None,  # None: the reference's context
-        eval_iters=200,
-        batch_size=12,
-        seed=1337,
-        device="cuda" if torch.cuda.is_available() else "cpu",
-        dtype="bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32",
-    )
-    cfg = configure_or_exit(defaults)
-    try:
-        n_layer = resolve_n_layer(cfg["n_layer"], cfg["analysis"])
-        fresh = [p for p in cfg["fresh"].split(",") if p]
-        data_dir = cfg["data_dir"] or (os.path.join("data", cfg["dataset"]) if cfg["dataset"] else "")
-        meta = load_meta(data_dir) if data_dir else None  # fail on a bad dataset before loading a large model
-        reference, ref_ckpt = load_model(cfg["init_from"], cfg["device"])
-        reference.eval()
-        layers = parse_layers(cfg["layers"], n_layer, reference.config.n_layer)
-        if meta and meta["vocab_size"] > reference.config.vocab_size:
-            raise InheritError(f"the dataset's vocabulary ({meta['vocab_size']} ids) does not fit the reference's "
-                               f"({reference.config.vocab_size}): use data tokenized like the reference")
-        block_size = cfg["block_size"] or reference.config.block_size
-        student = inherit(reference, layers, fresh, block_size=block_size)
-    except (InheritError, DataError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    from configurator import check_device
+    from data import eval_offsets, evaluate_loss, load_meta, open_tokens
+
+    check_device(cfg["device"])
+    out_path = checkpoint_path(cfg["out_dir"])
+    if cfg["out_dir"].endswith(".pt"):
+        raise InheritError(f"out_dir={cfg['out_dir']!r} ends in .pt, but out_dir is a folder (the student goes "
+                           f"to out_dir/ckpt.pt)")
+    if os.path.exists(out_path) and not cfg["overwrite"]:
+        raise InheritError(f"{out_path} exists: train it with python train.py --init_from=resume --out_dir="
+                           f"{cfg['out_dir']}, pick another --out_dir, or replace it with --overwrite=True")
+    for key in ("eval_iters", "batch_size", "block_size"):
+        if cfg[key] is not None and (isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1):
+            raise InheritError(f"{key}={cfg[key]!r} must be a positive integer")
+    n_layer = resolve_n_layer(cfg["n_layer"], cfg["analysis"])
+    fresh = [p for p in cfg["fresh"].split(",") if p]
+    data_dir = cfg["data_dir"] or (os.path.join("data", cfg["dataset"]) if cfg["dataset"] else "")
+    meta = load_meta(data_dir) if data_dir else None  # fail on a bad dataset before loading a large model
+    reference, ref_ckpt = load_model(cfg["init_from"], cfg["device"])
+    reference.eval()
+    if cfg["n_layer"] == "auto":
+        check_analysis_is_of(cfg["analysis"], reference, cfg["init_from"])
+    layers = parse_layers(cfg["layers"], n_layer, reference.config.n_layer)
+    if meta and meta["vocab_size"] > reference.config.vocab_size:
+        raise InheritError(f"the dataset's vocabulary ({meta['vocab_size']} ids) does not fit the reference's "
+                           f"({reference.config.vocab_size}): use data tokenized like the reference")
+    block_size = cfg["block_size"] or reference.config.block_size
+    student = inherit(reference, layers, fresh, block_size=block_size)
+    reference_run = (ref_ckpt or {}).get("config") or {}
+    for key, default in EVAL_DEFAULTS.items():  # evaluate as the reference run did, so train.py's eval matches
+        if cfg[key] is None:
+            cfg[key] = reference_run.get(key, default)
     meta_inherit = inherit_metadata(cfg["init_from"], layers, reference, fresh)
+    meta_inherit["settings"] = dict(cfg)  # this command's, as given and resolved
     print(f"inherited blocks {layers} of {cfg['init_from']} ({reference.config.n_layer} layers): "
           f"{student.get_num_params() / 1e6:.2f}M parameters")
     if data_dir:
@@ -195,13 +262,25 @@ if __name__ == "__main__":
         meta_inherit["reference_eval"] = dict(data_dir=os.path.abspath(data_dir), block_size=block_size,
                                               eval_iters=cfg["eval_iters"], batch_size=cfg["batch_size"], seed=cfg["seed"])
         print(f"reference val loss on {data_dir}: {ref_loss:.4f} (the growth target)")
+    config = student_config(cfg, reference_run, layers, block_size, data_given=bool(data_dir))
     save_checkpoint({
         "model": student.state_dict(),
         "model_args": dataclasses.asdict(student.config),
-        "config": cfg,
+        "config": config,
         "iter_num": 0,
         "best_val_loss": float("inf"),
         "inherit": meta_inherit,
-    }, cfg["out_dir"])
-    print(f"wrote {os.path.join(cfg['out_dir'], 'ckpt.pt')}; train it with "
-          f"`python train.py --init_from=resume --out_dir={cfg['out_dir']}`")
+    }, out_path)
+    print(f"wrote {out_path}, with the training settings of "
+          + ("the reference run" if reference_run.get("learning_rate") else "train.py's defaults")
+          + f"; train it with: {train_command(cfg['out_dir'], config)}  (add --grow_every=ITERS to grow it)")
+    return out_path, config
+
+
+if __name__ == "__main__":
+    from configurator import configure_or_exit
+
+    try:
+        main(configure_or_exit(DEFAULTS))
+    except ValueError as e:  # InheritError, CheckpointError, DataError, ConfigError, ModelLoadError, AnalysisError
+        sys.exit(f"error: {e}")

@@ -8,8 +8,15 @@ Train a GPT, nanoGPT-style: one process on CPU / CUDA / MPS, or DDP under torchr
 Every log and eval line is also appended as JSON to out_dir/log.jsonl. Checkpoints (out_dir/ckpt.pt)
 hold everything needed to continue exactly: --init_from=resume on CPU reproduces an uninterrupted
 run's losses bit for bit. SIGTERM / SIGINT save a checkpoint at the next step boundary and exit 0.
+
+Requeue-safe: the same command run again (a Slurm requeue, a torchrun restart) continues from out_dir's
+checkpoint when that checkpoint's config is this command's (max_iters and the other RESUMABLE_KEYS may
+differ), and log.jsonl goes on from the checkpoint without repeated records. A new run never replaces
+another run's checkpoint or log: it stops with an error unless given --overwrite=True. A resumed run
+takes its settings from the checkpoint's config, overridden by what config files and flags set.
 """
 
+import faulthandler
 import json
 import math
 import os
@@ -19,6 +26,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -29,19 +37,21 @@ import configurator
 import data
 import inherit
 import perf
-from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, load_model, save_checkpoint, strip_wrapper_prefixes
+from checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_model, save_checkpoint,
+                        strip_wrapper_prefixes)
 from hf import ModelLoadError
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # default config, overridden by config files and --key=value (see configurator.py)
 # I/O
-out_dir = "out"
+out_dir = "out"  # a folder: ckpt.pt and log.jsonl go there (it is created when first written to)
 init_from = "scratch"  # 'scratch' | 'resume' (out_dir/ckpt.pt) | a GPT-2 name, Hugging Face folder or our checkpoint
+overwrite = False  # True: a new run may replace the checkpoint and log.jsonl of another run in out_dir
 eval_interval = 2000
 log_interval = 1
 eval_iters = 200  # validation batches per eval: eval_iters * batch_size fixed windows
-eval_only = False  # evaluate once and exit
+eval_only = False  # evaluate once, print the losses and exit (writes nothing)
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
 # wandb logging
 wandb_log = False
@@ -90,25 +100,152 @@ device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is
 dtype = "auto"  # 'float32' | 'bfloat16' | 'float16' | 'auto': bfloat16 on CUDA (float16 on old GPUs), else float32
 compile = device == "cuda"  # torch.compile the model; works on CPU too, but is slow to start there
 backend = "auto"  # DDP backend: 'auto' (nccl on CUDA, gloo elsewhere) | 'nccl' | 'gloo'
+dist_timeout_s = 600  # DDP: a rendezvous or collective waiting longer fails, so torchrun can restart (gloo's own: 1800)
 seed = 1337
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items()
                if not k.startswith("_") and not k.isupper() and isinstance(v, (int, float, bool, str))]
-config = configurator.configure_or_exit({k: globals()[k] for k in config_keys})
+defaults = {k: globals()[k] for k in config_keys}
+given = configurator.overrides_or_exit(defaults)  # what config files and --key=value flags set
+config = defaults | given
 globals().update(config)
 # -----------------------------------------------------------------------------
+master_process = int(os.environ.get("RANK", "0")) == 0  # rank 0 (or the only process): it prints and writes
 
 MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
                     "scale_attn_by_inverse_layer_idx")
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
-                       "best_val_loss", "rng", "sampler", "compute")
+                       "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute")
+# A resumed run takes this machine's and this command's keys from the command line (or the defaults) only, and
+# every other key from the checkpoint's config unless a config file or flag sets it.
+MACHINE_KEYS = ("device", "dtype", "compile", "backend", "dist_timeout_s")
+COMMAND_KEYS = ("out_dir", "init_from", "eval_only", "overwrite")
+# Keys in which attempts of one run may differ (train longer, log differently, the reference moved): the same
+# command with other values still continues the run; any other difference makes out_dir's checkpoint another run's.
+RESUMABLE_KEYS = ("max_iters", "lr_decay_iters", "eval_interval", "log_interval", "always_save_checkpoint",
+                  "wandb_log", "wandb_run_name", "reference")
 
 
 def fail(message):
-    """A user error: say what was wrong and what to do, exit non-zero."""
+    """A user error: say what was wrong and what to do (rank 0 says it), exit non-zero."""
     if dist.is_initialized():
         dist.destroy_process_group()
-    sys.exit(f"error: {message}")
+    sys.exit(f"error: {message}" if master_process else 1)
+
+
+def check_settings(cfg, new_model):
+    """Refuse settings that cannot work, naming the key (ConfigError), before any work; return warnings
+    about settings that work but are likely mistakes."""
+    positive = ["learning_rate", "batch_size", "block_size", "gradient_accumulation_steps", "eval_iters",
+                "eval_interval", "log_interval", "dist_timeout_s"]
+    positive += ["n_layer", "n_head", "n_embd"] if new_model else []
+    positive += ["grow_by"] if cfg["grow_every"] else []
+    for key in positive:
+        if not cfg[key] > 0:
+            raise configurator.ConfigError(f"{key}={cfg[key]!r} must be positive")
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "grad_clip", "vocab_size",
+                "grow_every", "max_layers", "target_val_loss"):
+        if cfg[key] < 0:
+            raise configurator.ConfigError(f"{key}={cfg[key]!r} must not be negative"
+                                           + (" (0 evaluates the model once and exits)" if key == "max_iters" else ""))
+    for key in ("dropout", "beta1", "beta2"):
+        if not 0 <= cfg[key] < 1:
+            raise configurator.ConfigError(f"{key}={cfg[key]!r} must be at least 0 and below 1")
+    for key, allowed in (("dtype", ("auto", "float32", "bfloat16", "float16")), ("backend", ("auto", "nccl", "gloo")),
+                         ("grow_mode", ("restart", "continue")), ("grow_init", inherit.GROW_INITS)):
+        if cfg[key] not in allowed:
+            raise configurator.ConfigError(f"{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    if new_model and cfg["n_embd"] % cfg["n_head"]:
+        raise configurator.ConfigError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}: "
+                                       f"each head gets n_embd / n_head dimensions")
+    if cfg["decay_lr"] and cfg["min_lr"] > cfg["learning_rate"]:
+        raise configurator.ConfigError(f"min_lr={cfg['min_lr']} is above learning_rate={cfg['learning_rate']}: "
+                                       f"the cosine would rise; lower min_lr (e.g. to learning_rate / 10)")
+    if cfg["decay_lr"] and cfg["warmup_iters"] >= cfg["lr_decay_iters"]:
+        raise configurator.ConfigError(
+            f"warmup_iters={cfg['warmup_iters']} is not below lr_decay_iters={cfg['lr_decay_iters']}: the learning "
+            f"rate would drop from its peak straight to min_lr; raise lr_decay_iters or lower warmup_iters")
+    warnings, round_iters = [], cfg["grow_every"]
+    if round_iters and cfg["decay_lr"]:
+        # Restart mode gives each round its own warmup and cosine: a round no longer than the warm-up ends before
+        # the learning rate ever decays, and its round_end decision would compare a model trained only at rising
+        # learning rates with the target, which cannot be what was meant: refused. A cosine longer than a round
+        # only ends each round above min_lr (a choice: warned); in continue mode the schedule spans the whole run,
+        # so a warm-up longer than a round is unusual but well defined (warned).
+        if cfg["warmup_iters"] >= round_iters and cfg["grow_mode"] == "restart":
+            raise configurator.ConfigError(
+                f"warmup_iters={cfg['warmup_iters']} is not below grow_every={round_iters}: in restart mode every "
+                f"round would be pure warm-up; lower warmup_iters (the paper: 2K of a 100K round)")
+        if cfg["warmup_iters"] >= round_iters:
+            warnings.append(f"warmup_iters={cfg['warmup_iters']} >= grow_every={round_iters}: the first round ends "
+                            f"while the learning rate is still warming up")
+        if cfg["lr_decay_iters"] > round_iters and cfg["grow_mode"] == "restart":
+            warnings.append(f"lr_decay_iters={cfg['lr_decay_iters']} > grow_every={round_iters}: each round ends "
+                            f"before its cosine reaches min_lr (the paper's configs set lr_decay_iters = grow_every)")
+    if round_iters and cfg["max_iters"] < round_iters:
+        warnings.append(f"max_iters={cfg['max_iters']} < grow_every={round_iters}: no round ends in this run")
+    return warnings
+
+
+def recorded_config(ckpt):
+    """The settings a checkpoint records of its run, as train.py keys: its model's context and its saved config
+    (keys this train.py knows, with a value of the right type; an empty string means "not recorded"), less this
+    machine's and this command's keys."""
+    saved = {"block_size": ckpt["model_args"].get("block_size")} | dict(ckpt.get("config") or {})
+    recorded = {k: v for k, v in saved.items() if k in defaults and k not in MACHINE_KEYS + COMMAND_KEYS
+                and type(v) is type(defaults[k]) and v != ""}
+    if "dataset" in given and "data_dir" not in given:
+        recorded.pop("data_dir", None)  # --dataset names the data; the run's recorded data_dir would win over it
+    return recorded
+
+
+def run_differences(saved, cfg):
+    """'key=value there, value here' for each setting that tells two runs apart and differs between them."""
+    ignored = MACHINE_KEYS + RESUMABLE_KEYS + ("out_dir", "eval_only", "overwrite")  # init_from: how a run began
+    return [f"{k}={saved[k]!r} there, {v!r} here" for k, v in cfg.items()
+            if k in saved and k not in ignored and saved[k] != v]
+
+
+def logged_run_config(path):
+    """The config of the run_start record that begins a log.jsonl, or None."""
+    try:
+        with open(path) as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return first.get("config") if isinstance(first, dict) and first.get("event") == "run_start" else None
+
+
+def open_run():
+    """The checkpoint this command continues, or None for a new run.
+
+    --init_from=resume continues out_dir's checkpoint. Any other command into an out_dir that already holds a
+    checkpoint or log.jsonl continues that run when the configs agree (as litgpt's resume="auto": the same
+    command again after a crash or preemption needs no edit) and otherwise stops: replacing another run's
+    checkpoint takes --overwrite=True.
+    """
+    if init_from == "resume":
+        if overwrite:
+            fail("overwrite=True starts a new run in out_dir; it cannot be combined with init_from='resume'")
+        if not os.path.isfile(ckpt_path):
+            fail(f"init_from='resume' found no checkpoint at {ckpt_path}: point out_dir at the run to continue")
+        return load_checkpoint(ckpt_path)
+    has_checkpoint = os.path.isfile(ckpt_path)
+    if overwrite or not (has_checkpoint or os.path.isfile(log_path)):
+        return None
+    previous = load_checkpoint(ckpt_path) if has_checkpoint else None
+    saved = (previous.get("config") if previous else logged_run_config(log_path)) or {}
+    differences = run_differences(saved, config)
+    if not saved or differences:
+        what = f"the checkpoint (iter {previous.get('iter_num', 0)})" if previous else "the log.jsonl"
+        why = f" has {'; '.join(differences[:3])}" if differences else " records no config to compare"
+        fail(f"out_dir={out_dir} holds another run: {what}{why}. Continue that run with --init_from=resume, "
+             f"pick another --out_dir, or replace it with --overwrite=True")
+    if master_process:
+        print(f"continuing the run in {out_dir} from its checkpoint at iter {previous.get('iter_num', 0)}: its config "
+              f"is this command's (--overwrite=True starts over)" if previous else
+              f"starting the run in {out_dir} again: its earlier attempt stopped before its first checkpoint")
+    return previous
 
 
 # Building blocks, kept small so that growing the model mid-run can call them again.
@@ -179,50 +316,156 @@ def gather(obj):
     return objs
 
 
+
+def init_distributed(backend_name):
+    """The process group of this torchrun launch, failing after dist_timeout_s (not the default 30 minutes of gloo)
+    when a rendezvous or collective cannot complete (a peer died or never came), so torchrun can restart the group.
+
+    torchrun's agent keeps one TCPStore for every restart of its workers, and PyTorch gives the process group no
+    per-restart key prefix: a restarted group can read the dead group's addresses from it and fail to connect
+    ("Connection refused", or a hang at start-up; pytorch/pytorch#135712). On one node every worker comes from one
+    agent and sees the same TORCHELASTIC_RESTART_COUNT, which then names a key space of the group's own. (Across
+    nodes the counts can differ; there, run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.)
+    """
+    timeout = timedelta(seconds=dist_timeout_s)
+    env = os.environ
+    # gloo's connection set-up can wait past the timeout it is given (seen: minutes in Pair::waitUntilConnected with
+    # a 30 s timeout): then faulthandler's watchdog thread, which needs no GIL, prints where it hangs and exits
+    faulthandler.dump_traceback_later(dist_timeout_s + min(dist_timeout_s, 60), exit=True)
+    try:
+        if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and env.get("LOCAL_WORLD_SIZE") == env["WORLD_SIZE"]:
+            agent_store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
+            store = dist.PrefixStore(f"inheritune/restart{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store)
+            dist.init_process_group(backend_name, store=store, rank=ddp_rank, world_size=ddp_world_size,
+                                    timeout=timeout)
+        else:
+            dist.init_process_group(backend_name, timeout=timeout)
+    except (RuntimeError, dist.DistError) as e:  # a peer that never came, an address that does not answer
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        sys.exit(f"error: rank {ddp_rank}: the process group was not set up within dist_timeout_s={dist_timeout_s} "
+                 f"({message})")
+    faulthandler.cancel_dump_traceback_later()
+
+
 def save_training_checkpoint():
-    """Everything needed to continue exactly, written atomically by rank 0 (every rank must call this)."""
+    """Everything needed to continue exactly, written atomically by rank 0 (every rank must call this).
+
+    A failed write (a full disk) leaves the previous checkpoint as it was and stops every rank with a message.
+    """
+    global checkpoint_iter
     rng_states, sampler_states = gather(rng_state()), gather(train_batches.state_dict())
+    error = None
     if master_process:
         ckpt = dict(checkpoint_extras)  # keys other scripts wrote (e.g. inherit.py's metadata) are kept
         ckpt.update(
             model=raw_model.state_dict(), model_args=model_args, config=config,
             optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
             iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss, compute=compute,
-            rng=rng_states, sampler=sampler_states,
+            rng=rng_states, sampler=sampler_states, last_eval=last_eval, log_size=log_size,
         )
-        save_checkpoint(ckpt, ckpt_path)
-        print(f"saved checkpoint at iter {iter_num} to {ckpt_path}")
-    if ddp:
-        dist.barrier()  # nobody exits (e.g. on preemption) before the checkpoint is on disk
+        try:
+            save_checkpoint(ckpt, ckpt_path)
+            print(f"saved checkpoint at iter {iter_num} to {ckpt_path}")
+        except OSError as e:
+            kept = (f"the previous checkpoint (iter {checkpoint_iter}) is intact" if os.path.isfile(ckpt_path)
+                    else "no checkpoint was written")
+            error = (f"could not save the checkpoint of iter {iter_num} to {ckpt_path} ({e.strerror or e}); {kept}. "
+                     f"Free space and run the same command again: it continues from the checkpoint")
+    if ddp:  # no rank goes on (or exits on preemption) before rank 0's save has succeeded or failed
+        outcome = [error]
+        dist.broadcast_object_list(outcome, src=0)
+        error = outcome[0]
+    if error:
+        fail(error)
+    checkpoint_iter = iter_num
 
 
 def log(record):
-    """Print a log record and append it as one JSON line to out_dir/log.jsonl (and wandb)."""
+    """Print a log record and append it as one JSON line to out_dir/log.jsonl (and wandb); eval_only only prints."""
     if not master_process:
         return
     print(" | ".join(f"{k} {v:.4f}" if k.endswith("loss") else f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in record.items() if v is not None))
-    with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if eval_only:
+        return
+    append_log(record)
     if wandb_log:
         wandb.log({k: v for k, v in record.items() if v is not None}, step=record["iter"])
 
 
+def append_log(record):
+    """Append record to out_dir/log.jsonl; log_size follows the file's length (each checkpoint records it)."""
+    global log_size
+    os.makedirs(out_dir, exist_ok=True)  # out_dir appears with the first thing written into it
+    with open(log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        log_size = f.tell()
+
+
+def finish():
+    """Leave wandb and the process group after a run that went to its end; exit 0."""
+    if wandb_log and master_process:
+        wandb.finish()
+    if ddp:
+        gloo = dist.get_backend() == "gloo"
+        dist.destroy_process_group()
+        if gloo:
+            # PyTorch's gloo now and then aborts in its C++ teardown at interpreter exit, after all work is done (3
+            # runs in 60 of a minimal DDP script on CPU), and torchrun then reports a failed run: leave without it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+    sys.exit(0)
+
+
+# -----------------------------------------------------------------------------
+# the run: a new one, or one to continue (--init_from=resume, or the same command again after a crash)
+if out_dir.endswith(".pt"):
+    fail(f"out_dir={out_dir!r} ends in .pt, but out_dir is a folder (train.py writes ckpt.pt and log.jsonl into it)")
+ckpt_path, log_path = checkpoint_path(out_dir), os.path.join(out_dir, "log.jsonl")
+try:
+    ckpt = open_run()
+except CheckpointError as e:
+    fail(f"{e}: a new run with --overwrite=True")
+resuming = ckpt is not None
+if resuming:  # the run's recorded settings, under what this command's config files and flags set
+    config = defaults | recorded_config(ckpt) | given
+    config["init_from"] = (ckpt.get("config") or {}).get("init_from", "resume")  # how the run began
+    globals().update(config)
+try:
+    configurator.check_device(device)
+    for warning in check_settings(config, new_model=not resuming and init_from == "scratch"):
+        if master_process:
+            print(f"warning: {warning}")
+except configurator.ConfigError as e:
+    fail(e)
+if resuming and not eval_only:
+    # A requeued job of a finished run succeeds without work. Stopping before the checkpoint's iteration cannot be
+    # done (training is not undone): refused, so that a script that meant to extend the run notices.
+    done_iters, growth_end = ckpt.get("iter_num", 0), (ckpt.get("growth") or {}).get("end")
+    if max_iters < done_iters:
+        fail(f"max_iters={max_iters} is below the iteration of the checkpoint in {out_dir} ({done_iters}): pass "
+             f"--max_iters above {done_iters} to train on")
+    evaluated = (ckpt.get("last_eval") or {"iter": done_iters})["iter"] == done_iters
+    at_target = growth_end == "target reached" and stop_at_target
+    if (done_iters == max_iters and evaluated) or at_target:
+        if master_process:
+            print(f"nothing to do: the run in {out_dir} is complete at iter {done_iters} ("
+                  + ("it reached its target val loss; --stop_at_target=False trains on" if at_target
+                     else f"max_iters={max_iters}; a larger --max_iters trains on") + ")")
+        sys.exit(0)
+
 # -----------------------------------------------------------------------------
 # setup: processes, devices, precision
-for key, allowed in (("dtype", ("auto", "float32", "bfloat16", "float16")), ("backend", ("auto", "nccl", "gloo"))):
-    if config[key] not in allowed:
-        fail(f"{key}={config[key]!r} is not one of {', '.join(allowed)}")
 ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
 if ddp:
     ddp_rank, ddp_local_rank, ddp_world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     if device.startswith("cuda"):
         device = f"cuda:{ddp_local_rank}"
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
+    init_distributed(("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
 else:
     ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
-master_process = ddp_rank == 0
 device_type = "cuda" if device.startswith("cuda") else "mps" if device.startswith("mps") else "cpu"
 if gradient_accumulation_steps % ddp_world_size != 0:
     fail(f"gradient_accumulation_steps={gradient_accumulation_steps} (the global count) is not divisible by "
@@ -241,7 +484,6 @@ torch.backends.cudnn.conv.fp32_precision = "tf32"
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 autocast_ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
 if master_process:
-    os.makedirs(out_dir, exist_ok=True)
     print(f"config:\n{json.dumps(config, indent=1)}")
     print(f"{ddp_world_size} process(es), {grad_accum_per_process} micro-steps each: "
           f"{tokens_per_iter:,} tokens per iteration")
@@ -266,28 +508,25 @@ def get_batch():
 
 
 # model
-ckpt_path = os.path.join(out_dir, CKPT_NAME)
-iter_num, round_start_iter, best_val_loss = 0, 0, float("inf")
+iter_num, round_start_iter, best_val_loss, checkpoint_extras = 0, 0, float("inf"), {}
+last_eval = None  # {iter, train_loss, val_loss} of the last evaluation
 compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
-ckpt, checkpoint_extras = None, {}
 ref_model = None  # the reference of init_from='inherit' and of growth
 try:
-    if init_from == "scratch":
-        model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                          vocab_size=vocab_size or meta["vocab_size"], dropout=dropout,
-                          scale_attn_by_inverse_layer_idx=scale_attn_by_inverse_layer_idx)
-        raw_model = build_model(model_args)
-    elif init_from == "resume":
-        if not os.path.isfile(ckpt_path):
-            fail(f"init_from='resume' found no checkpoint at {ckpt_path}: point out_dir at the run to continue")
-        ckpt = load_checkpoint(ckpt_path)
+    if resuming:
         model_args = {k: ckpt["model_args"][k] for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
         raw_model = build_model(model_args, ckpt["model"])
         iter_num = ckpt.get("iter_num", 0)
         round_start_iter = ckpt.get("round_start_iter", 0)
         best_val_loss = ckpt.get("best_val_loss", float("inf"))
+        last_eval = ckpt.get("last_eval")
         compute = ckpt.get("compute", compute if iter_num == 0 else None)  # None: saved before they were counted
         checkpoint_extras = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
+    elif init_from == "scratch":
+        model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                          vocab_size=vocab_size or meta["vocab_size"], dropout=dropout,
+                          scale_attn_by_inverse_layer_idx=scale_attn_by_inverse_layer_idx)
+        raw_model = build_model(model_args)
     elif init_from == "inherit":
         if not reference:
             fail("init_from='inherit' needs reference=... (a GPT-2 name, a Hugging Face folder or our out_dir)")
@@ -309,6 +548,7 @@ except inherit.InheritError as e:
     fail(e)
 except (CheckpointError, ModelLoadError) as e:
     fail(f"init_from={init_from!r} (scratch, resume, a GPT-2 name, a Hugging Face folder or a checkpoint): {e}")
+checkpoint_iter = iter_num  # the iteration of the checkpoint on disk (for messages)
 if block_size > raw_model.config.block_size:
     fail(f"block_size={block_size} is longer than the model's context of {raw_model.config.block_size}")
 if block_size < raw_model.config.block_size:
@@ -323,17 +563,13 @@ if master_process:
 # growth: the reference (kept on the CPU), the target, and where the rounds stand
 growth = checkpoint_extras.get("growth")  # a resumed growing run brings its state
 if grow_every > 0:
-    if grow_mode not in ("restart", "continue"):
-        fail(f"grow_mode={grow_mode!r}: choose 'restart' (the paper's) or 'continue'")
-    if grow_init not in inherit.GROW_INITS:
-        fail(f"grow_init={grow_init!r}: choose from {', '.join(inherit.GROW_INITS)}")
     info = checkpoint_extras.get("inherit")
     needs_reference = grow_mode == "restart" or grow_init == "reference"
     if info is None and (needs_reference or not target_val_loss):
         fail("grow_every needs a model inherited from a reference (init_from='inherit', or resume an inherit.py "
              "checkpoint); without one, use grow_mode='continue' with a grow_init other than 'reference', "
              "target_val_loss and max_layers")
-    if init_from != "inherit" and info is not None and (needs_reference or not target_val_loss):
+    if ref_model is None and info is not None and (needs_reference or not target_val_loss):
         try:  # resuming: the reference must still be there and be the one this run was inherited from
             ref_model, _ = load_model(reference or info["source"])
         except (CheckpointError, ModelLoadError) as e:
@@ -372,7 +608,7 @@ if not (grow_every > 0 and needs_reference):
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
 optimizer = make_optimizer(raw_model)
-if ckpt is not None:
+if resuming:
     if "optimizer" in ckpt:  # a checkpoint written by inherit.py has weights only: fresh optimizer
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -383,6 +619,7 @@ if ckpt is not None:
         elif master_process:
             print(f"note: the checkpoint was written by {len(ckpt['sampler'])} process(es), this run has "
                   f"{ddp_world_size}: batches are drawn afresh, so this run does not replay an uninterrupted one")
+    checkpoint_log_size = ckpt.get("log_size")
     del ckpt  # free the weights and optimizer state it held
 model = wrap_model(raw_model)
 gpu_name, peak_flops = perf.gpu_peak_flops(device)
@@ -394,6 +631,19 @@ if wandb_log and master_process:
     import wandb
 
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+# log.jsonl: a resumed run drops the records written after its checkpoint (it writes them again); a new run
+# starts it with a run_start record holding its config (what a re-run compares with, if no checkpoint comes)
+log_size = 0
+if master_process and not eval_only:
+    if resuming and os.path.isfile(log_path):
+        if checkpoint_log_size is not None and os.path.getsize(log_path) > checkpoint_log_size:
+            os.truncate(log_path, checkpoint_log_size)
+        log_size = os.path.getsize(log_path)
+    elif not resuming:
+        if os.path.isfile(log_path):  # --overwrite=True, or an earlier attempt of this run that saved nothing
+            os.remove(log_path)
+        append_log({"iter": 0, "event": "run_start", "config": config})
 
 # preemption: the handler only sets a flag; the loop saves and exits at the next step boundary
 stop_signal = None
@@ -418,22 +668,26 @@ def estimate_losses():
 
 # -----------------------------------------------------------------------------
 # training loop
-start_iter = iter_num
 t_last_log, iters_since_log = time.time(), 0
 while True:
     lr = get_lr(iter_num, round_start_iter)
     round_end = (grow_every > 0 and not growth["done"] and iter_num > 0 and iter_num % grow_every == 0
                  and growth.get("last_round_end") != iter_num)
     if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only or round_end:
-        losses = estimate_losses()
-        depth = {"n_layer": raw_model.config.n_layer, "round": growth["round"]} if growth else {}
-        log({"iter": iter_num, **losses, "lr": lr, **depth, **(compute or {})})
-        if not math.isfinite(losses["val_loss"]):
-            fail(f"the val loss is {losses['val_loss']} at iter {iter_num}: stopping without saving")
-        improved = losses["val_loss"] < best_val_loss
-        best_val_loss = min(best_val_loss, losses["val_loss"])
-        if (improved or always_save_checkpoint) and iter_num > start_iter:
-            save_training_checkpoint()
+        if last_eval is not None and last_eval["iter"] == iter_num and not eval_only:
+            # resumed from a checkpoint saved after this evaluation: it is in the log already
+            losses = {k: last_eval[k] for k in ("train_loss", "val_loss")}
+        else:
+            losses = estimate_losses()
+            depth = {"n_layer": raw_model.config.n_layer, "round": growth["round"]} if growth else {}
+            log({"iter": iter_num, **losses, "lr": lr, **depth, **(compute or {})})
+            if not math.isfinite(losses["val_loss"]):
+                fail(f"the val loss is {losses['val_loss']} at iter {iter_num}: stopping without saving")
+            improved = losses["val_loss"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val_loss"])
+            last_eval = {"iter": iter_num, **losses}
+            if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
+                save_training_checkpoint()
         t_last_log, iters_since_log = time.time(), 0  # eval time is not training time
     if round_end:  # every rank decides alike: the val loss was all-reduced
         growth["last_round_end"] = iter_num
@@ -445,7 +699,7 @@ while True:
         log({"iter": iter_num, "event": "round_end", "round": growth["round"], "n_layer": depth,
              "round_val_loss": losses["val_loss"], "target_val_loss": target, "decision": decision})
         if not can_grow:
-            growth["done"] = True
+            growth["done"], growth["end"] = True, decision
             if reached and stop_at_target:
                 save_training_checkpoint()
                 break
@@ -526,17 +780,7 @@ while True:
             print(f"received {stop_signal or 'a stop request on another rank'}: saving and exiting")
         save_training_checkpoint()
         if master_process:
-            print(f"resume with: python train.py ... --init_from=resume --out_dir={out_dir}")
+            print(f"to continue, run the same command again (or: train.py --init_from=resume --out_dir={out_dir})")
         break
 
-if wandb_log and master_process:
-    wandb.finish()
-if ddp:
-    gloo = dist.get_backend() == "gloo"
-    dist.destroy_process_group()
-    if gloo:
-        # PyTorch's gloo now and then aborts in its C++ teardown at interpreter exit, after all work is done (3 runs
-        # in 60 of a minimal DDP script on CPU), and torchrun then reports a failed run: leave without that teardown
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+finish()

@@ -40,3 +40,12 @@ def test_check_device_refuses_unusable_devices(device, message):
     with pytest.raises(configurator.ConfigError, match=message):
         configurator.check_device(device)
     configurator.check_device("cpu")
+
+
+def test_overrides_are_only_what_files_and_flags_set(tmp_path):
+    (tmp_path / "cfg.py").write_text("batch_size = 32\nlearning_rate = 1\n")
+    defaults = dict(batch_size=12, learning_rate=6e-4, out_dir="out")
+    given = configurator.overrides(defaults, [str(tmp_path / "cfg.py"), "--batch_size=64"])
+    assert given == {"batch_size": 64, "learning_rate": 1.0}  # flags after files win; out_dir was not given
+    assert configurator.configure(defaults, [str(tmp_path / "cfg.py")]) == dict(defaults, batch_size=32,
+                                                                                   learning_rate=1.0)

@@ -2,6 +2,8 @@
 identity growth keeps the loss, restart equals inheriting deeper directly, resume after a growth, bad input."""
 
 import contextlib
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -79,6 +81,54 @@ def test_stops_at_target(char_data, reference, tmp_path):
     (end,) = events(out, "round_end")
     assert end["decision"] == "target reached" and end["iter"] == 10
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 10
+    log = (out / "log.jsonl").read_bytes()
+    r = train(char_data, out, *GROW[:-1], f"--reference={reference}", "--target_val_loss=9.0", "--max_iters=40")
+    assert "nothing to do" in r.stdout and "reached its target" in r.stdout  # a requeue of the finished run
+    assert (out / "log.jsonl").read_bytes() == log
+
+
+def without_timings(out_dir):
+    return [{k: v for k, v in r.items() if k not in ("tok_per_s", "ms_per_step", "mfu")}
+            for r in read_log(out_dir) if r.get("event") != "run_start"]
+
+
+def test_continuing_at_a_round_boundary_writes_each_record_once(char_data, reference, tmp_path):
+    args = [*GROW, f"--reference={reference}", "--log_interval=5"]
+    train(char_data, tmp_path / "straight", *args, "--max_iters=30")
+    train(char_data, tmp_path / "run", *args, "--max_iters=20")  # ends at the second round's end
+    assert events(tmp_path / "run", "round_end")[-1]["decision"] == "max_iters reached"
+    train(char_data, tmp_path / "run", *args, "--max_iters=30")  # the same command, to 30
+    # the round at iter 20 ends once, decided as the uninterrupted run decided it, its eval line written once
+    assert without_timings(tmp_path / "run") == without_timings(tmp_path / "straight")
+    assert [(e["iter"], e["decision"]) for e in events(tmp_path / "run", "round_end")] == [
+        (10, "grow"), (20, "growth stops: 4 + 2 layers exceed max depth 4")]
+    assert [r["iter"] for r in read_log(tmp_path / "run") if "val_loss" in r] == [0, 10, 20, 30]
+
+
+def test_inherit_py_then_its_printed_command_grows(char_data, reference, tmp_path):
+    # README's chain: inherit.py into a folder that does not exist, then the train.py command it prints (plus
+    # growth), with no data, context or schedule flags: those come from what the checkpoint records
+    student = tmp_path / "runs" / "student"
+    r = subprocess.run([sys.executable, "inherit.py", f"--init_from={reference}", "--n_layer=2",
+                        f"--data_dir={char_data}", f"--out_dir={student}", "--device=cpu"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "training settings of the reference run" in r.stdout
+    printed = shlex.split(r.stdout.split("train it with: ")[1].split("  (add")[0])
+    assert printed[:2] == ["python", "train.py"] and f"--data_dir={char_data}" in printed
+    r = subprocess.run([sys.executable, *printed[1:], "--grow_every=10", "--max_iters=20", "--eval_interval=10"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    assert "warning: lr_decay_iters=100 > grow_every=10" in r.stdout  # the reference run's schedule, warned about
+    end = events(student, "round_end")[0]
+    assert end["iter"] == 10 and end["decision"] == ("target reached" if end["round_val_loss"] <= end["target_val_loss"]
+                                                     else "grow")
+    ckpt = torch.load(student / "ckpt.pt", weights_only=True)
+    ref_config = torch.load(os.path.join(reference, "ckpt.pt"), weights_only=True)["config"]
+    for key in ("block_size", "batch_size", "gradient_accumulation_steps", "learning_rate", "warmup_iters", "seed"):
+        assert ckpt["config"][key] == ref_config[key], key  # the reference run's, not train.py's defaults
+    # the target is inherit.py's measurement of the reference, made on train.py's own validation windows
+    assert end["target_val_loss"] == ckpt["growth"]["target_val_loss"] == ckpt["inherit"]["reference_val_loss"]
 
 
 def test_target_defaults_to_reference_val_loss(char_data, reference, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, model_fingerprint, model_from_checkpoint, save_checkpoint
 from conftest import REPO
 from data import write_meta, write_tokens
 from inherit import InheritError, grow, inherit, parse_layers
@@ -148,11 +148,17 @@ def ref_and_data(tmp_path):
 
 def test_cli_writes_trainable_checkpoint_with_reference_loss(ref_and_data):
     ref, tmp = ref_and_data
-    out = tmp / "student"
+    out = tmp / "runs" / "student"  # neither folder exists yet: out_dir is always a folder, created as needed
     r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=2", f"--data_dir={tmp / 'data'}",
                     "--eval_iters=3", "--batch_size=4", f"--out_dir={out}", "--device=cpu")
     assert r.returncode == 0, r.stderr
+    assert os.listdir(out) == ["ckpt.pt"] and f"wrote {out / 'ckpt.pt'}" in r.stdout
     ckpt = load_checkpoint(str(out))
+    # the run config train.py resumes with: how the student was made, and the data and eval of the target
+    assert {k: ckpt["config"][k] for k in ("init_from", "n_layer", "inherit_layers", "block_size", "data_dir",
+                                           "eval_iters", "batch_size", "seed")} == dict(
+        init_from="inherit", n_layer=2, inherit_layers="0,1", block_size=32, data_dir=str(tmp / "data"), eval_iters=3,
+        batch_size=4, seed=1337)
     assert ckpt["inherit"]["layers"] == [0, 1] and ckpt["inherit"]["source_n_layer"] == 6
     student = model_from_checkpoint(ckpt).eval()
     idx = torch.randint(0, 64, (1, 32))
@@ -172,6 +178,9 @@ def test_cli_writes_trainable_checkpoint_with_reference_loss(ref_and_data):
     (["--layers=0,12"], "out of range"),
     (["--n_layer=auto"], "needs --analysis"),
     (["--nlayer=2"], "unknown config key 'nlayer'.*n_layer"),
+    (["--eval_iters=0"], "eval_iters=0 must be a positive integer"),
+    (["--device=tpu"], "device='tpu'"),
+    (["--out_dir=student.pt"], "ends in .pt, but out_dir is a folder"),
 ])
 def test_cli_bad_input(ref_and_data, args, message):
     _, tmp = ref_and_data
@@ -188,14 +197,57 @@ def test_cli_vocab_that_does_not_fit(ref_and_data):
     assert r.returncode != 0 and "does not fit the reference's (64)" in r.stderr
 
 
-def test_cli_depth_from_analysis(ref_and_data):
+def test_cli_refuses_to_replace_a_checkpoint(ref_and_data):
     _, tmp = ref_and_data
-    (tmp / "analysis.json").write_text('{"suggested_n_layer": 3, "layers": []}')
-    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=auto", f"--analysis={tmp / 'analysis.json'}",
+    out = tmp / "student"
+    assert run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=2", f"--out_dir={out}").returncode == 0
+    trained = (out / "ckpt.pt").read_bytes()
+    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=3", f"--out_dir={out}")
+    assert r.returncode != 0 and "exists" in r.stderr and "--overwrite=True" in r.stderr
+    assert (out / "ckpt.pt").read_bytes() == trained and os.listdir(out) == ["ckpt.pt"]
+    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=3", f"--out_dir={out}", "--overwrite=True")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(str(out))["inherit"]["layers"] == [0, 1, 2]
+
+
+def test_model_fingerprint_tells_weights_apart():
+    ref = tiny_reference()
+    same = model_from_checkpoint({"model": ref.state_dict(), "model_args": dataclasses.asdict(ref.config)})
+    assert model_fingerprint(same) == model_fingerprint(ref)
+    with torch.no_grad():
+        same.transformer.h[3].mlp.c_fc.weight[0, 0] += 1e-3  # one weight of one block
+    assert model_fingerprint(same) != model_fingerprint(ref)
+    assert model_fingerprint(tiny_reference(seed=1)) != model_fingerprint(ref)
+
+
+def test_cli_depth_from_an_analysis_of_this_reference_only(ref_and_data):
+    from analyze_rank import main as analyze_rank
+
+    ref, tmp = ref_and_data
+    report = analyze_rank([f"--model={tmp / 'ref.pt'}", f"--data={tmp / 'data' / 'val.bin'}", "--num_samples=4",
+                           "--seq_len=16", "--device=cpu", f"--out_dir={tmp / 'analysis'}"])
+    assert report["model_fingerprint"] == model_fingerprint(ref)
+    analysis = tmp / "analysis" / "analysis.json"
+    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=auto", f"--analysis={analysis}",
                     f"--out_dir={tmp / 'auto'}")
     assert r.returncode == 0, r.stderr
-    assert load_checkpoint(str(tmp / "auto"))["inherit"]["layers"] == [0, 1, 2]
+    assert load_checkpoint(str(tmp / "auto"))["inherit"]["layers"] == list(range(report["suggested_n_layer"]))
+    # the same analysis given for another model of the same shape: refused, naming both
+    other = tiny_reference(seed=1)
+    save_checkpoint({"model": other.state_dict(), "model_args": dataclasses.asdict(other.config)},
+                    str(tmp / "other.pt"))
+    r = run_inherit(f"--init_from={tmp / 'other.pt'}", "--n_layer=auto", f"--analysis={analysis}",
+                    f"--out_dir={tmp / 'never'}")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "is an analysis of" in r.stderr and "ref.pt" in r.stderr and "other.pt" in r.stderr
+    assert model_fingerprint(other) in r.stderr and report["model_fingerprint"] in r.stderr
+    # an analysis without a fingerprint (an older analyze_rank.py, or hand-written) says so
+    (tmp / "old.json").write_text('{"model": "out-ref", "suggested_n_layer": 3, "layers": []}')
+    r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=auto", f"--analysis={tmp / 'old.json'}",
+                    f"--out_dir={tmp / 'never'}")
+    assert r.returncode == 1 and "no model fingerprint" in r.stderr and "'out-ref'" in r.stderr
     (tmp / "bad.json").write_text('{"layers": []}')
     r = run_inherit(f"--init_from={tmp / 'ref.pt'}", "--n_layer=auto", f"--analysis={tmp / 'bad.json'}",
                     f"--out_dir={tmp / 'never'}")
-    assert r.returncode != 0 and "suggested_n_layer" in r.stderr and not (tmp / "never").exists()
+    assert r.returncode != 0 and "suggested_n_layer" in r.stderr
+    assert not (tmp / "never").exists()

@@ -110,7 +110,7 @@ def half_then_hang(obj, f):  # write half the bytes, then hang: the parent kills
     print("writing", flush=True)
     time.sleep(600)
 torch.save = half_then_hang
-save_checkpoint({"model": {"w": torch.ones(1_000_000)}, "iter_num": 2}, sys.argv[1])
+save_checkpoint({"model": {"w": torch.ones(1_000_000)}, "model_args": {}, "iter_num": 2}, sys.argv[1])
 """
 
 
@@ -118,7 +118,7 @@ def test_kill_during_save_keeps_old_checkpoint(tmp_path):
     from checkpoint import load_checkpoint, save_checkpoint
 
     path = str(tmp_path / "ckpt.pt")
-    save_checkpoint({"model": {"w": torch.zeros(3)}, "iter_num": 1}, path)
+    save_checkpoint({"model": {"w": torch.zeros(3)}, "model_args": {}, "iter_num": 1}, path)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, path], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "writing"
@@ -129,6 +129,9 @@ def test_kill_during_save_keeps_old_checkpoint(tmp_path):
     assert glob.glob(path + ".tmp.*")  # the half-written file is there, under its temporary name
     ckpt = load_checkpoint(path)
     assert ckpt["iter_num"] == 1 and torch.equal(ckpt["model"]["w"], torch.zeros(3))
+    save_checkpoint({"model": {"w": torch.ones(3)}, "model_args": {}, "iter_num": 3}, path)
+    assert not glob.glob(path + ".tmp.*")  # the next save into the folder removes what the killed one left
+    assert load_checkpoint(path)["iter_num"] == 3
 
 
 def test_sigterm_saves_and_exits_zero(char_data, tmp_path):
@@ -162,12 +165,33 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(char_data, tmp_path):
     ("--lerning_rate=1e-3", ["unknown config key 'lerning_rate'", "learning_rate"]),
     ("--max_iters=many", ["max_iters", "expects int"]),
     ("--dtype=fp8", ["dtype='fp8'", "bfloat16"]),
+    ("--learning_rate=0", ["learning_rate=0.0 must be positive"]),
+    ("--learning_rate=-1e-3", ["learning_rate=-0.001 must be positive"]),
+    ("--batch_size=0", ["batch_size=0 must be positive"]),
+    ("--block_size=-8", ["block_size=-8 must be positive"]),
+    ("--max_iters=-1", ["max_iters=-1 must not be negative", "0 evaluates"]),
+    ("--gradient_accumulation_steps=0", ["gradient_accumulation_steps=0 must be positive"]),
+    ("--n_embd=33", ["n_embd=33 is not divisible by n_head=2"]),
+    ("--min_lr=0.01", ["min_lr=0.01 is above learning_rate=0.0006"]),
+    ("--warmup_iters=200", ["warmup_iters=200 is not below lr_decay_iters=100"]),
+    ("--eval_iters=0", ["eval_iters=0 must be positive"]),
+    ("--eval_interval=0", ["eval_interval=0 must be positive"]),
+    ("--dropout=1.0", ["dropout=1.0 must be at least 0 and below 1"]),
+    ("--device=tpu", ["device='tpu'"]),
+    ("--grow_every=5", ["warmup_iters=5 is not below grow_every=5", "restart mode"]),
+    ("--dist_timeout_s=0", ["dist_timeout_s=0 must be positive"]),
 ])
 def test_config_errors_exit_before_work(char_data, tmp_path, arg, expected):
-    result = train(char_data, tmp_path / "out", arg, expect_rc=1)
+    result = train(char_data, tmp_path / "out", "--max_iters=5", arg, expect_rc=1)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one line, no traceback
     for text in expected:
         assert text in result.stderr
     assert not (tmp_path / "out").exists()  # nothing was done
+
+
+def test_max_iters_zero_evaluates_once(char_data, tmp_path):
+    train(char_data, tmp_path, "--max_iters=0")
+    assert [r["iter"] for r in read_log(tmp_path) if "val_loss" in r] == [0] and not (tmp_path / "ckpt.pt").exists()
 
 
 def test_compile_on_cpu(char_data, tmp_path):
@@ -175,3 +199,11 @@ def test_compile_on_cpu(char_data, tmp_path):
     assert sorted(train_losses(tmp_path)) == [0, 1, 2]
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert not any("_orig_mod" in k for k in ckpt["model"])
+
+
+def test_eval_only_prints_and_writes_nothing(char_data, tmp_path):
+    train(char_data, tmp_path, "--max_iters=3", "--eval_interval=3")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    r = train(char_data, tmp_path, "--max_iters=3", "--eval_interval=3", "--eval_only=True")
+    assert "continuing the run" in r.stdout and "iter 3 | train_loss" in r.stdout  # the checkpoint, evaluated
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -101,21 +101,6 @@ TABLE = {
     "hf download openai-community/gpt2-medium --local-dir gpt2-medium": Cannot(f"{NETWORK}: the Hugging Face Hub"),
 }
 
-DEPENDS_ON_OUTPUT_RULE = ("inherit.py --out_dir=FOLDER that does not exist yet must write FOLDER/ckpt.pt "
-                          "(the output-path rule of issue 9, in checkpoint.py / inherit.py)")
-DEPENDS_ON_RESUME_SETTINGS = ("train.py --init_from=resume must take block_size (and dataset) from the checkpoint "
-                              "(issue 9, train.py)")
-
-
-class PendingFix(AssertionError):
-    """A step that needs another part of issue 9 (checkpoint.py / inherit.py / train.py) to be merged."""
-
-
-def pending(condition, reason, detail=""):
-    if not condition:
-        raise PendingFix(f"{reason}\n{detail}")
-
-
 # ------------------------------------------------------------------------------------------------------------
 # reading the README and running its commands
 
@@ -275,7 +260,6 @@ def test_readme_names_the_current_tools():
     assert ci_command == "python3 -m pytest tests" and "python -m pytest tests" in TABLE  # the Quickstart's
 
 
-@pytest.mark.xfail(strict=True, raises=PendingFix, reason=f"{DEPENDS_ON_OUTPUT_RULE}; {DEPENDS_ON_RESUME_SETTINGS}")
 def test_user_chain(user_repo):
     """prepare -> train a reference -> sample -> analyze_rank -> inherit (2 blocks; auto) -> train with growth
     -> export -> transformers and lm_eval on the export, as the README says, in one fresh copy."""
@@ -301,7 +285,6 @@ def test_user_chain(user_repo):
 
     run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=2 --dataset=shakespeare_char "
                "--out_dir=out-inherit", repo)
-    pending(os.path.isfile(os.path.join(repo, "out-inherit", "ckpt.pt")), DEPENDS_ON_OUTPUT_RULE)
     student, ckpt = load_model(os.path.join(repo, "out-inherit"))
     reference, _ = load_model(os.path.join(repo, "out-shakespeare-char"))
     assert student.config.n_layer == 2 and ckpt["inherit"]["layers"] == [0, 1]
@@ -314,10 +297,7 @@ def test_user_chain(user_repo):
     assert auto.config.n_layer == analysis["suggested_n_layer"]
 
     command = "python train.py --init_from=resume --out_dir=out-inherit --dataset=shakespeare_char --grow_every=500"
-    try:
-        run_readme(command, repo)
-    except AssertionError as e:
-        raise PendingFix(f"{DEPENDS_ON_RESUME_SETTINGS}\n{e}") from None
+    run_readme(command, repo)
     log = read_log(os.path.join(repo, "out-inherit", "log.jsonl"))
     rounds = [r for r in log if r.get("event") == "round_end"]
     grows = [r for r in log if r.get("event") == "grow"]
@@ -383,7 +363,6 @@ def test_data_preparation(user_repo, tmp_path):
     check_all_ran("test_data_preparation")
 
 
-@pytest.mark.xfail(strict=True, raises=PendingFix, reason=DEPENDS_ON_OUTPUT_RULE)
 def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
     """The README's gpt2 / gpt2-medium commands, with a tiny local GPT-2 folder for the Hub name."""
     from checkpoint import load_model
@@ -397,7 +376,6 @@ def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
 
     run_readme("python inherit.py --init_from=gpt2-medium --out_dir=out-gpt2m-half", repo,
                {"gpt2_folder": gpt2_folder})
-    pending(os.path.isfile(os.path.join(repo, "out-gpt2m-half", "ckpt.pt")), DEPENDS_ON_OUTPUT_RULE)
     half, ckpt = load_model(os.path.join(repo, "out-gpt2m-half"))
     assert half.config.n_layer == 2 and ckpt["inherit"]["layers"] == [0, 1]  # L/2 of the 4-layer stand-in
     run_readme("python inherit.py --init_from=gpt2 --layers=0,1,2,3,0,1,2,3 --out_dir=out-hybrid", repo,

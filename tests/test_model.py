@@ -119,15 +119,6 @@ def test_folder_without_weights(make_hf_gpt2, tmp_path):
         GPT.from_pretrained(folder)
 
 
-def test_non_gpt2_config_is_refused(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2, vocab_size=50)).save_pretrained(tmp_path / "llama")
-    with pytest.raises(ModelLoadError, match="'llama' model, not GPT-2.*analyze_rank.py"):
-        GPT.from_pretrained(str(tmp_path / "llama"))
-
-
 def test_cpu_bf16_autocast_attention_runs_in_fp32():
     # under CPU bf16 autocast, attention is kept in fp32 (faster there): logits stay close to fp32's
     torch.manual_seed(0)

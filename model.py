@@ -26,6 +26,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 NORMS, MLPS, POS_EMBS = ("layernorm", "rmsnorm"), ("gelu", "swiglu"), ("learned", "rope")
+LLAMA3_ROPE_KEYS = ("rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass
@@ -61,8 +62,10 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.n_head % self.kv_heads != 0:
             raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
-        if self.rope_scaling is not None and self.rope_scaling.get("rope_type") != "llama3":
-            raise ValueError(f"rope_scaling={self.rope_scaling}: only rope_type 'llama3' is implemented")
+        if self.rope_scaling is not None and (self.rope_scaling.get("rope_type") != "llama3"
+                                              or set(self.rope_scaling) != set(LLAMA3_ROPE_KEYS)):
+            raise ValueError(f"rope_scaling={self.rope_scaling}: only Llama 3's is implemented, with exactly the "
+                             f"keys {', '.join(LLAMA3_ROPE_KEYS)}")
 
     @property
     def kv_heads(self):

@@ -295,7 +295,8 @@ def gpt2_state_dict_from_hf(hf_sd):
 
 def llama_tensor_names(config):
     """[(our name, [Hugging Face names stacked into it])] for every tensor of a Llama-family model."""
-    names = [("transformer.wte.weight", ["model.embed_tokens.weight"]), ("transformer.ln_f.weight", ["model.norm.weight"])]
+    names = [("transformer.wte.weight", ["model.embed_tokens.weight"]),
+             ("transformer.ln_f.weight", ["model.norm.weight"])]
     if not config.tie_embeddings:
         names.append(("lm_head.weight", ["lm_head.weight"]))
     for i in range(config.n_layer):
@@ -352,9 +353,9 @@ def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.f
         model = GPT(config)
     try:
         model.load_state_dict(sd, assign=True)
-    except RuntimeError as e:
+    except RuntimeError as e:  # missing, unexpected or wrongly shaped tensors
         raise ModelLoadError(f"{name_or_path}: weights do not match a model of its config.json "
-                             f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+                             f"({' '.join(str(e).split())[:300]})") from None
     if config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
     return model
@@ -371,18 +372,17 @@ def hf_architecture(config, source_config=None):
                     "an untied LM head": not config.tie_embeddings,
                     "q, k, v biases without the other biases": config.qkv_bias and not config.bias}
     elif parts == ("rmsnorm", "swiglu", "rope") and not config.bias:
-        default = "Qwen2ForCausalLM" if config.qkv_bias else "LlamaForCausalLM"
-        arch = ((source_config or {}).get("architectures") or [default])[0]
-        arch = arch if ARCHITECTURES.get(arch, "gpt2") != "gpt2" else default
+        arch = ((source_config or {}).get("architectures") or [None])[0]
+        if ARCHITECTURES.get(arch) not in ("llama", "qwen2", "mistral"):
+            arch = "Qwen2ForCausalLM" if config.qkv_bias else "LlamaForCausalLM"
+        head_dim_apart = config.head_dim not in (0, config.n_embd // config.n_head) or config.n_embd % config.n_head != 0
         problems = {"q, k, v biases (only Qwen2 has them)": config.qkv_bias and arch != "Qwen2ForCausalLM",
                     "no q, k, v biases (Qwen2 always has them)": not config.qkv_bias and arch == "Qwen2ForCausalLM",
-                    "head_dim apart from n_embd // n_head": config.head_dim not in (0, config.n_embd // config.n_head)
-                    and arch != "MistralForCausalLM",
-                    "n_embd not divisible by n_head": config.n_embd % config.n_head != 0 and arch != "MistralForCausalLM"}
+                    "head_dim apart from n_embd // n_head": head_dim_apart and arch != "MistralForCausalLM"}
     else:
         raise ModelLoadError(f"no Hugging Face architecture has norm={config.norm!r}, mlp={config.mlp!r}, "
-                             f"pos_emb={config.pos_emb!r}, bias={config.bias} together: GPT-2 is layernorm/gelu/learned, "
-                             f"the Llama family rmsnorm/swiglu/rope without biases")
+                             f"pos_emb={config.pos_emb!r}, bias={config.bias} together: GPT-2 is "
+                             f"layernorm/gelu/learned, the Llama family rmsnorm/swiglu/rope without biases")
     problem = next((p for p, bad in problems.items() if bad), None)
     if problem:
         raise ModelLoadError(f"cannot write this model as {arch}: it has {problem}")
@@ -404,10 +404,10 @@ def hf_config_from_gpt(config, source_config=None):
             vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
             n_layer=config.n_layer, n_head=config.n_head, n_inner=config.intermediate_size or None,
             activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            layer_norm_epsilon=config.norm_eps, scale_attn_by_inverse_layer_idx=config.scale_attn_by_inverse_layer_idx,
-            tie_word_embeddings=True, architectures=[arch], **token_ids,
+            layer_norm_epsilon=config.norm_eps, tie_word_embeddings=True, architectures=[arch],
+            scale_attn_by_inverse_layer_idx=config.scale_attn_by_inverse_layer_idx, **token_ids,
         )
-    cls = {"LlamaForCausalLM": LlamaConfig, "Qwen2ForCausalLM": Qwen2Config, "MistralForCausalLM": MistralConfig}[arch]
+    cls = dict(LlamaForCausalLM=LlamaConfig, Qwen2ForCausalLM=Qwen2Config, MistralForCausalLM=MistralConfig)[arch]
     family = dict(
         LlamaForCausalLM=dict(head_dim=config.head_size, attention_bias=False, mlp_bias=False),
         Qwen2ForCausalLM=dict(use_sliding_window=False),

@@ -235,14 +235,14 @@ def read_hf_weights(folder, layers=None, dtype=torch.float32):
     (embeddings, final norm, head). From safetensors files only those tensors are read.
     """
     locations = weight_locations(folder)
-    if locations is None:  # GPT-2's pytorch_model.bin: one pickle, read whole
+    if locations is None:  # pytorch_model.bin: one pickle, read whole
         stored = torch.load(os.path.join(folder, "pytorch_model.bin"), map_location="cpu", weights_only=True)
         locations = dict.fromkeys(stored, None)
     plan = {}  # stored name -> the names it gets in the result
     for name in locations:
-        match = BLOCK_TENSOR.match(name)
         if name.endswith(BUFFERS):
             continue
+        match = BLOCK_TENSOR.match(name)
         if match is None or layers is None:
             plan[name] = [name]
         else:

@@ -67,6 +67,7 @@ class GPTConfig:
             raise ValueError(f"rope_scaling={self.rope_scaling}: only Llama 3's is implemented, with exactly the "
                              f"keys {', '.join(LLAMA3_ROPE_KEYS)}")
 
+    # the values the 0 = "derived" fields above stand for
     @property
     def kv_heads(self):
         return self.n_kv_head or self.n_head

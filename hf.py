@@ -331,6 +331,7 @@ def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.f
     layers: source block indices (any order, repeats allowed). Only those blocks are read from the weight
     files, with the embeddings, final norm and head, and the model has len(layers) blocks in that order.
     None: every block. Weights become dtype (bf16 checkpoints load as float32). override_args may set dropout.
+    With GPT-2's scale_attn_by_inverse_layer_idx a block's attention scale follows its new position (as inherit.py).
     """
     folder = resolve_hf_folder(name_or_path)
     config = gpt_config_from_hf(folder, name_or_path)

@@ -376,7 +376,8 @@ def hf_architecture(config, source_config=None):
         arch = ((source_config or {}).get("architectures") or [None])[0]
         if ARCHITECTURES.get(arch) not in ("llama", "qwen2", "mistral"):
             arch = "Qwen2ForCausalLM" if config.qkv_bias else "LlamaForCausalLM"
-        head_dim_apart = config.head_dim not in (0, config.n_embd // config.n_head) or config.n_embd % config.n_head != 0
+        head_dim_apart = (config.head_dim not in (0, config.n_embd // config.n_head)
+                          or config.n_embd % config.n_head != 0)
         problems = {"q, k, v biases (only Qwen2 has them)": config.qkv_bias and arch != "Qwen2ForCausalLM",
                     "no q, k, v biases (Qwen2 always has them)": not config.qkv_bias and arch == "Qwen2ForCausalLM",
                     "head_dim apart from n_embd // n_head": head_dim_apart and arch != "MistralForCausalLM"}

@@ -1,5 +1,7 @@
 """
-Training throughput of model.py against Hugging Face transformers' GPT2LMHeadModel of the identical shape.
+Training throughput of model.py against Hugging Face transformers' GPT2LMHeadModel (--arch=gpt2) or
+LlamaForCausalLM (--arch=llama: RMSNorm, SwiGLU, rotary embeddings, grouped-query attention, untied head) of the
+identical shape.
 
 Both sides run the same training step on the same batches: forward, the same cross-entropy on the same
 targets, backward, and the same AdamW set-up (model.configure_optimizers), eager and under torch.compile.
@@ -8,12 +10,14 @@ busy now and then slows both sides alike.
 
     python bench.py                  # the CPU setting: 8 layers, 128 wide, T=128, B=32, vocab 96
     python bench.py --quick          # a tiny shape and few steps: checks that it runs
+    python bench.py --arch=llama     # the same shape as Llama: 2 key/value heads, SwiGLU width 352
     python bench.py --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --batch_size=16 \\
         --vocab_size=50304           # GPT-2 124M (bench_gpu.sh runs this and the 350M shape)
 """
 
 import argparse
 import importlib.util
+import math
 import time
 from contextlib import nullcontext
 
@@ -27,14 +31,18 @@ from model import GPT, GPTConfig
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="gpt2", choices=["gpt2", "llama"])
     p.add_argument("--n_layer", type=int, default=8)
     p.add_argument("--n_head", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=128)
     p.add_argument("--block_size", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--vocab_size", type=int, default=96)
+    p.add_argument("--n_kv_head", type=int, default=0, help="llama: key/value heads; 0: n_head // 2")
+    p.add_argument("--intermediate_size", type=int, default=0,
+                   help="llama: SwiGLU width; 0: 8/3 n_embd rounded up to a multiple of 32 (Llama's rule)")
     p.add_argument("--bias", type=lambda s: s == "True", default=True,
-                   help="True/False; transformers' GPT-2 always has biases, so only True is like for like")
+                   help="gpt2: True/False; transformers' GPT-2 always has biases, so only True is like for like")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast dtype; auto: bfloat16 on CUDA, float32 elsewhere")
@@ -67,15 +75,23 @@ def hf_forward(model, x, y):
 
 
 def make_hf_model(config):
-    """transformers' GPT2LMHeadModel of config's shape."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """transformers' model of config's shape: hf.py's export config (GPT2LMHeadModel or LlamaForCausalLM)."""
+    from transformers import AutoModelForCausalLM
 
-    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-                           n_layer=config.n_layer, n_head=config.n_head, activation_function="gelu_new",
-                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-                           bos_token_id=None, eos_token_id=None)
-    hf_config._attn_implementation = "sdpa"  # scaled_dot_product_attention, as model.py (flash kernels on GPU)
-    return GPT2LMHeadModel(hf_config)
+    from hf import hf_config_from_gpt
+
+    # scaled_dot_product_attention, as model.py (flash kernels on GPU)
+    return AutoModelForCausalLM.from_config(hf_config_from_gpt(config), attn_implementation="sdpa")
+
+
+def make_config(args):
+    shape = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
+                 vocab_size=args.vocab_size, dropout=0.0)
+    if args.arch == "gpt2":
+        return GPTConfig(**shape, bias=args.bias)
+    width = args.intermediate_size or math.ceil(8 * args.n_embd / 3 / 32) * 32
+    return GPTConfig(**shape, bias=False, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", intermediate_size=width,
+                     pos_emb="rope", n_kv_head=args.n_kv_head or max(1, args.n_head // 2), tie_embeddings=False)
 
 
 class Runner:
@@ -129,15 +145,14 @@ def main():
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
-                       vocab_size=args.vocab_size, bias=args.bias, dropout=0.0)
+    config = make_config(args)
     gpu_name, peak_flops = perf.gpu_peak_flops(args.device)
     print(f"shape: {config}, batch {args.batch_size}, {dtype} on {gpu_name or args.device}, "
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     if args.hf and importlib.util.find_spec("transformers") is None:
         print("transformers is not installed: timing model.py alone (pip install transformers to compare)")
         args.hf = False
-    if args.hf and not args.bias:
+    if args.hf and args.arch == "gpt2" and not args.bias:
         print("note: bias=False here, but transformers' GPT-2 has biases: the comparison is not like for like")
 
     # identical data for every model: random tokens from one seeded generator

@@ -14,14 +14,13 @@ the batch and a growth the depth, and a guess is not a measurement.
 
 import json
 import os
-import pickle
 import sys
 
 import numpy as np
 import torch
 
 from atomic import atomic_write
-from checkpoint import CKPT_NAME, load_checkpoint
+from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
 from configurator import configure_or_exit
 from model import GPT, GPTConfig
 
@@ -92,8 +91,8 @@ def summarize(out_dir):
     ckpt_path = os.path.join(out_dir, CKPT_NAME)
     try:
         ckpt = load_checkpoint(ckpt_path, mmap=True) if os.path.isfile(ckpt_path) else None
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise CompareError(f"{ckpt_path} is damaged ({type(e).__name__}): it cannot be read") from None
+    except CheckpointError as e:  # it names the file as damaged
+        raise CompareError(str(e)) from None
     depths = [r["n_layer"] for r in evals if "n_layer" in r]  # growing runs log their depth with every eval
     if ckpt is not None:
         depths.append(ckpt["model_args"]["n_layer"])

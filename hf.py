@@ -1,24 +1,57 @@
 """
-Hugging Face interop for GPT-2: load a Hub name or local folder into our GPT, export ours as a Hub folder.
+Hugging Face interop: load a Hub id or local folder into our GPT (all blocks, or only chosen ones), and export
+ours as a Hub folder of the same architecture.
 
-Hugging Face's GPT-2 stores its attention/MLP weights as Conv1D, i.e. (in, out): we transpose them to
-nn.Linear's (out, in) on the way in and back on the way out. Keys may or may not carry "transformer.".
+Architectures: GPT2LMHeadModel; LlamaForCausalLM (Llama 2, Llama 3.x, SmolLM, SmolLM2, OpenLLaMA),
+Qwen2ForCausalLM (Qwen2, Qwen2.5) and MistralForCausalLM, the "Llama family" below.
+  - GPT-2 stores its attention/MLP weights as Conv1D, i.e. (in, out): we transpose them to nn.Linear's
+    (out, in) on the way in and back on the way out. Keys may or may not carry "transformer.".
+  - The Llama family: q_proj, k_proj, v_proj are stacked into our c_attn; gate_proj, up_proj, down_proj are our
+    c_gate, c_fc, c_proj (model.py's docstring has our names).
+  - Sliding-window attention (Mistral, Qwen2 with use_sliding_window): block_size is capped at the window.
+    Within it the window changes nothing (every earlier token is inside it), and model.py refuses longer
+    sequences, so the function is exact.
+Weights come from model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin (GPT-2).
+read_hf_weights reads only the tensors asked for (safe_open + get_tensor), so inheriting a few blocks of a
+large model needs memory for those blocks, the embeddings, final norm and head only.
 """
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from model import GPT, GPTConfig
 from tokenizer import GPT2_BPE_DIR
 
 HUB_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+                 "MistralForCausalLM": "mistral"}
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+WEIGHT_FILES = ("model.safetensors", SAFETENSORS_INDEX, "pytorch_model.bin")
+BLOCK_TENSOR = re.compile(r"^((?:transformer\.|model\.)?(?:h|layers)\.)(\d+)\.(.+)$")  # prefix, index, rest
+BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")  # saved by older transformers; not weights
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 GPT2_EOT_TEXT = "<|endoftext|>"
+
+# Llama family tensor names, ours -> Hugging Face's within block i; several names are stacked along dim 0
+LLAMA_BLOCK_NAMES = (
+    ("ln_1.weight", ("input_layernorm.weight",)),
+    ("attn.c_attn.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")),
+    ("attn.c_attn.bias", ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")),
+    ("attn.c_proj.weight", ("self_attn.o_proj.weight",)),
+    ("ln_2.weight", ("post_attention_layernorm.weight",)),
+    ("mlp.c_gate.weight", ("mlp.gate_proj.weight",)),
+    ("mlp.c_fc.weight", ("mlp.up_proj.weight",)),
+    ("mlp.c_proj.weight", ("mlp.down_proj.weight",)),
+)
 
 
 class ModelLoadError(ValueError):
@@ -55,7 +88,8 @@ def resolve_hf_folder(name_or_path):
     from huggingface_hub import snapshot_download
 
     repo_id = hub_repo_id(name_or_path)
-    patterns = ["config.json", "model.safetensors", "generation_config.json", "*.json", "*.txt"]
+    # config, safetensors weights (sharded too) and tokenizer files; not the .bin / .pth copies some repos carry
+    patterns = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "*.jinja"]
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
@@ -74,38 +108,44 @@ def read_hf_config(folder):
         return json.load(f)
 
 
-def load_hf_state_dict(folder):
-    """The weights of a Hugging Face folder (model.safetensors, else pytorch_model.bin)."""
-    for fname in WEIGHT_FILES:
-        path = os.path.join(folder, fname)
-        if os.path.isfile(path):
-            if fname.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(path)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    raise ModelLoadError(f"{folder} has no weights: expected one of {', '.join(WEIGHT_FILES)} "
-                         f"(sharded checkpoints are not supported; save the model with safe_serialization "
-                         f"and a max_shard_size above its size)")
-
-
-def gpt_config_from_hf(hf_config, source):
-    """Our GPTConfig from a Hugging Face GPT-2 config dict; anything else is refused with a reason."""
+def hf_family(hf_config, source):
+    """'gpt2', 'llama', 'qwen2' or 'mistral' for a config.json we can load; anything else is refused."""
     model_type = hf_config.get("model_type")
-    if model_type != "gpt2":
-        raise ModelLoadError(f"{source} is a '{model_type}' model, not GPT-2: GPT.from_pretrained loads GPT-2 "
-                             f"checkpoints only. To measure attention collapse in it, use "
-                             f"`python analyze_rank.py --model={source}`")
-    unsupported = {
+    architectures = hf_config.get("architectures") or []
+    if model_type == "gpt2":  # any GPT-2 class: only the transformer's weights are read
+        return "gpt2"
+    family = ARCHITECTURES.get(architectures[0]) if architectures else model_type
+    if family not in ARCHITECTURES.values() or family != model_type:
+        found = architectures[0] if architectures else f"model_type '{model_type}'"
+        raise ModelLoadError(f"{source} is a {found} model: model.py implements {', '.join(ARCHITECTURES)}. "
+                             f"To measure attention collapse in it, use `python analyze_rank.py --model={source}`")
+    return family
+
+
+def gpt_config_from_hf(folder, source):
+    """Our GPTConfig for the Hugging Face model in folder; a setting model.py does not implement is refused."""
+    hf_config = read_hf_config(folder)
+    family = hf_family(hf_config, source)
+    if family == "gpt2":
+        return gpt2_config_from_hf(hf_config, source)
+    return llama_config_from_hf(folder, family, source)
+
+
+def refuse_unsupported(source, settings):
+    """settings: {key: (what model.py implements, the model's value)}; the first that differs is an error."""
+    for key, (ours, theirs) in settings.items():
+        if theirs != ours:
+            raise ModelLoadError(f"{source}: {key}={theirs!r} is not supported (model.py implements {key}={ours!r})")
+
+
+def gpt2_config_from_hf(hf_config, source):
+    n_inner = hf_config.get("n_inner")
+    refuse_unsupported(source, {
         "activation_function": ("gelu_new", hf_config.get("activation_function", "gelu_new")),
-        "n_inner": (None, hf_config.get("n_inner")),
-        "layer_norm_epsilon": (1e-5, hf_config.get("layer_norm_epsilon", 1e-5)),
         "scale_attn_weights": (True, hf_config.get("scale_attn_weights", True)),
         "reorder_and_upcast_attn": (False, hf_config.get("reorder_and_upcast_attn", False)),
-    }
-    for key, (ours, theirs) in unsupported.items():
-        if theirs != ours and not (key == "n_inner" and theirs == 4 * hf_config["n_embd"]):
-            raise ModelLoadError(f"{source}: {key}={theirs!r} is not supported (model.py implements {key}={ours!r})")
+        "tie_word_embeddings": (True, hf_config.get("tie_word_embeddings", True)),
+    })
     return GPTConfig(
         block_size=hf_config["n_positions"],
         vocab_size=hf_config["vocab_size"],
@@ -115,74 +155,329 @@ def gpt_config_from_hf(hf_config, source):
         dropout=0.0,
         bias=True,  # Hugging Face's GPT-2 always has biases
         scale_attn_by_inverse_layer_idx=hf_config.get("scale_attn_by_inverse_layer_idx", False),
+        norm_eps=hf_config.get("layer_norm_epsilon", 1e-5),
+        intermediate_size=0 if n_inner in (None, 4 * hf_config["n_embd"]) else n_inner,
     )
 
 
-def state_dict_from_hf(hf_sd):
-    """Hugging Face GPT-2 keys/layout -> ours (strip prefix, drop mask buffers, transpose Conv1D)."""
+def llama_config_from_hf(folder, family, source):
+    """Read through transformers' own config class, so absent keys get its defaults and old key names
+    (rope_theta / rope_scaling of transformers 4) are understood as it understands them."""
+    from transformers import AutoConfig
+
+    try:
+        c = AutoConfig.from_pretrained(folder)
+    except Exception as e:
+        raise ModelLoadError(f"{source}: transformers cannot read its config.json "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    rope = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    rope_theta = rope.pop("rope_theta", getattr(c, "rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ModelLoadError(f"{source}: rope type {rope_type!r} is not supported (model.py implements 'default' "
+                             f"and 'llama3')")
+    refuse_unsupported(source, {
+        "hidden_act": ("silu", c.hidden_act),
+        "attention_bias": (False, getattr(c, "attention_bias", False)),  # Llama's: o_proj too, not only q, k, v
+        "mlp_bias": (False, getattr(c, "mlp_bias", False)),
+        "partial_rotary_factor": (1.0, rope.get("partial_rotary_factor") or 1.0),
+    })
+    rope_scaling = None
+    if rope_type == "llama3":
+        rope_scaling = dict(rope_type="llama3", factor=float(rope["factor"]),
+                            low_freq_factor=float(rope["low_freq_factor"]),
+                            high_freq_factor=float(rope["high_freq_factor"]),
+                            original_max_position_embeddings=int(rope.get("original_max_position_embeddings",
+                                                                          c.max_position_embeddings)))
+    sliding = family == "mistral" or "sliding_attention" in (getattr(c, "layer_types", None) or []) \
+        or getattr(c, "use_sliding_window", False)
+    window = c.sliding_window if sliding and c.sliding_window else c.max_position_embeddings
+    n_kv_head = c.num_key_value_heads or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return GPTConfig(
+        block_size=min(c.max_position_embeddings, window),
+        vocab_size=c.vocab_size,
+        n_layer=c.num_hidden_layers,
+        n_head=c.num_attention_heads,
+        n_embd=c.hidden_size,
+        dropout=0.0,
+        bias=False,
+        norm="rmsnorm",
+        norm_eps=float(c.rms_norm_eps),
+        mlp="swiglu",
+        intermediate_size=c.intermediate_size,
+        pos_emb="rope",
+        rope_theta=float(rope_theta),
+        rope_scaling=rope_scaling,
+        n_kv_head=0 if n_kv_head == c.num_attention_heads else n_kv_head,
+        head_dim=0 if head_dim * c.num_attention_heads == c.hidden_size else head_dim,
+        tie_embeddings=bool(c.tie_word_embeddings),
+        qkv_bias=family == "qwen2",
+    )
+
+
+def weight_locations(folder):
+    """{tensor name: file} of folder's safetensors weights (one file or sharded), or None for pytorch_model.bin."""
+    index = os.path.join(folder, SAFETENSORS_INDEX)
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise ModelLoadError(f"{index} is damaged ({type(e).__name__}): download it again") from None
+        return {name: os.path.join(folder, fname) for name, fname in weight_map.items()}
+    if os.path.isfile(single):
+        try:
+            with safe_open(single, framework="pt") as f:
+                return dict.fromkeys(f.keys(), single)
+        except SafetensorError as e:
+            raise ModelLoadError(f"{single} is damaged ({e}): download it again") from None
+    if os.path.isfile(os.path.join(folder, "pytorch_model.bin")):
+        return None
+    raise ModelLoadError(f"{folder} has no weights: expected one of {', '.join(WEIGHT_FILES)} "
+                         f"(sharded .bin checkpoints are not supported; save the model with safe_serialization)")
+
+
+def read_hf_weights(folder, layers=None, dtype=torch.float32):
+    """The Hugging Face-named tensors of folder, as dtype (None: as stored).
+
+    With layers (source block indices, any order, repeats allowed), only blocks layers[0], layers[1], ... are
+    read, renumbered 0, 1, ... in that order (a repeated block is a copy), with every tensor outside the blocks
+    (embeddings, final norm, head). From safetensors files only those tensors are read.
+    """
+    locations = weight_locations(folder)
+    if locations is None:  # pytorch_model.bin: one pickle, read whole
+        stored = torch.load(os.path.join(folder, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        locations = dict.fromkeys(stored, None)
+    plan = {}  # stored name -> the names it gets in the result
+    for name in locations:
+        if name.endswith(BUFFERS):
+            continue
+        match = BLOCK_TENSOR.match(name)
+        if match is None or layers is None:
+            plan[name] = [name]
+        else:
+            prefix, i, rest = match.groups()
+            targets = [f"{prefix}{j}.{rest}" for j, source in enumerate(layers) if source == int(i)]
+            if targets:
+                plan[name] = targets
+    files = {}  # file -> the stored names to read from it
+    for name in plan:
+        files.setdefault(locations[name], []).append(name)
+    missing = sorted(os.path.basename(f) for f in files if f is not None and not os.path.isfile(f))
+    if missing:
+        raise ModelLoadError(f"{folder} is missing {', '.join(missing)} (listed in {SAFETENSORS_INDEX}): "
+                             f"download the model again")
+    out = {}
+
+    def place(name, tensor):
+        tensor = tensor if dtype is None else tensor.to(dtype)
+        for k, target in enumerate(plan[name]):
+            out[target] = tensor if k == 0 else tensor.clone()
+
+    for path, names in files.items():
+        if path is None:
+            for name in names:
+                place(name, stored[name])
+            continue
+        try:
+            with safe_open(path, framework="pt") as f:
+                for name in names:
+                    place(name, f.get_tensor(name))
+        except SafetensorError as e:
+            raise ModelLoadError(f"{path} is damaged ({e}): download the model again") from None
+    return out
+
+
+def gpt2_state_dict_from_hf(hf_sd):
+    """Hugging Face GPT-2 keys/layout -> ours (strip prefix, transpose Conv1D, tie the head)."""
     sd = {}
     for k, v in hf_sd.items():
         k = k.removeprefix("transformer.")
-        if k.endswith(("attn.bias", "attn.masked_bias")) and v.dim() > 1:  # causal-mask buffers of old versions
-            continue
         if k == "lm_head.weight":  # tied to wte
             continue
         if k.endswith(CONV1D_WEIGHTS):
             v = v.t()
         sd["transformer." + k] = v.contiguous()
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    if "transformer.wte.weight" in sd:
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
     return sd
 
 
-def load_gpt2(name_or_path, override_args=None):
-    """GPT from a GPT-2 Hub name or folder; override_args may set dropout."""
+def llama_tensor_names(config):
+    """[(our name, [Hugging Face names stacked into it])] for every tensor of a Llama-family model."""
+    names = [("transformer.wte.weight", ["model.embed_tokens.weight"]),
+             ("transformer.ln_f.weight", ["model.norm.weight"])]
+    if not config.tie_embeddings:
+        names.append(("lm_head.weight", ["lm_head.weight"]))
+    for i in range(config.n_layer):
+        for ours, theirs in LLAMA_BLOCK_NAMES:
+            if ours != "attn.c_attn.bias" or config.qkv_bias:
+                names.append((f"transformer.h.{i}.{ours}", [f"model.layers.{i}.{t}" for t in theirs]))
+    return names
+
+
+def llama_state_dict_from_hf(hf_sd, config, source):
+    """Hugging Face Llama-family tensors -> our names (q, k, v stacked); takes the tensors out of hf_sd."""
+    sd = {}
+    for ours, theirs in llama_tensor_names(config):
+        missing = [t for t in theirs if t not in hf_sd]
+        if missing:
+            raise ModelLoadError(f"{source}: the weights have no {missing[0]}: the files are incomplete or do not "
+                                 f"belong to this config.json")
+        parts = [hf_sd.pop(t) for t in theirs]
+        sd[ours] = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if config.tie_embeddings:
+        hf_sd.pop("lm_head.weight", None)  # a copy of the embedding some repos store
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    if hf_sd:
+        raise ModelLoadError(f"{source}: unexpected tensors {sorted(hf_sd)[:3]} for this config.json (a setting "
+                             f"model.py does not implement, or weights of another model)")
+    return sd
+
+
+def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.float32):
+    """Our GPT from a Hugging Face GPT-2, Llama, Qwen2 or Mistral model: a GPT-2 name, Hub id or local folder.
+
+    layers: source block indices (any order, repeats allowed). Only those blocks are read from the weight
+    files, with the embeddings, final norm and head, and the model has len(layers) blocks in that order.
+    None: every block. Weights become dtype (bf16 checkpoints load as float32). override_args may set dropout.
+    With GPT-2's scale_attn_by_inverse_layer_idx a block's attention scale follows its new position (as inherit.py).
+    """
     folder = resolve_hf_folder(name_or_path)
-    config = gpt_config_from_hf(read_hf_config(folder), name_or_path)
+    config = gpt_config_from_hf(folder, name_or_path)
     for k, v in (override_args or {}).items():
         if k != "dropout":
             raise ValueError(f"only dropout can be overridden when loading pretrained weights, not {k}")
         config.dropout = v
-    sd = state_dict_from_hf(load_hf_state_dict(folder))
-    model = GPT(config)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ModelLoadError(f"{name_or_path}: weights do not match a GPT-2 of this config "
-                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    layers = list(range(config.n_layer)) if layers is None else list(layers)
+    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < config.n_layer)]
+    if bad or not layers:
+        raise ModelLoadError(f"layers {bad or layers} are not block indices of {name_or_path} "
+                             f"({config.n_layer} blocks, 0..{config.n_layer - 1})")
+    hf_sd = read_hf_weights(folder, layers, dtype)
+    config = dataclasses.replace(config, n_layer=len(layers))
+    if config.pos_emb == "learned":
+        sd = gpt2_state_dict_from_hf(hf_sd)
+    else:
+        sd = llama_state_dict_from_hf(hf_sd, config, name_or_path)
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        model = GPT(config)
+    try:
+        model.load_state_dict(sd, assign=True)
+    except RuntimeError as e:  # missing, unexpected or wrongly shaped tensors
+        raise ModelLoadError(f"{name_or_path}: weights do not match a model of its config.json "
+                             f"({' '.join(str(e).split())[:300]})") from None
+    if config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
     return model
 
 
-def hf_config_from_gpt(config):
-    from transformers import GPT2Config
+def hf_architecture(config, source_config=None):
+    """The Hugging Face architecture that computes what config does: the source's when given (e.g. Mistral
+    rather than Llama), else GPT-2, Qwen2 (q, k, v biases) or Llama. A model none of them computes is refused."""
+    parts = (config.norm, config.mlp, config.pos_emb)
+    if parts == ("layernorm", "gelu", "learned"):
+        arch = "GPT2LMHeadModel"
+        problems = {"grouped-query attention": config.kv_heads != config.n_head,
+                    "head_dim apart from n_embd // n_head": config.head_dim not in (0, config.n_embd // config.n_head),
+                    "an untied LM head": not config.tie_embeddings,
+                    "q, k, v biases without the other biases": config.qkv_bias and not config.bias}
+    elif parts == ("rmsnorm", "swiglu", "rope") and not config.bias:
+        arch = ((source_config or {}).get("architectures") or [None])[0]
+        if ARCHITECTURES.get(arch) not in ("llama", "qwen2", "mistral"):
+            arch = "Qwen2ForCausalLM" if config.qkv_bias else "LlamaForCausalLM"
+        head_dim_apart = (config.head_dim not in (0, config.n_embd // config.n_head)
+                          or config.n_embd % config.n_head != 0)
+        problems = {"q, k, v biases (only Qwen2 has them)": config.qkv_bias and arch != "Qwen2ForCausalLM",
+                    "no q, k, v biases (Qwen2 always has them)": not config.qkv_bias and arch == "Qwen2ForCausalLM",
+                    "head_dim apart from n_embd // n_head": head_dim_apart and arch != "MistralForCausalLM"}
+    else:
+        raise ModelLoadError(f"no Hugging Face architecture has norm={config.norm!r}, mlp={config.mlp!r}, "
+                             f"pos_emb={config.pos_emb!r}, bias={config.bias} together: GPT-2 is "
+                             f"layernorm/gelu/learned, the Llama family rmsnorm/swiglu/rope without biases")
+    problem = next((p for p, bad in problems.items() if bad), None)
+    if problem:
+        raise ModelLoadError(f"cannot write this model as {arch}: it has {problem}")
+    return arch
 
-    eot = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, absent from char vocabs
-    return GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, activation_function="gelu_new",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        scale_attn_by_inverse_layer_idx=config.scale_attn_by_inverse_layer_idx,
-        tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot,
-        architectures=["GPT2LMHeadModel"],
+
+def hf_config_from_gpt(config, source_config=None):
+    """transformers' config object for our config; source_config (a config.json dict) gives the architecture
+    and the special token ids."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    arch = hf_architecture(config, source_config)
+    token_ids = {k: (source_config or {}).get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    if arch == "GPT2LMHeadModel":
+        eot = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, absent from char vocabs
+        if source_config is None:
+            token_ids = dict(bos_token_id=eot, eos_token_id=eot)
+        return GPT2Config(
+            vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+            n_layer=config.n_layer, n_head=config.n_head, n_inner=config.intermediate_size or None,
+            activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            layer_norm_epsilon=config.norm_eps, tie_word_embeddings=True, architectures=[arch],
+            scale_attn_by_inverse_layer_idx=config.scale_attn_by_inverse_layer_idx, **token_ids,
+        )
+    cls = dict(LlamaForCausalLM=LlamaConfig, Qwen2ForCausalLM=Qwen2Config, MistralForCausalLM=MistralConfig)[arch]
+    family = dict(
+        LlamaForCausalLM=dict(head_dim=config.head_size, attention_bias=False, mlp_bias=False),
+        Qwen2ForCausalLM=dict(use_sliding_window=False),
+        # beyond block_size our model refuses to go; the source's window, which contains it, is kept
+        MistralForCausalLM=dict(head_dim=config.head_size,
+                                sliding_window=(source_config or {}).get("sliding_window") or config.block_size),
+    )[arch]
+    return cls(
+        vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.mlp_width,
+        num_hidden_layers=config.n_layer, num_attention_heads=config.n_head, num_key_value_heads=config.kv_heads,
+        max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps, hidden_act="silu",
+        tie_word_embeddings=config.tie_embeddings, attention_dropout=0.0, architectures=[arch],
+        # the keys transformers 4 reads; transformers 5 turns them into its rope_parameters
+        rope_theta=config.rope_theta, rope_scaling=config.rope_scaling and dict(config.rope_scaling),
+        **family, **token_ids,
     )
 
 
 def state_dict_to_hf(model):
-    """Our weights in Hugging Face's GPT-2 layout; bias=False models get zero biases (same function)."""
+    """Our weights in the Hugging Face layout of the model's architecture, float32 on CPU."""
     c = model.config
+    ours = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    if c.pos_emb == "rope":
+        sd = {}
+        qkv_sizes = model.transformer.h[0].attn.qkv_sizes if c.n_layer else None
+        for name, theirs in llama_tensor_names(c):
+            parts = ours[name].split(qkv_sizes) if len(theirs) == 3 else [ours[name]]
+            for hf_name, part in zip(theirs, parts):
+                sd[hf_name] = part.contiguous().clone()
+        return sd
     sd = {}
-    for k, v in model.state_dict().items():
+    for k, v in ours.items():
         if k == "lm_head.weight":  # tied: Hugging Face re-ties it from wte
             continue
         if k.endswith(CONV1D_WEIGHTS):
             v = v.t()
-        sd[k] = v.detach().to("cpu", torch.float32).contiguous().clone()
-    if not c.bias:
+        sd[k] = v.contiguous().clone()
+    if not c.bias:  # bias=False GPT-2 models get zero biases (the same function)
         for i in range(c.n_layer):
             p = f"transformer.h.{i}."
             for name, size in (("ln_1", c.n_embd), ("ln_2", c.n_embd), ("attn.c_attn", 3 * c.n_embd),
-                               ("attn.c_proj", c.n_embd), ("mlp.c_fc", 4 * c.n_embd), ("mlp.c_proj", c.n_embd)):
+                               ("attn.c_proj", c.n_embd), ("mlp.c_fc", c.mlp_width), ("mlp.c_proj", c.n_embd)):
                 sd[p + name + ".bias"] = torch.zeros(size)
         sd["transformer.ln_f.bias"] = torch.zeros(c.n_embd)
     return sd
+
+
+def write_hf_config(hf_config, config, folder):
+    hf_config.save_pretrained(folder)
+    if config.pos_emb == "rope":  # transformers 4 reads rope_theta / rope_scaling, not transformers 5's rope_parameters
+        path = os.path.join(folder, "config.json")
+        with open(path) as f:
+            keys = json.load(f)
+        keys.update(rope_theta=config.rope_theta, rope_scaling=config.rope_scaling)
+        with open(path, "w") as f:
+            json.dump(keys, f, indent=2, sort_keys=True)
 
 
 def write_gpt2_tokenizer(folder, model_max_length):
@@ -221,23 +516,33 @@ def make_readable(folder):
         os.chmod(os.path.join(folder, name), 0o666 & ~umask)
 
 
-def export_hf(model, folder, tokenizer_meta=None):
-    """Write model as a Hugging Face GPT-2 folder (config.json + model.safetensors, and the tokenizer that
-    tokenizer_meta, a dataset's meta.json, names: GPT-2's files or a character-level tokenizer.json),
-    atomically: built under a temporary name, then swapped in."""
+def export_hf(model, folder, tokenizer_meta=None, source=None):
+    """Write model as a Hugging Face folder (config.json + model.safetensors), atomically: built under a
+    temporary name, then swapped in.
+
+    tokenizer_meta: a dataset's meta.json, whose tokenizer is written (GPT-2's files, or a character-level
+    tokenizer.json). source: the Hugging Face model (folder or Hub id) the model came from: its architecture
+    (Mistral stays Mistral) and special token ids are written and its tokenizer files copied.
+    """
     from safetensors.torch import save_file
 
+    source_folder = resolve_hf_folder(source) if source else None
+    source_config = read_hf_config(source_folder) if source_folder else None
+    hf_config = hf_config_from_gpt(model.config, source_config)  # refuses a model no architecture computes
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        hf_config_from_gpt(model.config).save_pretrained(tmp)
+        write_hf_config(hf_config, model.config, tmp)
         save_file(state_dict_to_hf(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         kind = (tokenizer_meta or {}).get("tokenizer")
         if kind == "gpt2":
             write_gpt2_tokenizer(tmp, model.config.block_size)
         elif kind == "char":
             write_char_tokenizer(tmp, tokenizer_meta["chars"], model.config.block_size)
+        for name in TOKENIZER_FILES if source_folder else ():
+            if os.path.isfile(os.path.join(source_folder, name)):
+                shutil.copyfile(os.path.join(source_folder, name), os.path.join(tmp, name))
         make_readable(tmp)
         if os.path.exists(folder):
             shutil.rmtree(folder)

@@ -15,6 +15,7 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
 )
 
+import copy  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -38,6 +39,44 @@ def make_hf_gpt2(tmp_path):
         model = GPT2LMHeadModel(GPT2Config(**kwargs)).eval()
         folder = tmp_path / name
         model.save_pretrained(folder, safe_serialization=safetensors)
+        return str(folder)
+
+    return make
+
+
+HF_FAMILIES = {  # transformers' config and model classes of the Llama family model.py implements
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+}
+
+
+@pytest.fixture
+def make_hf_family(tmp_path):
+    """Factory: a random Hugging Face Llama / Qwen2 / Mistral folder built with transformers' own classes.
+
+    Norm weights and biases are drawn at random too (transformers initializes them to 1 and 0, which would hide
+    a swapped or dropped tensor). shard: save_pretrained's max_shard_size (sharded safetensors);
+    dtype: the weights' stored dtype (e.g. torch.bfloat16). Returns the folder's path.
+    """
+
+    def make(family="llama", name=None, seed=0, shard=None, dtype=None, **config_kwargs):
+        import transformers
+
+        config_cls, model_cls = (getattr(transformers, c) for c in HF_FAMILIES[family])
+        torch.manual_seed(seed)
+        kwargs = dict(hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=96, max_position_embeddings=64)
+        kwargs.update(copy.deepcopy(config_kwargs))  # transformers fills in dicts such as rope_scaling
+        model = model_cls(config_cls(**kwargs)).eval()
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname.endswith("bias") or "norm" in pname:
+                    p.add_(0.1 * torch.randn_like(p))
+        if dtype is not None:
+            model = model.to(dtype)
+        folder = tmp_path / (name or family)
+        model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
         return str(folder)
 
     return make

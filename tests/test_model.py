@@ -1,4 +1,5 @@
-"""model.py against Hugging Face transformers' GPT-2: logits, attention paths, export, loading errors."""
+"""model.py against Hugging Face transformers' GPT-2: logits, attention paths, export, loading errors; the
+config options of the Llama family (their parity with transformers is in test_families.py)."""
 
 import json
 
@@ -14,6 +15,11 @@ PARITY_SHAPES = [
     dict(n_layer=2, n_head=5, n_embd=40, vocab_size=77, n_positions=33, scale_attn_by_inverse_layer_idx=True),
     dict(n_layer=1, n_head=7, n_embd=56, vocab_size=50257, n_positions=17),  # GPT-2's real vocab size
 ]
+
+
+LLAMA_SHAPE = dict(block_size=32, vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, bias=False,
+                   norm="rmsnorm", mlp="swiglu", intermediate_size=48, pos_emb="rope", tie_embeddings=False)
+GPT2_SHAPE = dict(block_size=32, vocab_size=50, n_layer=3, n_head=3, n_embd=24)
 
 
 def rel_err(a, b):
@@ -50,19 +56,19 @@ def test_pytorch_model_bin_and_prefixless_keys(make_hf_gpt2, tmp_path):
         assert torch.equal(sd[k], sd_bare[k]), k
 
 
-@pytest.mark.parametrize("scale", [False, True])
-def test_explicit_attention_path_matches_sdpa(scale):
+@pytest.mark.parametrize("shape", [GPT2_SHAPE, dict(GPT2_SHAPE, scale_attn_by_inverse_layer_idx=True), LLAMA_SHAPE])
+def test_explicit_attention_path_matches_sdpa(shape):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=3, n_head=3, n_embd=24,
-                          scale_attn_by_inverse_layer_idx=scale)).eval()
+    model = GPT(GPTConfig(**shape)).eval()
     idx = torch.randint(0, 50, (2, 32))
     with torch.no_grad():
         fast, _ = model(idx)
         explicit, _, atts = model(idx, return_attn=True)
     assert torch.allclose(fast, explicit, atol=1e-5, rtol=1e-5)
-    assert len(atts) == 3 and atts[0].shape == (2, 3, 32, 32)
-    assert torch.allclose(atts[1].sum(-1), torch.ones(2, 3, 32))
-    assert atts[2].triu(1).abs().max() == 0  # causal
+    n_head = shape["n_head"]
+    assert len(atts) == shape["n_layer"] and atts[0].shape == (2, n_head, 32, 32)
+    assert torch.allclose(atts[1].sum(-1), torch.ones(2, n_head, 32))
+    assert atts[-1].triu(1).abs().max() == 0  # causal
 
 
 def test_attention_probabilities_match_transformers_eager(make_hf_gpt2):
@@ -119,19 +125,11 @@ def test_folder_without_weights(make_hf_gpt2, tmp_path):
         GPT.from_pretrained(folder)
 
 
-def test_non_gpt2_config_is_refused(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2, vocab_size=50)).save_pretrained(tmp_path / "llama")
-    with pytest.raises(ModelLoadError, match="'llama' model, not GPT-2.*analyze_rank.py"):
-        GPT.from_pretrained(str(tmp_path / "llama"))
-
-
-def test_cpu_bf16_autocast_attention_runs_in_fp32():
+@pytest.mark.parametrize("shape", [dict(GPT2_SHAPE, n_layer=2, n_head=2, n_embd=32), LLAMA_SHAPE])
+def test_cpu_bf16_autocast_attention_runs_in_fp32(shape):
     # under CPU bf16 autocast, attention is kept in fp32 (faster there): logits stay close to fp32's
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=32)).eval()
+    model = GPT(GPTConfig(**shape)).eval()
     idx = torch.randint(0, 50, (2, 32))
     with torch.no_grad():
         fp32, _ = model(idx)
@@ -149,3 +147,50 @@ def test_compiled_cpu_gelu_form_equals_pytorch_gelu(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert (gelu_tanh(x) - expected).abs().max().item() < 1e-12
     assert (gelu_tanh(x.float()) - expected).abs().max().item() < 1e-5
+
+
+def test_model_args_from_before_the_llama_options_build_gpt2():
+    # checkpoints store model_args = asdict(GPTConfig); those written before the Llama options load as GPT-2
+    old_args = dict(block_size=16, vocab_size=30, n_layer=1, n_head=2, n_embd=8, dropout=0.0, bias=True,
+                    scale_attn_by_inverse_layer_idx=False)
+    model = GPT(GPTConfig(**old_args))
+    assert list(model.state_dict()) == [
+        "transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.bias",
+        "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias", "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.0.attn.c_proj.bias", "transformer.h.0.ln_2.weight", "transformer.h.0.ln_2.bias",
+        "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_fc.bias", "transformer.h.0.mlp.c_proj.weight",
+        "transformer.h.0.mlp.c_proj.bias", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"]
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_llama_shape_parameters_and_flops_per_token():
+    model = GPT(GPTConfig(**LLAMA_SHAPE))
+    assert "wpe" not in model.transformer and model.lm_head.weight is not model.transformer.wte.weight
+    C, L, V, I, hd, T = 32, 2, 50, 48, 8, 32
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (4 * hd + 2 * 2 * hd, C)  # q, then k and v of 2 heads
+    assert model.transformer.h[0].mlp.c_gate.weight.shape == model.transformer.h[0].mlp.c_fc.weight.shape == (I, C)
+    per_block = C * (4 * hd + 2 * 2 * hd) + 4 * hd * C + 3 * C * I + 2 * C  # q/k/v, out, gate/up/down, two RMSNorms
+    n = L * per_block + C + V * C  # final norm and the untied head; the embedding lookup does no matmul
+    assert model.get_num_params() == n
+    assert model.flops_per_token(T) == 6 * n + 12 * L * 4 * hd * T
+
+
+def test_llama_shape_trains_with_dropout():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**LLAMA_SHAPE, dropout=0.1)).train()
+    idx = torch.randint(0, 50, (2, 32))
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(norm="batchnorm"), "norm='batchnorm': choose from layernorm, rmsnorm"),
+    (dict(mlp="relu"), "mlp='relu': choose from gelu, swiglu"),
+    (dict(n_head=4, n_kv_head=3, n_embd=32), "n_head=4 is not a multiple of n_kv_head=3"),
+    (dict(n_head=3, n_embd=32), "n_embd=32 is not divisible by n_head=3"),
+    (dict(pos_emb="rope", rope_scaling={"rope_type": "yarn", "factor": 2.0}), "only Llama 3's is implemented"),
+])
+def test_bad_config_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**kwargs)

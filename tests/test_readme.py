@@ -9,6 +9,7 @@ it is tested.
 
 import json
 import os
+import pathlib
 import re
 import shlex
 import shutil
@@ -97,6 +98,15 @@ TABLE = {
     "lm_eval --model hf --model_args pretrained=hf-gpt2m-half --tasks lambada_openai,hellaswag,arc_easy":
         Cannot(f"{NETWORK}: the tasks' datasets (test_hub_model_commands_on_local_folders runs lm_eval's HFLM with "
                f"these --model_args on a local request)"),
+    # Zero-shot evaluation
+    "python evaluate.py --model=out-gpt2m-half --tasks=paper": Cannot(f"{NETWORK}: the tasks' datasets"),
+    "python evaluate.py --model=gpt2-medium --tasks=paper_xl --device=cuda --batch_size=auto "
+    "--out=eval-gpt2-medium.json": Cannot(f"{GPU}, and {NETWORK} for gpt2-medium and the tasks' datasets"),
+    "python evaluate.py --model=out-inherit --tasks=my_task --include_path=my_tasks --model_args=prefix_token_id=0 "
+    "--limit=100 --out=eval.json": Run("test_user_chain", subs={"--tasks=my_task": "--tasks=hamlet_mc,hamlet_ppl"}),
+    # Compute-matched comparison
+    "python compare.py out-inherit out-shakespeare-char --out=compare.png --json=compare.json":
+        Run("test_user_chain"),
     # Using GPT-2 weights offline
     "hf download openai-community/gpt2-medium --local-dir gpt2-medium": Cannot(f"{NETWORK}: the Hugging Face Hub"),
 }
@@ -328,6 +338,24 @@ def test_user_chain(user_repo):
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         assert "`--model_args pretrained=hf-inherit,prefix_token_id=0`" in f.read()
     check_lm_eval("pretrained=hf-inherit,prefix_token_id=0", repo, grown, CharTokenizer(meta["chars"]).encode)
+
+    from test_evaluate import write_tasks  # the local multiple-choice and rolling-perplexity tasks
+
+    os.makedirs(os.path.join(repo, "my_tasks"))
+    write_tasks(pathlib.Path(repo, "my_tasks"))
+    run_readme("python evaluate.py --model=out-inherit --tasks=my_task --include_path=my_tasks "
+               "--model_args=prefix_token_id=0 --limit=100 --out=eval.json", repo)
+    results = load_json(os.path.join(repo, "eval.json"))
+    assert 0 <= results["results"]["hamlet_mc"]["acc,none"] <= 1
+    assert results["results"]["hamlet_ppl"]["word_perplexity,none"] > 1
+
+    result = run_readme("python compare.py out-inherit out-shakespeare-char --out=compare.png --json=compare.json",
+                        repo)
+    assert "reference cost" in result.stdout and os.path.getsize(os.path.join(repo, "compare.png")) > 0
+    inherited, reference = load_json(os.path.join(repo, "compare.json"))["runs"]
+    reference_flops = [r for r in ref_log if "flops" in r][-1]["flops"]
+    assert inherited["reference"]["flops"] == reference["flops"] == reference_flops
+    assert inherited["flops_incl_reference"] == inherited["flops"] + reference_flops
     check_all_ran("test_user_chain")
 
 

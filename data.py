@@ -282,12 +282,16 @@ def evaluate_loss(model, tokens, offsets, block_size, batch_size, device, autoca
     model.eval()
     mine = offsets[rank::world_size]
     total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, window count
-    for i in range(0, len(mine), batch_size):
-        x, y = windows_to_batch(tokens, mine[i:i + batch_size], block_size)
+    # every rank runs as many batches as the rank with the most windows: an FSDP-sharded model's forward is a
+    # collective (a rank out of windows runs one more on a window it does not count)
+    for i in range(0, -(-len(offsets) // world_size), batch_size):
+        batch = mine[i:i + batch_size]
+        x, y = windows_to_batch(tokens, batch or offsets[:1], block_size)
         x, y = x.to(device), y.to(device)
         with autocast_ctx:
             _, loss = model(x, y)
-        total += torch.stack([loss.double() * len(x), torch.tensor(len(x), dtype=torch.float64, device=device)])
+        if batch:
+            total += torch.stack([loss.double() * len(x), torch.tensor(len(x), dtype=torch.float64, device=device)])
     if world_size > 1:
         torch.distributed.all_reduce(total)
     model.train(was_training)

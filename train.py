@@ -20,7 +20,6 @@ takes its settings from the checkpoint's config, overridden by what config files
 """
 
 import faulthandler
-import functools
 import json
 import math
 import os
@@ -168,6 +167,9 @@ def check_settings(cfg, new_model):
                          ("grow_mode", ("restart", "continue")), ("grow_init", inherit.GROW_INITS)):
         if cfg[key] not in allowed:
             raise configurator.ConfigError(f"{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    if cfg["fsdp"] and cfg["dtype"] == "float16":
+        raise configurator.ConfigError("dtype='float16' cannot train under fsdp=True (its loss scaling would have to "
+                                       "span the shards): use bfloat16 (or float32)")
     if new_model and cfg["n_embd"] % cfg["n_head"]:
         raise configurator.ConfigError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}: "
                                        f"each head gets n_embd / n_head dimensions")
@@ -285,7 +287,14 @@ def checkpoint_activations(model):
     """Per-block activation checkpointing: each block's forward runs again in the backward pass to recompute its
     activations instead of keeping them (the same numbers; less memory, about a third more compute)."""
     for block in model.transformer.h:
-        block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
+        block.forward = recomputed(block.forward)
+
+
+def recomputed(forward):
+    """forward, its activations recomputed in the backward pass (a function, not a partial: torch.compile traces it)."""
+    def checkpointed(*args):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False)
+    return checkpointed
 
 
 def wrap_model(raw_model, weights=True):
@@ -596,8 +605,8 @@ if dtype == "auto":
     dtype = "bfloat16" if cuda_bf16 else "float16" if device_type == "cuda" else "float32"
     config["dtype"] = dtype
 if fsdp and dtype == "float16":
-    fail("fsdp=True trains in bfloat16 or float32, not float16 (whose loss scaling FSDP would need across shards): "
-         "pass --dtype=bfloat16 on a GPU that supports it, or --dtype=float32")
+    fail("dtype=auto is float16 on this GPU, which has no bfloat16, and fsdp=True cannot train in float16: pass "
+         "--dtype=float32")
 torch.manual_seed(seed + 1000 * ddp_rank)  # DDP broadcasts rank 0's initial weights, so ranks may differ here
 np.random.seed(seed + 1000 * ddp_rank)
 random.seed(seed + 1000 * ddp_rank)

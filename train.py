@@ -348,7 +348,12 @@ def full_model(model):
 def share_from_rank0(values):
     """Rank 0's values (picklable) on every rank."""
     box = [values]
-    dist.broadcast_object_list(box, src=0)
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except (RuntimeError, dist.DistError):
+        if master_process:
+            raise
+        sys.exit(1)  # rank 0 stopped first (with its error message) and torchrun stops the others
     return box[0]
 
 
@@ -531,9 +536,9 @@ def finish():
 # -----------------------------------------------------------------------------
 # the run: a new one, or one to continue (--init_from=resume, or the same command again after a crash)
 world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's process count
-if fsdp and world_size == 1:
-    if master_process:
-        print("note: fsdp=True with a single process has nothing to shard: training as one plain process")
+if fsdp and "RANK" not in os.environ:  # (under torchrun, even one process runs FSDP: its cost against DDP's)
+    print("note: fsdp=True in a single process (not under torchrun) has nothing to shard: training as one plain "
+          "process")
     fsdp = given["fsdp"] = config["fsdp"] = False
 if fsdp and fsdp_shard_size and world_size % fsdp_shard_size:
     fail(f"fsdp_shard_size={fsdp_shard_size} does not divide the {world_size} processes: shard groups of that "
@@ -581,7 +586,10 @@ if ddp:
     if device.startswith("cuda"):
         device = f"cuda:{ddp_local_rank}"
         torch.cuda.set_device(device)
-    init_distributed(("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
+    backend_name = ("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend
+    if backend_name == "nccl" and fsdp and fsdp_cpu_offload:  # offloaded shards: clipping reduces CPU tensors too
+        backend_name = "cpu:gloo,cuda:nccl"
+    init_distributed(backend_name)
 else:
     ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
 device_type = "cuda" if device.startswith("cuda") else "mps" if device.startswith("mps") else "cpu"

@@ -4,12 +4,18 @@ each torchrun worker's peak resident set size (VmHWM in /proc/PID/status, read u
 figure is the whole run's peak: start-up, training steps, evaluation and the checkpoint save.
 
     python bench_memory.py                        # 2 processes; a 12-layer, 768-wide model (85M parameters)
+    python bench_memory.py --malloc_mmap_threshold=65536   # glibc: every allocation above 64 KiB mmapped
     python bench_memory.py --nproc=4 --n_layer=24 --fsdp_cpu_offload=True
 
 Linux only (it reads /proc). The expected state per process, fp32: DDP holds weights, gradients, DDP's gradient
 buckets and AdamW's two moments, 20 bytes a parameter; FSDP holds 16 bytes a parameter / processes, plus one
 block's gathered parameters and gradients at a time. Rank 0 under FSDP also builds the whole model in CPU memory
 at start-up (4 bytes a parameter), before sharding it.
+
+glibc's malloc raises its mmap threshold (up to 32 MiB) after large blocks are freed, and then serves FSDP's
+per-block gather and gradient buffers, allocated and freed at every block of every step, from its heap, which
+fragments and keeps the peak RSS up; --malloc_mmap_threshold sets MALLOC_MMAP_THRESHOLD_ for the workers (a fixed
+threshold: freed buffers go back to the system). GPUs have their own caching allocator and no such effect.
 """
 
 import argparse
@@ -32,6 +38,8 @@ def parse_args():
     p.add_argument("--batch_size", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--fsdp_cpu_offload", default="False")
+    p.add_argument("--malloc_mmap_threshold", type=int, default=0,
+                   help="MALLOC_MMAP_THRESHOLD_ for the workers in bytes; 0: glibc's default (a dynamic threshold)")
     p.add_argument("--data_dir", default=os.path.join(REPO, "data", "shakespeare_char"))
     return p.parse_args()
 
@@ -65,6 +73,8 @@ def run(args, fsdp, out_dir):
            f"--eval_interval={args.steps}", "--eval_iters=1", "--warmup_iters=1", f"--lr_decay_iters={args.steps + 1}",
            f"--gradient_accumulation_steps={args.nproc}", f"--fsdp={fsdp}", f"--fsdp_cpu_offload={args.fsdp_cpu_offload}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if args.malloc_mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peaks = {}
     while proc.poll() is None:
@@ -86,7 +96,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("DDP", "FSDP"):
             results[mode], params = run(args, mode == "FSDP", os.path.join(tmp, mode))
-    print(f"train.py, {args.nproc} processes on CPU (gloo), {params}, {args.steps} steps; peak RSS per process:")
+    malloc = (f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}" if args.malloc_mmap_threshold
+              else "glibc's default malloc")
+    print(f"train.py, {args.nproc} processes on CPU (gloo), {params}, {args.steps} steps, {malloc}; peak RSS per "
+          f"process:")
     print(f"{'mode':<6} {'rank':>4} {'peak RSS MiB':>13}")
     for mode, peaks in results.items():
         for rank, mib in peaks.items():

@@ -253,6 +253,36 @@ def test_a_kill_mid_save_leaves_the_previous_sharded_checkpoint(runs, tmp_path):
     assert load_checkpoint(out)["iter_num"] == 21
 
 
+FULL_DISK_ON_RANK_1 = """
+import errno, os, runpy, sys
+sys.path.insert(0, os.getcwd())
+from torch.distributed.checkpoint import FileSystemWriter
+real_write, saves = FileSystemWriter.write_data, []
+def full_disk(self, plan, planner):  # the second save finds rank 1's disk full
+    saves.append(plan)
+    if len(saves) == 2 and os.environ["RANK"] == "1":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write(self, plan, planner)
+FileSystemWriter.write_data = full_disk
+sys.argv = sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_full_disk_on_one_rank_keeps_the_previous_sharded_checkpoint(char_data, tmp_path):
+    out = tmp_path / "run"
+    with open(tmp_path / "wrapper.py", "w") as f:
+        f.write(FULL_DISK_ON_RANK_1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(tmp_path / "wrapper.py"),
+           *train_cmd(char_data, out, "--fsdp=True", "--max_iters=6", "--eval_interval=2",
+                      "--gradient_accumulation_steps=2")[1:]]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert ("error: could not save the checkpoint of iter 4 to " f"{out / 'ckpt.dcp'} (No space left on device); the "
+            "previous checkpoint (iter 2) is intact") in r.stderr, r.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["ckpt.dcp", "log.jsonl"] and load_checkpoint(out)["iter_num"] == 2
+
+
 # -- bad input ----------------------------------------------------------------------------------------------------
 
 def test_a_world_size_the_shard_groups_do_not_divide(char_data, tmp_path):

@@ -71,7 +71,8 @@ def run(args, fsdp, out_dir):
            f"--n_layer={args.n_layer}", f"--n_head={args.n_head}", f"--n_embd={args.n_embd}",
            f"--block_size={args.block_size}", f"--batch_size={args.batch_size}", f"--max_iters={args.steps}",
            f"--eval_interval={args.steps}", "--eval_iters=1", "--warmup_iters=1", f"--lr_decay_iters={args.steps + 1}",
-           f"--gradient_accumulation_steps={args.nproc}", f"--fsdp={fsdp}", f"--fsdp_cpu_offload={args.fsdp_cpu_offload}"]
+           f"--gradient_accumulation_steps={args.nproc}", f"--fsdp={fsdp}",
+           f"--fsdp_cpu_offload={args.fsdp_cpu_offload}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if args.malloc_mmap_threshold:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)

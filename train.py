@@ -129,8 +129,8 @@ TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "
                        "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute")
 # A resumed run takes this machine's and this command's keys from the command line (or the defaults) only, and
 # every other key from the checkpoint's config unless a config file or flag sets it.
-MACHINE_KEYS = ("device", "dtype", "compile", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size", "fsdp_cpu_offload",
-                "activation_checkpointing")
+MACHINE_KEYS = ("device", "dtype", "compile", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size",
+                "fsdp_cpu_offload", "activation_checkpointing")
 COMMAND_KEYS = ("out_dir", "init_from", "eval_only", "overwrite")
 # Keys in which attempts of one run may differ (train longer, log differently, the reference moved): the same
 # command with other values still continues the run; any other difference makes out_dir's checkpoint another run's.
@@ -936,8 +936,8 @@ while True:
     if iter_num % log_interval == 0:
         dt = (time.time() - t_last_log) / iters_since_log
         tokens_per_s = tokens_per_iter / dt
-        log({"iter": iter_num, "loss": step_loss, "lr": lr, "grad_norm": None if grad_norm is None else grad_norm.item(),
-             "tok_per_s": round(tokens_per_s),
+        log({"iter": iter_num, "loss": step_loss, "lr": lr,
+             "grad_norm": None if grad_norm is None else grad_norm.item(), "tok_per_s": round(tokens_per_s),
              "ms_per_step": round(dt * 1000, 2),
              "mfu": perf.mfu(flops_per_token, tokens_per_s, peak_flops, ddp_world_size)})
         t_last_log, iters_since_log = time.time(), 0

@@ -447,7 +447,8 @@ def test_fsdp_chain(user_repo):
     run_readme("python checkpoint.py --to_single=out-shakespeare-fsdp --out=out-shakespeare-single", repo)
     run_readme("python checkpoint.py --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded", repo)
     assert os.listdir(os.path.join(repo, "out-shakespeare-single")) == ["ckpt.pt"]
-    sharded, back = (load_checkpoint(os.path.join(repo, d)) for d in ("out-shakespeare-fsdp", "out-shakespeare-resharded"))
+    sharded, back = (load_checkpoint(os.path.join(repo, out)) for out in ("out-shakespeare-fsdp",
+                                                                          "out-shakespeare-resharded"))
     assert sharded["iter_num"] == back["iter_num"] == 20 and sharded["model_args"]["n_layer"] == 4
     assert all(torch.equal(sharded["model"][k], back["model"][k]) for k in sharded["model"])
     check_all_ran("test_fsdp_chain")

@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from checkpoint import checkpoint_path, load_model, model_fingerprint, save_checkpoint
+from checkpoint import checkpoint_path, find_checkpoint, load_model, model_fingerprint, save_checkpoint
 from model import GPT
 
 FRESH_PARTS = ("wpe", "ln_f")  # parts that can be left at fresh init (the paper's released code did)
@@ -222,8 +222,9 @@ def main(cfg):
     if cfg["out_dir"].endswith(".pt"):
         raise InheritError(f"out_dir={cfg['out_dir']!r} ends in .pt, but out_dir is a folder (the student goes "
                            f"to out_dir/ckpt.pt)")
-    if os.path.exists(out_path) and not cfg["overwrite"]:
-        raise InheritError(f"{out_path} exists: train it with python train.py --init_from=resume --out_dir="
+    existing = find_checkpoint(cfg["out_dir"])  # ckpt.pt, or a sharded ckpt.dcp/ that writing ckpt.pt would remove
+    if existing and not cfg["overwrite"]:
+        raise InheritError(f"{existing[1]} exists: train it with python train.py --init_from=resume --out_dir="
                            f"{cfg['out_dir']}, pick another --out_dir, or replace it with --overwrite=True")
     for key in ("eval_iters", "batch_size", "block_size"):
         if cfg[key] is not None and (isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1):

@@ -327,7 +327,7 @@ def shard_model(raw_model, weights=True, training=True):
         if training and compile:
             block.compile()
         fully_shard(block, **settings)
-    fully_shard(model, **settings)
+    fully_shard(model, **settings, reshard_after_forward=None if training else True)  # a frozen model: no backward
     model.to_empty(device="cpu" if fsdp_cpu_offload else device)
     if weights:
         set_model_state_dict(model, raw_model.state_dict() if master_process else {},

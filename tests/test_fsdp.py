@@ -131,6 +131,19 @@ def test_hybrid_sharding_mesh(char_data, runs, tmp_path):
     assert [hsdp[i]["loss"] for i in range(10)] == pytest.approx([ddp[i]["loss"] for i in range(10)], rel=1e-6)
 
 
+def test_bf16_compute_keeps_fp32_master_weights(char_data, runs, tmp_path):
+    # MixedPrecisionPolicy on CPU (gloo): parameters gathered in bf16 for compute, gradients reduced in fp32, the
+    # sharded weights and AdamW state kept in fp32
+    torchrun(char_data, tmp_path / "bf16", *RUN, "--fsdp=True", "--dtype=bfloat16", "--max_iters=3",
+             "--eval_interval=3")
+    fp32, bf16 = steps(runs / "fsdp"), steps(tmp_path / "bf16")
+    assert [bf16[i]["loss"] for i in range(3)] == pytest.approx([fp32[i]["loss"] for i in range(3)], abs=5e-3)
+    assert [bf16[i]["loss"] for i in range(3)] != [fp32[i]["loss"] for i in range(3)]  # it did compute in bf16
+    ckpt = load_checkpoint(tmp_path / "bf16")
+    assert {t.dtype for t in ckpt["model"].values()} == {torch.float32}
+    assert {t.dtype for s in ckpt["optimizer"]["state"].values() for t in s.values()} == {torch.float32}
+
+
 def test_sharded_checkpoint_converts_to_single_and_back(runs, tmp_path):
     sharded = load_checkpoint(runs / "fsdp")
     assert {"model", "optimizer", "rng", "sampler", "scaler", "config", "model_args"} <= sharded.keys()

@@ -332,7 +332,8 @@ def read_tokens(path, attention_model):
     if path.endswith(".bin"):
         data_dir = os.path.dirname(path) or "."
         if os.path.isfile(os.path.join(data_dir, "meta.json")):
-            check_data_tokenizer(load_meta(data_dir), data_dir, attention_model.tokenizer_meta(), attention_model.source)
+            check_data_tokenizer(load_meta(data_dir), data_dir, attention_model.tokenizer_meta(),
+                                 attention_model.source)
         return open_tokens(data_dir, os.path.basename(path)[:-len(".bin")])
     if path.endswith(".txt"):
         with open(path, encoding="utf-8") as f:

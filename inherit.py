@@ -15,7 +15,8 @@ if missing; an out_dir that already holds a checkpoint is refused unless --overw
 format, so `python train.py --init_from=resume --out_dir=...` trains it, with the settings its config
 records: the reference run's training settings when the reference is one of our checkpoints (else
 train.py's defaults), and this command's data and evaluation settings. With --dataset (or --data_dir), the
-reference's validation loss is measured with train.py's evaluation and stored as the growth target.
+reference's validation loss is measured with train.py's evaluation (the whole reference, loaded once for it) and
+stored as the growth target; data tokenized otherwise than the reference is refused.
 --n_layer=auto takes the depth from analyze_rank.py's analysis.json, which must be of this very reference
 (its model_fingerprint is compared).
 
@@ -161,7 +162,7 @@ def inherit(reference, layers, fresh=(), block_size=None, dropout=None):
 
 
 def grow(model, grow_by, init, reference=None, next_reference_layer=None):
-    """model with grow_by new blocks on top (below the final LayerNorm); the trained blocks are kept.
+    """model with grow_by new blocks on top (below the final norm); the trained blocks are kept.
 
     init: "reference" (the reference's blocks next_reference_layer, +1, ...: from a GPT, or read from a
     Reference's files), "copy" (duplicate the top grow_by trained blocks), "identity" (fresh blocks whose output
@@ -283,7 +284,8 @@ def main(cfg):
     import contextlib
 
     from configurator import check_device
-    from data import check_data_tokenizer, eval_offsets, evaluate_loss, known_model_tokenizer_meta, load_meta, open_tokens
+    from data import (check_data_tokenizer, eval_offsets, evaluate_loss, known_model_tokenizer_meta, load_meta,
+                      open_tokens)
 
     check_device(cfg["device"])
     out_path = checkpoint_path(cfg["out_dir"])

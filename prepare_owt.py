@@ -12,10 +12,10 @@ text is plain text) and followed by the end-of-text token 50256, as uint16. --to
 encodes with that model's own tokenizer (AutoTokenizer; special tokens in the text are plain text), each
 document as the model was pre-trained: its BOS first if the tokenizer adds one (Llama, Mistral), its EOS
 last; meta.json records the tokenizer's source, vocabulary fingerprint and these conventions. Vocabularies
-above 65,536 ids (Llama 3, Qwen2.5) are written as uint32 ("dtype" in meta.json). A fixed-seed random val_fraction of the
-documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a .jsonl file has one
-document per line (its text_column), a .parquet file one per row; a folder is all such files in it,
-recursively (empty files are skipped). --dataset may also be a folder written by datasets' save_to_disk.
+above 65,536 ids (Llama 3, Qwen2.5) are written as uint32 ("dtype" in meta.json). A fixed-seed random
+val_fraction of the documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a
+.jsonl file has one document per line (its text_column), a .parquet file one per row; a folder is all such
+files in it, recursively (empty files are skipped). --dataset may also be a folder written by datasets' save_to_disk.
 The .bin files are written under temporary names and renamed when all are complete, then meta.json: a
 failed run leaves out_dir as it was (out_dir is always a folder, created if missing).
 """

@@ -139,11 +139,13 @@ class HFTokenizer:
             self.eot = meta["eos_token_id"]
 
     def encode(self, text):
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        """Plain text: special tokens written in it are text too, as GPT-2's encode_ordinary."""
+        return self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def encode_documents(self, texts):
         """Token ids of each document as the model was trained on them: prefix + text + suffix."""
-        return [self.prefix + ids + self.suffix for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]
+        batch = self.tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [self.prefix + ids + self.suffix for ids in batch]
 
     def decode(self, ids):
         return self.tok.decode(list(ids))

@@ -72,7 +72,7 @@ bias = False  # biases in Linears and LayerNorms; False is a bit faster
 scale_attn_by_inverse_layer_idx = False
 vocab_size = 0  # 0: the dataset's (meta.json); GPT-2 configs pad 50257 to 50304, a multiple of 64, for speed
 # Inheritune: init_from='inherit' takes the first n_layer blocks (or inherit_layers) of a reference model
-reference = ""  # the larger pre-trained model: a GPT-2 name, an HF GPT-2 / Llama / Qwen2 / Mistral folder, or our out_dir
+reference = ""  # the larger pre-trained model: a GPT-2 name, an HF GPT-2 / Llama / Qwen2 / Mistral folder, our out_dir
 inherit_layers = ""  # explicit reference block indices, e.g. "0,1,2,3" (default: the first n_layer)
 inherit_fresh = ""  # parts left at fresh init instead of copied: "wpe", "ln_f", "wpe,ln_f"
 # growth: every grow_every iterations, evaluate; below the target stop, else add grow_by blocks
@@ -512,8 +512,9 @@ last_eval = None  # {iter, train_loss, val_loss} of the last evaluation
 compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
 ref_model = None  # the reference of init_from='inherit' and of growth: an inherit.Reference, read block by block
 try:
-    if resuming:  # (checkpoints written before a GPTConfig field existed have GPT-2's default for it)
-        model_args = {k: ckpt["model_args"][k] for k in MODEL_SHAPE_KEYS if k in ckpt["model_args"]} | {"dropout": dropout}
+    if resuming:  # (checkpoints written before a GPTConfig field existed get GPT-2's default for it)
+        saved_args = ckpt["model_args"]
+        model_args = {k: saved_args[k] for k in MODEL_SHAPE_KEYS if k in saved_args} | {"dropout": dropout}
         raw_model = build_model(model_args, ckpt["model"])
         iter_num = ckpt.get("iter_num", 0)
         round_start_iter = ckpt.get("round_start_iter", 0)

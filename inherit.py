@@ -30,7 +30,6 @@ import shlex
 import sys
 
 import torch
-
 import torch.nn as nn
 
 from checkpoint import (BLOCK_NAME, checkpoint_path, fingerprint_tensors, load_model, load_model_config,

@@ -22,6 +22,7 @@ from checkpoint import load_checkpoint, load_model, model_fingerprint, save_chec
 from conftest import REPO, TINY, read_log
 from data import eval_offsets, evaluate_loss, load_meta, open_tokens, prepare_shakespeare, shakespeare_works
 from hf import ModelLoadError, load_pretrained
+from test_families import RecordingSafeOpen, reference_through
 
 LLAMA = dict(hidden_size=32, intermediate_size=72, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
              vocab_size=320, max_position_embeddings=64, tie_word_embeddings=False, rope_theta=500.0,
@@ -95,14 +96,6 @@ def llama_data(llama, docs, tmp_path):
     return out
 
 
-def reference_through(model, layers, idx):
-    """model's own forward pass through only blocks[layers], then its final norm and head."""
-    x, rope = model.embed(idx), model.rope(idx.size(1), idx.device)
-    for i in layers:
-        x, _ = model.transformer.h[i](x, rope)
-    return model.lm_head(model.transformer.ln_f(x))
-
-
 def run(*argv, expect_rc=0, timeout=300):
     result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == expect_rc, result.stderr[-3000:] + result.stdout[-3000:]
@@ -153,32 +146,6 @@ def test_inheriting_from_a_folder_is_exact(make_hf_family, family, kwargs):
     assert torch.equal(fresh.transformer.ln_f.weight, torch.ones(full.config.n_embd))
     with pytest.raises(inherit.InheritError, match="cannot leave wpe fresh: the reference has no position embedding"):
         inherit.inherit(full, [0], fresh=["wpe"])
-
-
-class RecordingSafeOpen:
-    """safetensors.safe_open that records the name of every tensor read."""
-
-    reads = []
-
-    def __init__(self, *args, **kwargs):
-        self.file = SAFE_OPEN(*args, **kwargs)
-
-    def __enter__(self):
-        self.file.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.file.__exit__(*exc)
-
-    def keys(self):
-        return self.file.keys()
-
-    def get_tensor(self, name):
-        RecordingSafeOpen.reads.append(name)
-        return self.file.get_tensor(name)
-
-
-SAFE_OPEN = hf.safe_open
 
 
 def test_inherit_py_reads_only_the_chosen_blocks(llama, tmp_path, monkeypatch):
@@ -266,7 +233,7 @@ def test_inherit_py_measures_the_whole_reference_once(llama, llama_data, tmp_pat
 
 # -- export, sample, analysis ---------------------------------------------------------------------------------------
 
-def test_export_round_trip_keeps_the_source_tokenizer_and_sample_uses_it(llama, tmp_path, monkeypatch, capsys):
+def test_export_round_trip_keeps_the_source_tokenizer_and_sample_uses_it(llama, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import export_hf
@@ -354,7 +321,7 @@ def test_prepare_with_the_model_tokenizer_records_its_conventions(llama, llama_d
     assert 1 not in tokenizer_from_meta(meta).encode("a</s>b")  # special tokens in the text are text
 
 
-def test_vocabulary_above_65536_is_written_as_uint32(docs, tmp_path, char_data):
+def test_vocabulary_above_65536_is_written_as_uint32(docs, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = sorted({w for name in sorted(os.listdir(docs)) for w in open(os.path.join(docs, name)).read().split()})
@@ -379,7 +346,7 @@ def test_vocabulary_above_65536_is_written_as_uint32(docs, tmp_path, char_data):
 
 # -- bad input: one line, nothing written ------------------------------------------------------------------------
 
-def test_unsupported_architecture_is_one_line_in_every_script(tmp_path, monkeypatch, capsys):
+def test_unsupported_architecture_is_one_line_in_every_script(tmp_path):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     import export_hf

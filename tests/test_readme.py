@@ -76,7 +76,8 @@ TABLE = {
     "python train.py --init_from=resume --out_dir=out-inherit --dataset=shakespeare_char --grow_every=500":
         Run("test_user_chain", {"train.py": GROW_SHRINK}),
     # Open models: a tiny Llama folder with a tokenizer trained on Shakespeare stands in for SmolLM2-1.7B
-    "hf download HuggingFaceTB/SmolLM2-1.7B --local-dir /models/SmolLM2-1.7B": Cannot(f"{NETWORK}: the Hugging Face Hub"),
+    "hf download HuggingFaceTB/SmolLM2-1.7B --local-dir /models/SmolLM2-1.7B":
+        Cannot(f"{NETWORK}: the Hugging Face Hub"),
     "python prepare_owt.py --tokenizer=/models/SmolLM2-1.7B --dataset=HuggingFaceFW/fineweb-edu --subset=sample-10BT "
     "--out_dir=data/fineweb_edu_smollm2":
         Run("test_open_model_commands", subs={"--tokenizer=/models/SmolLM2-1.7B": "--tokenizer={smol}",

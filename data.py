@@ -23,6 +23,7 @@ from atomic import atomic_write
 TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; larger vocabularies are written as uint32
 TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 GPT2_VOCAB_SIZE = 50257
+GPT2_PADDED_VOCAB_SIZE = 50304  # nanoGPT's padding of GPT-2's vocabulary to a multiple of 64
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -140,19 +141,21 @@ def check_data_tokenizer(meta, data_dir, model_meta, model_source):
 
 def run_tokenizer_meta(run_config, vocab_size):
     """The meta.json of the dataset a checkpoint was trained on (run_dataset_meta), which says the tokenizer;
-    GPT-2 BPE ({"tokenizer": "gpt2"}) for models without one that have GPT-2's vocabulary."""
+    GPT-2 BPE ({"tokenizer": "gpt2"}) for models without one that have GPT-2's vocabulary (50257 ids, or padded to
+    50304); a vocabulary of another size (a Llama's) is no reason to guess."""
     dataset = (run_config or {}).get("dataset")
     meta, looked_in = run_dataset_meta(run_config)
     if meta is not None:
         return meta
-    if vocab_size >= GPT2_VOCAB_SIZE:
+    if GPT2_VOCAB_SIZE <= vocab_size <= GPT2_PADDED_VOCAB_SIZE:
         if dataset:
             print(f"note: dataset '{dataset}' is not prepared here (no meta.json in {' or '.join(looked_in)}); "
                   f"using GPT-2 BPE", file=sys.stderr)
         return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}
     raise DataError(f"the model has a {vocab_size}-token vocabulary, not GPT-2's, and its dataset's meta.json "
                     + (f"is not in {' or '.join(looked_in)}" if dataset else "is unknown (no 'dataset' in its config)")
-                    + ": prepare that dataset (e.g. python data/shakespeare/prepare.py) to get its tokenizer")
+                    + ": prepare that dataset (e.g. python data/shakespeare/prepare.py) to get its tokenizer, or keep "
+                    "a Hugging Face model's tokenizer files in its folder")
 
 
 def check_token_dtype(vocab_size):

@@ -397,6 +397,14 @@ def test_a_tokenizer_with_more_ids_than_the_model_is_refused(make_hf_family, bpe
     assert not (tmp_path / "never").exists()
 
 
+def test_a_folder_without_its_tokenizer_is_not_decoded_as_gpt2(make_hf_family):
+    import sample
+
+    folder = make_hf_family("llama", **{**LLAMA, "vocab_size": 60000})  # larger than GPT-2's: no guessing
+    with pytest.raises(SystemExit, match="60000-token vocabulary, not GPT-2's.*keep a Hugging Face model's tokenizer"):
+        sample.main([f"--init_from={folder}", "--device=cpu"])
+
+
 def test_data_of_another_tokenizer_is_refused(llama, char_data, tmp_path):
     from analyze_rank import main as analyze_rank
 

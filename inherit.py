@@ -58,13 +58,31 @@ class Reference:
     """
 
     def __init__(self, source):
+        import hf
+
         self.source = source
         self.config, self.checkpoint = load_model_config(source)  # checkpoint: ours (tensors mapped), or None
+        self.path = checkpoint_path(source) if self.checkpoint is not None else hf.resolve_hf_folder(source)
+        self.stamp = self.files_stamp()
+
+    def files_stamp(self):
+        """(name, inode, size, mtime) of the files the weights are read from: a reference replaced on disk (a
+        reference run that saved again) must not lend a growing student blocks of another model."""
+        import hf
+
+        paths = [self.path] if self.checkpoint is not None else sorted(
+            os.path.join(self.path, f) for f in os.listdir(self.path)
+            if f.endswith((".safetensors", ".bin")) or f == hf.SAFETENSORS_INDEX)
+        stats = [(path, os.stat(path)) for path in paths if os.path.exists(path)]
+        return [(path, st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats]
 
     def load(self, layers=None):
         """A GPT of the embeddings, blocks[layers] (renumbered in that order; None: every block), final norm and
         head, on the CPU."""
-        return load_model(self.source, layers=layers)[0].eval()
+        if self.files_stamp() != self.stamp:
+            raise InheritError(f"the reference {self.source} changed on disk since it was opened: its blocks would "
+                               f"come from another model; restore it, or start the run again")
+        return load_model(self.path, layers=layers)[0].eval()  # the folder found at the start: no Hub look-up
 
     def named_tensors(self):
         """(name, tensor) of the whole model in name order, one block in memory at a time."""
@@ -73,8 +91,7 @@ class Reference:
             return
         import hf
 
-        folder = hf.resolve_hf_folder(self.source)
-        rest = hf.our_state_dict(folder, self.config, [], self.source)  # embeddings, final norm, head
+        rest = hf.our_state_dict(self.path, self.config, [], self.source)  # embeddings, final norm, head
         with torch.device("meta"):
             names = sorted(GPT(self.config).state_dict())
         block, block_index = {}, None
@@ -85,7 +102,7 @@ class Reference:
                 continue
             i, part = int(match.group(1)), match.group(2)
             if i != block_index:
-                block, block_index = hf.our_state_dict(folder, self.config, [i], self.source, rest=False), i
+                block, block_index = hf.our_state_dict(self.path, self.config, [i], self.source, rest=False), i
             yield name, block[f"transformer.h.0.{part}"]
 
     def fingerprint(self):

@@ -712,14 +712,17 @@ while True:
                 break
         else:
             old_params = dict(raw_model.named_parameters())
-            if grow_mode == "restart":  # Algorithm 1: the first l + grow_by reference blocks, trained afresh
-                growth["layers"] += [growth["layers"][-1] + 1 + j for j in range(grow_by)]
-                raw_model = inherit.inherit(ref_model, growth["layers"], checkpoint_extras["inherit"]["fresh"],
-                                            block_size=block_size, dropout=dropout).to(device)
-            else:
-                next_ref = max((i for i in growth["layers"] if i is not None), default=-1) + 1
-                raw_model = inherit.grow(raw_model, grow_by, grow_init, ref_model, next_ref)
-                growth["layers"] += [next_ref + j if grow_init == "reference" else None for j in range(grow_by)]
+            try:  # the reference's blocks are read from its files now
+                if grow_mode == "restart":  # Algorithm 1: the first l + grow_by reference blocks, trained afresh
+                    growth["layers"] += [growth["layers"][-1] + 1 + j for j in range(grow_by)]
+                    raw_model = inherit.inherit(ref_model, growth["layers"], checkpoint_extras["inherit"]["fresh"],
+                                                block_size=block_size, dropout=dropout).to(device)
+                else:
+                    next_ref = max((i for i in growth["layers"] if i is not None), default=-1) + 1
+                    raw_model = inherit.grow(raw_model, grow_by, grow_init, ref_model, next_ref)
+                    growth["layers"] += [next_ref + j if grow_init == "reference" else None for j in range(grow_by)]
+            except (inherit.InheritError, CheckpointError, ModelLoadError) as e:
+                fail(f"growing at iter {iter_num}: {e} (the last checkpoint, before this growth, stays)")
             model_args["n_layer"] = raw_model.config.n_layer
             new_optimizer = make_optimizer(raw_model)
             if grow_mode == "continue":  # kept parameters keep their AdamW moments; new ones start fresh

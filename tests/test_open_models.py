@@ -181,6 +181,23 @@ def test_inherit_py_reads_only_the_chosen_blocks(llama, tmp_path, monkeypatch):
     assert torch.equal(student.transformer.h[1].attn.c_attn.weight, full.transformer.h[1].attn.c_attn.weight)
 
 
+def test_a_reference_replaced_on_disk_lends_no_blocks(llama, tmp_path):
+    full = load_pretrained(llama)
+    path = str(tmp_path / "ref.pt")
+    save_checkpoint({"model": full.state_dict(), "model_args": vars(full.config)}, path)
+    for source in (path, llama):
+        reference = inherit.Reference(source)
+        read = reference.load([1]).transformer.h[0].attn.c_attn.weight
+        assert torch.equal(read, full.transformer.h[1].attn.c_attn.weight)
+        if source == path:  # a reference run that saved again
+            save_checkpoint({"model": full.state_dict(), "model_args": vars(full.config)}, path)
+        else:  # a shard rewritten
+            shard = sorted(f for f in os.listdir(llama) if f.endswith(".safetensors"))[0]
+            os.utime(os.path.join(llama, shard), ns=(0, 0))
+        with pytest.raises(inherit.InheritError, match="changed on disk since it was opened"):
+            inherit.grow(inherit.inherit(full, [0]), 1, "reference", reference, 1)
+
+
 # -- train.py: inherit from a folder, grow, resume ----------------------------------------------------------------
 
 def val_loss(model, data_dir):

@@ -28,7 +28,9 @@ LLAMA = dict(hidden_size=32, intermediate_size=72, num_hidden_layers=4, num_atte
              vocab_size=320, max_position_embeddings=64, tie_word_embeddings=False, rope_theta=500.0,
              rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                original_max_position_embeddings=16))
-RUN = [*TINY, "--eval_interval=10", "--learning_rate=3e-3", "--target_val_loss=0.5"]  # a target that makes it grow
+# conftest's TINY run settings without its model shape: an inherited model takes the reference's
+INHERITED = [arg for arg in TINY if not arg.startswith(("--n_layer=", "--n_head=", "--n_embd="))]
+RUN = [*INHERITED, "--eval_interval=10", "--learning_rate=3e-3", "--target_val_loss=0.5"]  # a target that makes it grow
 
 
 # -- fixtures: a tokenizer, model folders that carry it, data prepared with it ----------------------------------
@@ -381,7 +383,7 @@ def test_unsupported_architecture_is_one_line_in_every_script(tmp_path):
             main(argv)
         assert supported in str(e.value.code) and "\n" not in str(e.value.code)
     prepare_shakespeare(str(tmp_path / "chars"), "char")
-    result = run("train.py", f"--data_dir={tmp_path / 'chars'}", f"--out_dir={tmp_path / 'never'}", *TINY,
+    result = run("train.py", f"--data_dir={tmp_path / 'chars'}", f"--out_dir={tmp_path / 'never'}", *INHERITED,
                  "--init_from=inherit", f"--reference={neox}", expect_rc=1)
     assert supported in one_line_error(result)
     assert not (tmp_path / "never").exists()
@@ -408,8 +410,8 @@ def test_a_tokenizer_with_more_ids_than_the_model_is_refused(make_hf_family, bpe
     with pytest.raises(SystemExit, match=message):
         analyze_rank([f"--model={small}", f"--data={tmp_path / 'some.txt'}", "--num_samples=2", "--seq_len=8",
                       f"--out_dir={tmp_path / 'never'}"])
-    result = run("train.py", f"--data_dir={llama_data}", f"--out_dir={tmp_path / 'never'}", *TINY,
-                 "--init_from=inherit", f"--reference={small}", expect_rc=1)
+    result = run("train.py", f"--data_dir={llama_data}", f"--out_dir={tmp_path / 'never'}", *INHERITED,
+                 "--init_from=inherit", f"--reference={small}", "--n_layer=2", expect_rc=1)
     assert f"{llama_data} has a vocabulary of 300 ids but the model only 200" in one_line_error(result)
     assert not (tmp_path / "never").exists()
 
@@ -435,8 +437,8 @@ def test_data_of_another_tokenizer_is_refused(llama, char_data, tmp_path):
         analyze_rank([f"--model={llama}", f"--data={char_data}/val.bin", "--num_samples=2", "--seq_len=8",
                       f"--out_dir={tmp_path / 'never'}"])
     assert e.value.code == f"error: {message}"
-    for how in (["--init_from=inherit", f"--reference={llama}"], [f"--init_from={llama}"]):  # or weights only
-        result = run("train.py", f"--data_dir={char_data}", f"--out_dir={tmp_path / 'never'}", *TINY, *how,
+    for how in (["--init_from=inherit", f"--reference={llama}", "--n_layer=2"], [f"--init_from={llama}"]):
+        result = run("train.py", f"--data_dir={char_data}", f"--out_dir={tmp_path / 'never'}", *INHERITED, *how,
                      expect_rc=1)
         assert one_line_error(result) == f"error: {message}"
     assert not (tmp_path / "never").exists()

@@ -5,16 +5,17 @@
 # "Past one GPU: FSDP"). One 100K-step round of the 16-block student is ~3.3e20 FLOPs (flops_per_token 2.5e10 x
 # 131K tokens x 100K steps): ~29 hours on 8 H100s at an assumed 40% MFU.
 #
+#   hf download meta-llama/Llama-3.1-8B --local-dir /models/Llama-3.1-8B       # gated: accept its license first
+#   python prepare_owt.py --tokenizer=/models/Llama-3.1-8B --dataset=HuggingFaceFW/fineweb-edu \
+#       --subset=sample-10BT --out_dir=data/fineweb_edu_llama3 --num_proc=16      # 128,256 ids: uint32
 #   torchrun --standalone --nproc_per_node=8 train.py config/inherit_llama3_8b_fsdp.py               # one node
 #   torchrun --nnodes=4 --node_rank=$NODE_RANK --nproc_per_node=8 --master_addr=... --master_port=29500 \
 #       train.py config/inherit_llama3_8b_fsdp.py --fsdp_shard_size=8      # shard in a node, replicate across 4
 #
-# The reference is read once, by rank 0 (a Hub id, or a local folder: --reference=/models/Llama-3.1-8B); the
-# student's shards reach the other ranks from it. The data must be tokenized with Llama 3's tokenizer (128,256
-# ids), prepared as data/<dataset>/ (prepare_owt.py with the reference's tokenizer).
+# Rank 0 alone reads the reference's chosen blocks; the student's shards reach the other ranks from it.
 out_dir = 'out-inherit-llama3-8b'
 init_from = 'inherit'
-reference = 'meta-llama/Llama-3.1-8B'
+reference = '/models/Llama-3.1-8B'
 n_layer = 16
 grow_every = 100000
 grow_by = 2
@@ -43,6 +44,6 @@ fsdp = True
 activation_checkpointing = True
 dtype = 'bfloat16'
 compile = True
-dist_timeout_s = 3600  # the other ranks wait while rank 0 reads the 16 GB reference
+dist_timeout_s = 3600  # the other ranks wait while rank 0 reads the reference (16 GB in bf16)
 wandb_project = 'inheritune'
 wandb_run_name = 'inherit-llama3-8b-fsdp'

@@ -226,6 +226,24 @@ def test_growth_restart_under_fsdp(char_data, reference, tmp_path):
     assert all(int(s["step"]) == 10 for s in ckpt["optimizer"]["state"].values())  # a fresh optimizer at 10
 
 
+def test_llama_inherited_under_fsdp_matches_ddp(char_data, make_hf_family, tmp_path):
+    # a Llama reference (rotary positions, grouped-query attention, SwiGLU, an untied head) in sharded safetensors:
+    # rank 0 reads the chosen blocks; the growth target is measured with the whole reference, sharded
+    folder = make_hf_family("llama", shard="40KB", num_hidden_layers=4)
+    args = ["--init_from=inherit", f"--reference={folder}", "--n_layer=2", "--grow_every=10", "--max_iters=10",
+            "--eval_interval=10", "--gradient_accumulation_steps=2"]
+    runs = {mode: tmp_path / mode for mode in ("ddp", "fsdp")}
+    for mode, out in runs.items():
+        torchrun(char_data, out, *args, f"--fsdp={mode == 'fsdp'}")
+    ddp, fsdp = (steps(out) for out in runs.values())
+    assert [fsdp[i]["loss"] for i in range(10)] == pytest.approx([ddp[i]["loss"] for i in range(10)], rel=1e-6)
+    (ddp_end,), (fsdp_end,) = ([r for r in read_log(out) if r.get("event") == "round_end"] for out in runs.values())
+    assert fsdp_end["target_val_loss"] == pytest.approx(ddp_end["target_val_loss"], rel=1e-6)
+    ckpt = load_checkpoint(runs["fsdp"])
+    assert ckpt["model_args"]["pos_emb"] == "rope" and not ckpt["model_args"]["tie_embeddings"]
+    assert ckpt["inherit"]["layers"] == [0, 1] and "lm_head.weight" in ckpt["model"]
+
+
 # -- atomic sharded saves ---------------------------------------------------------------------------------------
 
 KILLED_SHARDED_SAVE = """

@@ -23,7 +23,8 @@ Keys written by train.py / inherit.py:
 
 ckpt.dcp/ holds the same: torch.distributed.checkpoint's files (.metadata, one __<rank>_0.distcp per process) with
 "model" (the state dict above) and "optimizer" (AdamW's state and param_groups keyed by parameter name, as
-torch.distributed.checkpoint.state_dict.get_optimizer_state_dict gives them), and extras.pt with every other key
+torch.distributed.checkpoint.state_dict.get_optimizer_state_dict gives them; absent when the optimizer has not
+stepped yet, as right after a restart-mode growth: a resume makes a fresh one), and extras.pt with every other key
 (weights_only-loadable). It is written under a temporary name (ckpt.dcp.tmp.<pid>) and swapped in whole
 (atomic.swap_in_folder), so a kill at any moment leaves the previous checkpoint loadable. A save in one format
 removes the other format's checkpoint from the folder afterwards; a folder holding both (a kill in between) is

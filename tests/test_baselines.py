@@ -16,7 +16,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from conftest import REPO, read_log, train
 from data import TrainBatches, eval_offsets, load_meta, open_tokens, windows_to_batch
 from inherit import DEFAULTS as INHERIT_DEFAULTS
-from inherit import InheritError, grow, shrink_width, width_config
+from inherit import InheritError, grow, parse_layers, shrink_width, width_config
 from inherit import main as inherit_main
 from model import GPT, GPTConfig
 
@@ -300,3 +300,28 @@ def test_kd_bad_input(char_data, kd_models, tmp_path, args, message):
                  *[a.format(**paths) for a in args], expect_rc=1)
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "never").exists()
+
+
+# -- the paper's baseline configs ----------------------------------------------------------------------------------
+
+GPT2_SHAPES = {"gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20), "gpt2-xl": (48, 1600, 25)}
+
+
+@pytest.mark.parametrize("name", ["half_width", "hybrid_stack", "stack"])
+@pytest.mark.parametrize("size", ["medium", "large", "xl"])
+def test_baseline_configs_fit_the_paper_shapes(name, size):
+    cfg = {}
+    with open(os.path.join(REPO, "config", f"{name}_gpt2_{size}.py")) as f:
+        exec(f.read(), cfg)
+    depth, width, heads = GPT2_SHAPES[f"gpt2-{size}"]
+    inheritune_depth = {"medium": 16, "large": 18, "xl": 24}[size]  # the final depths of config/inherit_gpt2_*.py
+    if name == "stack":
+        assert cfg["n_layer"] * 2 == cfg["max_layers"] == inheritune_depth and cfg["max_iters"] == 2 * cfg["grow_every"]
+        return
+    reference = GPTConfig(n_layer=depth, n_embd=width, n_head=heads, vocab_size=50257)
+    layers = parse_layers(cfg.get("inherit_layers", ""), cfg["n_layer"] if name == "half_width" else None, depth)
+    if name == "hybrid_stack":
+        half = inheritune_depth // 2
+        assert layers == list(range(half)) * 2
+    else:
+        assert layers == list(range(depth)) and width_config(reference, cfg["n_embd"], cfg["n_head"]).head_size == 64

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import compare
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from conftest import REPO, read_log, train
 from data import TrainBatches, eval_offsets, load_meta, open_tokens, windows_to_batch
@@ -242,6 +243,12 @@ def test_kd_loss_equals_a_hand_computed_one(char_data, kd_models, tmp_path):
     assert evals[0]["iter"] == 0
     assert evals[0]["val_loss"] == pytest.approx(F.cross_entropy(s_val.reshape(-1, 90), yv.reshape(-1)).item(), rel=1e-5)
     assert evals[0]["val_kd"] == pytest.approx((pv * (pv.log() - qv.log())).sum(-1).mean().item(), rel=1e-4)
+    # a KD step's FLOPs count the teacher's forward pass (a third of its training FLOPs), and compare.py shows the
+    # teacher's own training cost apart, as a reference's
+    tokens = 8 * 32
+    assert evals[1]["flops"] == tokens * (student.flops_per_token(32) + teacher.flops_per_token(32) / 3)
+    summary = compare.summarize(str(out))
+    assert summary["reference_kind"] == "teacher" and summary["reference"]["note"].startswith("not known: no log.jsonl")
 
 
 def test_student_equal_to_teacher_has_zero_kd(char_data, kd_models, tmp_path):

@@ -189,7 +189,7 @@ def plot(result, path):
         ax.set_ylabel("val loss")
         ax.grid(alpha=0.3)
     axes[0].set_title("val loss at equal steps")
-    axes[1].set_title("val loss at equal compute (dashed: incl. the reference's / teacher's training)")
+    axes[1].set_title("val loss at equal compute (dashed: incl. reference / teacher)")
     for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -5,11 +5,13 @@ Measure attention collapse ("lazy layers") in a decoder LM, as in Inheritune (ar
     python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m
     python analyze_rank.py --model=path/to/any/hf/causal-lm --data=some.txt
 
---model is one of our checkpoints (out_dir or .pt), a GPT-2 name or Hugging Face GPT-2 folder (run through
-model.py's explicit attention path, streamed one layer at a time), or any other Hugging Face causal LM
-(loaded with transformers, attn_implementation="eager", output_attentions=True; one batch's attentions of
-all layers are in memory at a time, so lower --batch_size for very large models).
---data is a .bin of uint16 token ids (our data preparation) or a .txt file tokenized with the model's tokenizer.
+--model is one of our checkpoints (out_dir or .pt), a GPT-2 name, a Hugging Face GPT-2, Llama, Qwen2 or
+Mistral folder or Hub id (run through model.py's explicit attention path, streamed one layer at a time), or
+any other Hugging Face causal LM (loaded with transformers, attn_implementation="eager",
+output_attentions=True; one batch's attentions of all layers are in memory at a time, so lower --batch_size
+for very large models).
+--data is a .bin of token ids (our data preparation; a dataset made with another tokenizer than the model's is
+refused) or a .txt file tokenized with the model's tokenizer.
 
 Metrics, for one head's T x T post-softmax attention matrix A of one sequence:
   k*(tau)  smallest k with (s_1^2 + ... + s_k^2) / (s_1^2 + ... + s_T^2) >= tau, s the singular values of A
@@ -190,7 +192,8 @@ def suggested_depth(analysis_json_path):
 
 
 class GPTAttentions:
-    """Our GPT (checkpoints, GPT-2 names and folders): attentions stream one layer at a time."""
+    """Our GPT (checkpoints, GPT-2 / Llama / Qwen2 / Mistral names and folders): attentions stream one layer at a
+    time."""
 
     def __init__(self, model, ckpt, source):
         self.model, self.ckpt, self.source = model.eval(), ckpt, source
@@ -203,29 +206,20 @@ class GPTAttentions:
     def layers(self, idx):
         yield from self.model.iter_attentions(idx)
 
+    def tokenizer_meta(self):
+        """The model's known tokenizer (data.known_model_tokenizer_meta), or None."""
+        from data import known_model_tokenizer_meta
+
+        return known_model_tokenizer_meta(self.source, self.ckpt)
+
     def tokenizer(self):
-        from tokenizer import GPT2Tokenizer, tokenizer_from_meta
+        from data import DataError, model_tokenizer_meta
+        from tokenizer import tokenizer_from_meta
 
-        meta = dataset_meta(self.ckpt)
-        if meta is not None:
-            return tokenizer_from_meta(meta)
-        if self.vocab_size >= 50257:  # GPT-2's own vocabulary (padded or not)
-            return GPT2Tokenizer()
-        raise AnalysisError(f"{self.source} has a {self.vocab_size}-id vocabulary and no findable dataset meta.json "
-                            f"to say its tokenizer: pass a .bin of token ids from its data preparation instead")
-
-
-def dataset_meta(ckpt):
-    """The meta.json of the dataset a checkpoint was trained on, when its config names one that exists here."""
-    if not ckpt or not isinstance(ckpt.get("config"), dict):
-        return None
-    from data import load_meta
-
-    cfg = ckpt["config"]
-    for data_dir in (cfg.get("data_dir"), os.path.join("data", cfg["dataset"]) if cfg.get("dataset") else None):
-        if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
-            return load_meta(data_dir)
-    return None
+        try:
+            return tokenizer_from_meta(model_tokenizer_meta(self.source, self.ckpt, self.vocab_size))
+        except DataError as e:
+            raise AnalysisError(f"{e}; or pass a .bin of token ids from its data preparation instead") from None
 
 
 class HFAttentions:
@@ -267,26 +261,25 @@ class HFAttentions:
                                 f"{rows.min().item():.3g}..{rows.max().item():.3g}); this model cannot be analyzed")
         yield from attentions
 
+    def tokenizer_meta(self):
+        from data import known_model_tokenizer_meta
+
+        return known_model_tokenizer_meta(self.source)
+
     def tokenizer(self):
-        from transformers import AutoTokenizer
+        from tokenizer import HFTokenizer, TokenizerError, hf_tokenizer_meta
 
         try:
-            tok = AutoTokenizer.from_pretrained(self.source)
-        except Exception as e:
-            raise AnalysisError(f"could not load the tokenizer of {self.source} ({type(e).__name__}); "
-                                f"pass a .bin of token ids instead of a .txt file") from None
-
-        class Wrapped:  # no BOS/EOS: every window is plain text, as .bin windows are
-            def encode(self, text):
-                return tok(text, add_special_tokens=False)["input_ids"]
-
-        return Wrapped()
+            return HFTokenizer(hf_tokenizer_meta(self.source))
+        except TokenizerError as e:
+            raise AnalysisError(f"{e}; or pass a .bin of token ids instead of a .txt file") from None
 
 
 def load_attention_model(source, device):
-    """GPTAttentions for our checkpoints and GPT-2 (names, model_type gpt2 folders), else HFAttentions."""
+    """GPTAttentions for our checkpoints and the families model.py implements (GPT-2 names, GPT-2 / Llama / Qwen2 /
+    Mistral folders and Hub ids), else HFAttentions."""
     from checkpoint import is_checkpoint, load_model
-    from hf import HUB_GPT2_NAMES, ModelLoadError, looks_like_path, read_hf_config
+    from hf import ARCHITECTURES, HUB_GPT2_NAMES, ModelLoadError, looks_like_path, read_hf_config
 
     if not source:
         raise AnalysisError("no --model: pass an out_dir or .pt checkpoint, a GPT-2 name, or a Hugging Face folder")
@@ -296,11 +289,11 @@ def load_attention_model(source, device):
     if os.path.isdir(source):
         if not os.path.isfile(os.path.join(source, "config.json")):
             raise AnalysisError(f"{source} holds neither ckpt.pt nor a Hugging Face config.json")
-        if read_hf_config(source).get("model_type") == "gpt2":
+        if read_hf_config(source).get("model_type") in ARCHITECTURES.values():
             try:
                 model, ckpt = load_model(source, device)
                 return GPTAttentions(model, ckpt, source)
-            except ModelLoadError as e:  # a GPT-2 variant model.py does not implement: transformers still can
+            except ModelLoadError as e:  # a variant model.py does not implement: transformers still can
                 print(f"note: {e}; analyzing it with transformers instead")
         return HFAttentions.load(source, device)
     if os.path.exists(source):
@@ -308,10 +301,21 @@ def load_attention_model(source, device):
     if looks_like_path(source):
         raise AnalysisError(f"no such folder: {source} (pass an out_dir or .pt of ours, a Hugging Face model "
                             f"folder, or a Hub name)")
-    if source.split("/")[-1] in HUB_GPT2_NAMES:
+    if source.split("/")[-1] in HUB_GPT2_NAMES or hub_model_type(source) in ARCHITECTURES.values():
         model, ckpt = load_model(source, device)
         return GPTAttentions(model, ckpt, source)
     return HFAttentions.load(source, device)  # a Hub id of another model (needs network or the HF cache)
+
+
+def hub_model_type(repo_id):
+    """The model_type of a Hub model's config.json (downloaded alone, or from the HF cache), or None."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        with open(hf_hub_download(repo_id, "config.json")) as f:
+            return json.load(f).get("model_type")
+    except Exception:  # offline, unknown or gated repo: transformers' loading says why
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -319,13 +323,18 @@ def load_attention_model(source, device):
 
 
 def read_tokens(path, attention_model):
-    """Token ids of a .bin (uint16, our preparation) or a .txt (tokenized with the model's tokenizer)."""
-    from data import open_tokens
+    """Token ids of a .bin (our preparation: refused when its meta.json names another tokenizer than the model's)
+    or a .txt (tokenized with the model's tokenizer)."""
+    from data import check_data_tokenizer, load_meta, open_tokens
 
     if not os.path.isfile(path):
         raise AnalysisError(f"--data={path!r}: no such file; pass a .bin of token ids or a .txt file")
     if path.endswith(".bin"):
-        return open_tokens(os.path.dirname(path) or ".", os.path.basename(path)[:-len(".bin")])
+        data_dir = os.path.dirname(path) or "."
+        if os.path.isfile(os.path.join(data_dir, "meta.json")):
+            check_data_tokenizer(load_meta(data_dir), data_dir, attention_model.tokenizer_meta(),
+                                 attention_model.source)
+        return open_tokens(data_dir, os.path.basename(path)[:-len(".bin")])
     if path.endswith(".txt"):
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -528,6 +537,7 @@ def main(argv=None):
     from configurator import ConfigError, check_device, configure_or_exit
     from data import DataError
     from hf import ModelLoadError
+    from tokenizer import TokenizerError
 
     cfg = configure_or_exit(DEFAULTS, argv)
     try:
@@ -558,7 +568,7 @@ def main(argv=None):
         if not layers:
             raise AnalysisError(f"{cfg['model']} returned no attention layers")
         settings["seconds"] = round(time.time() - t0, 2)
-    except (AnalysisError, ConfigError, CheckpointError, ModelLoadError, DataError) as e:
+    except (AnalysisError, ConfigError, CheckpointError, ModelLoadError, DataError, TokenizerError) as e:
         sys.exit(f"error: {e}")
     report = build_report(layers, settings, attention_model)
     print_table(report)

@@ -19,6 +19,7 @@ torch.load(path, weights_only=True) reads it. Keys written by train.py / inherit
 
 import hashlib
 import os
+import re
 
 import torch
 
@@ -116,31 +117,88 @@ def strip_wrapper_prefixes(state_dict):
     return out
 
 
-def model_from_checkpoint(ckpt, path="the checkpoint"):
+BLOCK_NAME = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")  # our block tensors: index, rest
+
+
+def select_blocks(state_dict, layers):
+    """The tensors of a model made of blocks[layers] (renumbered 0, 1, ... in that order; a repeated block is a
+    copy) and every tensor outside the blocks. Only the tensors it returns are touched (read, for a mapped file)."""
+    out = {}
+    for name, tensor in state_dict.items():
+        match = BLOCK_NAME.match(name)
+        if match is None:
+            out[name] = tensor
+            continue
+        i, rest = int(match.group(1)), match.group(2)
+        targets = [j for j, source in enumerate(layers) if source == i]
+        for k, j in enumerate(targets):
+            out[f"transformer.h.{j}.{rest}"] = tensor if k == 0 else tensor.clone()
+    return out
+
+
+def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
+    """Our GPT of a checkpoint dict; layers: only these blocks (any order, repeats allowed), as hf.load_pretrained."""
+    args, state_dict = ckpt["model_args"], strip_wrapper_prefixes(ckpt["model"])
+    if layers is not None:
+        layers = list(layers)
+        n_layer = args.get("n_layer")
+        bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_layer)]
+        if bad:
+            raise CheckpointError(f"layers {bad} are not block indices of {path} ({n_layer} blocks, 0..{n_layer - 1})")
+        args, state_dict = dict(args, n_layer=len(layers)), select_blocks(state_dict, layers)
     try:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(strip_wrapper_prefixes(ckpt["model"]))
+        model = GPT(GPTConfig(**args))
+        model.load_state_dict(state_dict)
     except (TypeError, RuntimeError, ValueError, AttributeError) as e:  # weights that do not fit model_args
         raise damaged(path, f"its weights do not fit its model_args: {str(e).splitlines()[0][:120]}") from None
     return model
 
 
-def load_model(source, device="cpu"):
-    """(model, checkpoint dict or None) for one of our checkpoints, a GPT-2 name or a Hugging Face folder."""
+def load_model(source, device="cpu", layers=None):
+    """(model, checkpoint dict or None) for one of our checkpoints, a GPT-2 name or a Hugging Face folder.
+
+    layers: only these blocks (any order, repeats allowed; renumbered in that order) with the embeddings, final norm
+    and head, read without the rest: a checkpoint is memory-mapped and only the chosen tensors are copied out of
+    it, a Hugging Face folder's safetensors are read tensor by tensor (hf.load_pretrained).
+    """
     if is_checkpoint(source):
-        ckpt = load_checkpoint(source)
-        return model_from_checkpoint(ckpt, checkpoint_path(source)).to(device), ckpt
+        ckpt = load_checkpoint(source, mmap=layers is not None)
+        return model_from_checkpoint(ckpt, checkpoint_path(source), layers).to(device), ckpt
+    check_hf_folder(source)
+    return GPT.from_pretrained(source, layers=layers).to(device), None
+
+
+def check_hf_folder(source):
     if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
         raise CheckpointError(f"{source} holds neither {CKPT_NAME} nor a Hugging Face config.json")
-    return GPT.from_pretrained(source).to(device), None
+
+
+def load_model_config(source):
+    """(GPTConfig, checkpoint dict or None) of a model source without reading its weights: a checkpoint's
+    model_args (its tensors memory-mapped, not read), or a Hugging Face folder's config.json."""
+    if is_checkpoint(source):
+        ckpt = load_checkpoint(source, mmap=True)
+        try:
+            return GPTConfig(**ckpt["model_args"]), ckpt
+        except (TypeError, ValueError) as e:
+            raise damaged(checkpoint_path(source), f"its model_args are not a model: {e}") from None
+    check_hf_folder(source)
+    from hf import gpt_config_from_hf, resolve_hf_folder
+
+    return gpt_config_from_hf(resolve_hf_folder(source), source), None
 
 
 def model_fingerprint(model, sample=65536):
     """A short hash of a model's weights: its parameter names, shapes and dtypes, and up to `sample` evenly
     spaced values of each tensor (all of a small one). Tells two models apart cheaply (e.g. an analysis of
     one model from another), whatever path or device they were loaded from."""
+    return fingerprint_tensors(sorted(model.state_dict().items()), sample)
+
+
+def fingerprint_tensors(named_tensors, sample=65536):
+    """model_fingerprint of a model's (name, tensor) pairs in name order, which may be read one at a time."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in named_tensors:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         flat = t.detach().reshape(-1)
         flat = flat[::max(1, flat.numel() // sample)][:sample]

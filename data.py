@@ -1,8 +1,11 @@
 """
 Tokenized datasets on disk and the windows drawn from them.
 
-A prepared dataset is a folder with train.bin / val.bin (uint16 token ids, read as np.memmap) and
-meta.json ({"tokenizer": "gpt2" | "char", "vocab_size": ..., "chars": ... for char, token counts}).
+A prepared dataset is a folder with train.bin / val.bin (token ids, read as np.memmap) and meta.json
+({"tokenizer": "gpt2" | "char" | "hf", "vocab_size": ..., "chars": ... for char, the source, fingerprint and
+BOS/EOS conventions for hf (tokenizer.hf_tokenizer_meta), token counts}). Ids are uint16, or uint32 for
+vocabularies above 65,536 (Llama 3, Qwen2.5), which meta.json then records as "dtype": "uint32"; a meta.json
+without "dtype" (every dataset made before) is uint16.
 Training windows come from a seeded torch.Generator whose state is checkpointed (exact resume);
 validation windows are a fixed set, the same at every eval and in every run with the same seed.
 """
@@ -17,8 +20,10 @@ from tqdm import tqdm
 
 from atomic import atomic_write
 
-TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; a larger vocab is refused when writing
+TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; larger vocabularies are written as uint32
+TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 GPT2_VOCAB_SIZE = 50257
+GPT2_PADDED_VOCAB_SIZE = 50304  # nanoGPT's padding of GPT-2's vocabulary to a multiple of 64
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -41,6 +46,20 @@ def load_meta(data_dir):
     return meta
 
 
+def token_dtype(meta):
+    """The numpy dtype of a dataset's .bin files: meta.json's "dtype", uint16 when it has none."""
+    name = (meta or {}).get("dtype", "uint16")
+    if name not in TOKEN_DTYPES:
+        raise DataError(f"meta.json's dtype {name!r} is not one of {', '.join(TOKEN_DTYPES)}: prepare the data again")
+    return TOKEN_DTYPES[name]
+
+
+def dtype_for_vocab(vocab_size):
+    """The smallest token dtype that holds ids below vocab_size: "uint16" up to 65,536 ids, else "uint32"."""
+    check_token_dtype(vocab_size)
+    return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
+
+
 def find_dataset_meta(dataset):
     """(meta, data_dir) of a prepared dataset name (data/<dataset> under the working directory, else under
     the repo), or (None, the folders looked in) when it is not prepared there."""
@@ -51,32 +70,102 @@ def find_dataset_meta(dataset):
     return None, folders
 
 
+def run_dataset_meta(run_config):
+    """(meta.json of the dataset a run was trained on, or None; the folders looked in): its config's data_dir,
+    else its dataset under data/ (here or in the repo)."""
+    run_config = run_config or {}
+    data_dir, dataset = run_config.get("data_dir"), run_config.get("dataset")
+    if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
+        return load_meta(data_dir), [data_dir]
+    return find_dataset_meta(dataset) if dataset else (None, [])
+
+
+def known_model_tokenizer_meta(source, ckpt=None):
+    """The tokenizer a model was trained with, as a meta.json-like dict, when it is known: for our checkpoints,
+    the meta.json of the dataset it was trained on (else that of the model it was inherited from); for a Hugging
+    Face folder with tokenizer files, that tokenizer (GPT-2's own BPE stays "gpt2"). None when nothing says it."""
+    from checkpoint import CheckpointError, checkpoint_path, is_checkpoint, load_checkpoint
+    from hf import has_tokenizer, local_hf_folder
+    from tokenizer import hf_tokenizer_meta, meta_fingerprint
+
+    if ckpt is None and is_checkpoint(source):  # e.g. the recorded reference of a student
+        try:
+            ckpt = load_checkpoint(source, mmap=True) if os.path.isfile(checkpoint_path(source)) else None
+        except CheckpointError:
+            ckpt = None
+        if ckpt is None:
+            return None
+    if ckpt is not None:
+        meta, _ = run_dataset_meta(ckpt.get("config"))
+        inherited_from = (ckpt.get("inherit") or {}).get("source")
+        if meta is None and inherited_from and inherited_from != source:
+            meta = known_model_tokenizer_meta(inherited_from)
+        return meta
+    folder = local_hf_folder(source)
+    if folder is None or not has_tokenizer(folder):
+        return None
+    meta = hf_tokenizer_meta(folder)
+    if meta["tokenizer_fingerprint"] == meta_fingerprint({"tokenizer": "gpt2"}):
+        return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}  # GPT-2's: tiktoken, bundled, as ever
+    return meta
+
+
+def model_tokenizer_meta(source, ckpt, vocab_size):
+    """The tokenizer to encode and decode a model's text with (tokenizer.tokenizer_from_meta makes it): the
+    known one (known_model_tokenizer_meta), else GPT-2 BPE for a GPT-2-sized vocabulary. Refused when there is
+    none, or when its ids do not fit the model's vocabulary."""
+    from tokenizer import describe
+
+    meta = known_model_tokenizer_meta(source, ckpt)
+    if meta is None:
+        meta = run_tokenizer_meta(ckpt and ckpt.get("config"), vocab_size)
+    if meta["vocab_size"] > vocab_size:
+        raise DataError(f"{describe(meta)} has {meta['vocab_size']} ids but the model {source} only "
+                        f"{vocab_size}: it is not this model's tokenizer")
+    return meta
+
+
+def check_data_tokenizer(meta, data_dir, model_meta, model_source):
+    """Refuse a dataset tokenized otherwise than the model (model_meta: known_model_tokenizer_meta; None: unknown,
+    nothing to compare), by their vocabulary fingerprints."""
+    from tokenizer import describe, meta_fingerprint
+
+    if model_meta is None or meta_fingerprint(meta) == meta_fingerprint(model_meta):
+        return
+    how = (f"python prepare_owt.py --tokenizer={model_meta['tokenizer_source']}" if model_meta["tokenizer"] == "hf"
+           else "prepare it with that tokenizer")
+    raise DataError(f"{data_dir} was tokenized with {describe(meta)}, but {model_source} uses {describe(model_meta)}: "
+                    f"its token ids mean other words to the model; prepare the data with the model's tokenizer "
+                    f"({how})")
+
+
 def run_tokenizer_meta(run_config, vocab_size):
-    """The meta.json of the dataset a checkpoint was trained on (its run config's "dataset"), which says the
-    tokenizer; GPT-2 BPE ({"tokenizer": "gpt2"}) for models without one that have GPT-2's vocabulary."""
+    """The meta.json of the dataset a checkpoint was trained on (run_dataset_meta), which says the tokenizer;
+    GPT-2 BPE ({"tokenizer": "gpt2"}) for models without one that have GPT-2's vocabulary (50257 ids, or padded to
+    50304); a vocabulary of another size (a Llama's) is no reason to guess."""
     dataset = (run_config or {}).get("dataset")
-    if dataset:
-        meta, looked_in = find_dataset_meta(dataset)
-        if meta is not None:
-            return meta
-    if vocab_size >= GPT2_VOCAB_SIZE:
+    meta, looked_in = run_dataset_meta(run_config)
+    if meta is not None:
+        return meta
+    if GPT2_VOCAB_SIZE <= vocab_size <= GPT2_PADDED_VOCAB_SIZE:
         if dataset:
             print(f"note: dataset '{dataset}' is not prepared here (no meta.json in {' or '.join(looked_in)}); "
                   f"using GPT-2 BPE", file=sys.stderr)
         return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}
     raise DataError(f"the model has a {vocab_size}-token vocabulary, not GPT-2's, and its dataset's meta.json "
                     + (f"is not in {' or '.join(looked_in)}" if dataset else "is unknown (no 'dataset' in its config)")
-                    + ": prepare that dataset (e.g. python data/shakespeare/prepare.py) to get its tokenizer")
+                    + ": prepare that dataset (e.g. python data/shakespeare/prepare.py) to get its tokenizer, or keep "
+                    "a Hugging Face model's tokenizer files in its folder")
 
 
 def check_token_dtype(vocab_size):
-    if vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
-        raise DataError(f"a vocabulary of {vocab_size} ids does not fit the uint16 .bin format "
-                        f"(at most {np.iinfo(TOKEN_DTYPE).max + 1}); use a tokenizer with a smaller vocabulary")
+    if vocab_size > np.iinfo(np.uint32).max + 1:
+        raise DataError(f"a vocabulary of {vocab_size} ids does not fit the uint32 .bin format "
+                        f"(at most {np.iinfo(np.uint32).max + 1}); use a tokenizer with a smaller vocabulary")
 
 
-def write_tokens(path, ids, total=None, desc=None):
-    """Write token ids to path through a temporary name and a rename; returns how many ids were written.
+def write_tokens(path, ids, total=None, desc=None, dtype=TOKEN_DTYPE):
+    """Write token ids to path as dtype through a temporary name and a rename; returns how many ids were written.
 
     ids is one array, or an iterable of arrays (chunks: a corpus larger than memory is streamed shard by
     shard). total (tokens expected) turns on a progress bar labelled desc.
@@ -86,7 +175,7 @@ def write_tokens(path, ids, total=None, desc=None):
     with atomic_write(path) as f, tqdm(total=total, desc=desc, unit="tok", unit_scale=True,
                                        disable=total is None) as bar:
         for chunk in chunks:
-            chunk = np.asarray(chunk, dtype=TOKEN_DTYPE)
+            chunk = np.asarray(chunk, dtype=dtype)
             f.write(chunk.tobytes())
             written += chunk.size
             bar.update(chunk.size)
@@ -101,24 +190,25 @@ def write_meta(data_dir, meta):
 def write_dataset(data_dir, splits, meta, totals=None):
     """Write each {split: token ids (array or iterable of chunks)} as data_dir/{split}.bin, then meta.json.
 
-    meta gets "{split}_tokens" for each split. Every .bin is written under a temporary name first; only
+    meta gets "{split}_tokens" for each split, and "dtype": "uint32" for a vocabulary above 65,536 ids (uint16
+    datasets have no "dtype", as before). Every .bin is written under a temporary name first; only
     when all are complete is the old meta.json removed, the .bin files renamed into place and the new
     meta.json written, so a failed or interrupted preparation leaves the folder as it was (or, killed
     during the renames, without meta.json: not prepared), never a new .bin beside an old meta.json.
     totals ({split: expected tokens}) shows progress bars.
     """
-    check_token_dtype(meta["vocab_size"])
+    dtype = dtype_for_vocab(meta["vocab_size"])
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"out_dir {data_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
     created = not os.path.exists(data_dir)
     os.makedirs(data_dir, exist_ok=True)
-    meta = dict(meta)
+    meta = dict(meta) | ({"dtype": dtype} if dtype != "uint16" else {})
     staged = {}
     try:
         for split, ids in splits.items():
             staged[split] = os.path.join(data_dir, f".{split}.bin.staged")
             meta[f"{split}_tokens"] = write_tokens(staged[split], ids, total=(totals or {}).get(split),
-                                                   desc=f"writing {split}.bin")
+                                                   desc=f"writing {split}.bin", dtype=TOKEN_DTYPES[dtype])
         old_meta = os.path.join(data_dir, "meta.json")
         if os.path.exists(old_meta):
             os.remove(old_meta)
@@ -193,7 +283,8 @@ def prepare_shakespeare(out_dir=None, tokenizer="char"):
 
 
 def open_tokens(data_dir, split):
-    """The uint16 token ids of data_dir/{split}.bin as a read-only memmap.
+    """The token ids of data_dir/{split}.bin as a read-only memmap, in the dtype its meta.json says (uint16 when
+    there is none).
 
     Checked in O(1) against damage: the byte length must be a whole number of tokens and, where data_dir
     has a meta.json, the token count it recorded ("{split}_tokens").
@@ -201,20 +292,22 @@ def open_tokens(data_dir, split):
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.isfile(path):
         raise DataError(f"{path} not found: prepare the data first")
+    meta = load_meta(data_dir) if os.path.isfile(os.path.join(data_dir, "meta.json")) else None
+    dtype = token_dtype(meta)
     size = os.path.getsize(path)
-    token_bytes = np.dtype(TOKEN_DTYPE).itemsize
+    token_bytes = np.dtype(dtype).itemsize
     if size % token_bytes:
         raise DataError(f"{path} is damaged: its {size:,} bytes are not a whole number of {token_bytes}-byte "
                         f"tokens (a truncated copy?); prepare the data again")
     if size == 0:
         raise DataError(f"{path} is empty: prepare the data again")
-    if os.path.isfile(os.path.join(data_dir, "meta.json")):
-        recorded = load_meta(data_dir).get(f"{split}_tokens")
+    if meta is not None:
+        recorded = meta.get(f"{split}_tokens")
         if recorded is not None and recorded != size // token_bytes:
             raise DataError(f"{path} holds {size // token_bytes:,} tokens but {os.path.join(data_dir, 'meta.json')} "
                             f"records {recorded:,}: the folder mixes two preparations or a file is damaged; "
                             f"prepare the data again")
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def windows_to_batch(tokens, offsets, block_size):

@@ -1,14 +1,17 @@
 """
-Export a checkpoint as a Hugging Face GPT-2 folder, for transformers, lm-evaluation-harness and the Hub.
+Export a checkpoint as a Hugging Face folder (GPT-2, or Llama / Qwen2 / Mistral for models of that shape), for
+transformers, lm-evaluation-harness and the Hub.
 
     python export_hf.py --ckpt=out-inherit --out=hf-inherit
     lm_eval --model hf --model_args pretrained=hf-inherit --tasks lambada_openai,hellaswag
     python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf-inherit')('Hello'))"
 
 --out is always a folder, created if missing: config.json + model.safetensors (hf.export_hf; transformers'
-GPT2LMHeadModel gives the same logits) and the model's tokenizer, so AutoTokenizer and lm_eval load it with
-no network: for GPT-2 BPE, GPT-2's files (vocab.json, merges.txt from data/gpt2_bpe/, tokenizer_config.json);
-for character-level models, a tokenizer.json that maps each character to its id as our CharTokenizer does.
+class of the same architecture gives the same logits) and the model's tokenizer, so AutoTokenizer and lm_eval
+load it with no network: for GPT-2 BPE, GPT-2's files (vocab.json, merges.txt from data/gpt2_bpe/,
+tokenizer_config.json); for character-level models, a tokenizer.json that maps each character to its id as our
+CharTokenizer does; for a model inherited from a Hugging Face folder (Llama 3, Qwen2.5, ...) or trained on data
+prepared with its tokenizer, that folder's tokenizer files, and its architecture (Mistral stays Mistral).
 The folder is built under a temporary name and swapped in whole, with the permissions of a plain mkdir
 (0755 / 0644 under umask 022). An existing --out is replaced only when it holds an earlier export and nothing
 else; any other folder (a checkpoint's out_dir, a downloaded model) is refused.
@@ -19,15 +22,16 @@ import sys
 
 from checkpoint import CheckpointError, load_model
 from configurator import configure_or_exit
-from data import DataError, run_tokenizer_meta
-from hf import ModelLoadError, export_hf
+from checkpoint import is_checkpoint
+from data import DataError, model_tokenizer_meta
+from hf import TOKENIZER_FILES, ModelLoadError, export_hf, local_hf_folder
+from tokenizer import TokenizerError
 
 DEFAULTS = dict(
     ckpt="out",  # out_dir or .pt file (a GPT-2 name or Hugging Face folder also works)
     out="",  # the folder to write (created; an earlier export there is replaced)
 )
-EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
-                "tokenizer.json", "tokenizer_config.json"}
+EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", *TOKENIZER_FILES}
 
 
 class ExportError(ValueError):
@@ -46,14 +50,28 @@ def check_out(out):
                           f"earlier export: pass a new folder (it is replaced whole)")
 
 
+def hf_source(ckpt, checkpoint):
+    """The local Hugging Face folder a Llama-family model came from (ckpt itself, or the reference it was inherited
+    from), whose architecture and special tokens the export keeps; None for others or when it is not here."""
+    source = (checkpoint.get("inherit") or {}).get("source") if checkpoint else ckpt
+    if not source or is_checkpoint(source):
+        return None
+    folder = local_hf_folder(source)
+    if folder is None:
+        print(f"note: {source}, which the model was inherited from, is not here: its architecture name and special "
+              f"token ids are not copied (the weights and tokenizer are written all the same)", file=sys.stderr)
+    return folder
+
+
 def export(ckpt, out):
-    """Write the model at ckpt and its tokenizer as the Hugging Face folder out; returns the dataset meta.json
+    """Write the model at ckpt and its tokenizer as the Hugging Face folder out; returns the meta.json-like dict
     that says the tokenizer."""
     check_out(out)
     model, checkpoint = load_model(ckpt)
-    meta = run_tokenizer_meta(checkpoint and checkpoint.get("config"), model.config.vocab_size)
+    meta = model_tokenizer_meta(ckpt, checkpoint, model.config.vocab_size)
+    source = hf_source(ckpt, checkpoint) if model.config.pos_emb == "rope" else None
     try:
-        export_hf(model, out, tokenizer_meta=meta)
+        export_hf(model, out, tokenizer_meta=meta, source=source)
     except OSError as e:  # a full disk, a read-only folder: the staging folder is gone, out untouched
         raise ExportError(f"could not write {out} ({e.strerror or e}); nothing was written") from None
     return meta
@@ -63,10 +81,14 @@ def main(argv=None):
     config = configure_or_exit(DEFAULTS, argv)
     try:
         meta = export(**config)
-    except (ExportError, CheckpointError, ModelLoadError, DataError) as e:
+    except (ExportError, CheckpointError, ModelLoadError, DataError, TokenizerError) as e:
         sys.exit(f"error: {e}")
     if meta["tokenizer"] == "gpt2":
         print(f"wrote {config['out']} (config.json, model.safetensors, GPT-2 tokenizer files)")
+        return
+    if meta["tokenizer"] == "hf":
+        print(f"wrote {config['out']} (config.json, model.safetensors, the tokenizer files of "
+              f"{meta['tokenizer_source']})")
         return
     print(f"wrote {config['out']} (config.json, model.safetensors, a character-level tokenizer.json)")
     prefix = meta["chars"].index("\n") if "\n" in meta["chars"] else 0

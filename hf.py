@@ -100,6 +100,27 @@ def resolve_hf_folder(name_or_path):
         ) from None
 
 
+def local_hf_folder(name_or_path):
+    """The local folder of a model folder path or Hub id (its copy in the Hugging Face cache) without any
+    download, or None when there is none here."""
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        return path
+    if looks_like_path(name_or_path) or os.path.exists(path):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(hub_repo_id(name_or_path), local_files_only=True)
+    except Exception:  # not in the cache (or not a valid id): nothing here
+        return None
+
+
+def has_tokenizer(folder):
+    """Whether folder holds a Hugging Face tokenizer's vocabulary (a tokenizer_config.json alone is not one)."""
+    return any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
 def read_hf_config(folder):
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
@@ -239,12 +260,12 @@ def weight_locations(folder):
                          f"(sharded .bin checkpoints are not supported; save the model with safe_serialization)")
 
 
-def read_hf_weights(folder, layers=None, dtype=torch.float32):
+def read_hf_weights(folder, layers=None, dtype=torch.float32, rest=True):
     """The Hugging Face-named tensors of folder, as dtype (None: as stored).
 
     With layers (source block indices, any order, repeats allowed), only blocks layers[0], layers[1], ... are
     read, renumbered 0, 1, ... in that order (a repeated block is a copy), with every tensor outside the blocks
-    (embeddings, final norm, head). From safetensors files only those tensors are read.
+    (embeddings, final norm, head) unless rest=False. From safetensors files only those tensors are read.
     """
     locations = weight_locations(folder)
     if locations is None:  # pytorch_model.bin: one pickle, read whole
@@ -255,11 +276,14 @@ def read_hf_weights(folder, layers=None, dtype=torch.float32):
         if name.endswith(BUFFERS):
             continue
         match = BLOCK_TENSOR.match(name)
-        if match is None or layers is None:
+        if match is None:
+            if rest:
+                plan[name] = [name]
+        elif layers is None:
             plan[name] = [name]
         else:
-            prefix, i, rest = match.groups()
-            targets = [f"{prefix}{j}.{rest}" for j, source in enumerate(layers) if source == int(i)]
+            prefix, i, part = match.groups()
+            targets = [f"{prefix}{j}.{part}" for j, source in enumerate(layers) if source == int(i)]
             if targets:
                 plan[name] = targets
     files = {}  # file -> the stored names to read from it
@@ -305,11 +329,14 @@ def gpt2_state_dict_from_hf(hf_sd):
     return sd
 
 
-def llama_tensor_names(config):
-    """[(our name, [Hugging Face names stacked into it])] for every tensor of a Llama-family model."""
-    names = [("transformer.wte.weight", ["model.embed_tokens.weight"]),
-             ("transformer.ln_f.weight", ["model.norm.weight"])]
-    if not config.tie_embeddings:
+def llama_tensor_names(config, rest=True):
+    """[(our name, [Hugging Face names stacked into it])] for every tensor of a Llama-family model (rest=False:
+    of its blocks only)."""
+    names = []
+    if rest:
+        names += [("transformer.wte.weight", ["model.embed_tokens.weight"]),
+                  ("transformer.ln_f.weight", ["model.norm.weight"])]
+    if rest and not config.tie_embeddings:
         names.append(("lm_head.weight", ["lm_head.weight"]))
     for i in range(config.n_layer):
         for ours, theirs in LLAMA_BLOCK_NAMES:
@@ -318,17 +345,18 @@ def llama_tensor_names(config):
     return names
 
 
-def llama_state_dict_from_hf(hf_sd, config, source):
-    """Hugging Face Llama-family tensors -> our names (q, k, v stacked); takes the tensors out of hf_sd."""
+def llama_state_dict_from_hf(hf_sd, config, source, rest=True):
+    """Hugging Face Llama-family tensors -> our names (q, k, v stacked); takes the tensors out of hf_sd.
+    rest=False: hf_sd holds the blocks only."""
     sd = {}
-    for ours, theirs in llama_tensor_names(config):
+    for ours, theirs in llama_tensor_names(config, rest):
         missing = [t for t in theirs if t not in hf_sd]
         if missing:
             raise ModelLoadError(f"{source}: the weights have no {missing[0]}: the files are incomplete or do not "
                                  f"belong to this config.json")
         parts = [hf_sd.pop(t) for t in theirs]
         sd[ours] = torch.cat(parts) if len(parts) > 1 else parts[0]
-    if config.tie_embeddings:
+    if config.tie_embeddings and rest:
         hf_sd.pop("lm_head.weight", None)  # a copy of the embedding some repos store
         sd["lm_head.weight"] = sd["transformer.wte.weight"]
     if hf_sd:
@@ -356,12 +384,8 @@ def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.f
     if bad or not layers:
         raise ModelLoadError(f"layers {bad or layers} are not block indices of {name_or_path} "
                              f"({config.n_layer} blocks, 0..{config.n_layer - 1})")
-    hf_sd = read_hf_weights(folder, layers, dtype)
+    sd = our_state_dict(folder, config, layers, name_or_path, dtype)
     config = dataclasses.replace(config, n_layer=len(layers))
-    if config.pos_emb == "learned":
-        sd = gpt2_state_dict_from_hf(hf_sd)
-    else:
-        sd = llama_state_dict_from_hf(hf_sd, config, name_or_path)
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = GPT(config)
     try:
@@ -372,6 +396,15 @@ def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.f
     if config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
     return model
+
+
+def our_state_dict(folder, config, layers, source, dtype=torch.float32, rest=True):
+    """Our names -> tensors of blocks[layers] of the model in folder (config: its gpt_config_from_hf), renumbered
+    0, 1, ... in that order, and with rest its embeddings, final norm and head. Only those tensors are read."""
+    hf_sd = read_hf_weights(folder, layers, dtype, rest)
+    if config.pos_emb == "learned":
+        return gpt2_state_dict_from_hf(hf_sd)
+    return llama_state_dict_from_hf(hf_sd, dataclasses.replace(config, n_layer=len(layers)), source, rest)
 
 
 def hf_architecture(config, source_config=None):
@@ -520,14 +553,19 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
     """Write model as a Hugging Face folder (config.json + model.safetensors), atomically: built under a
     temporary name, then swapped in.
 
-    tokenizer_meta: a dataset's meta.json, whose tokenizer is written (GPT-2's files, or a character-level
-    tokenizer.json). source: the Hugging Face model (folder or Hub id) the model came from: its architecture
-    (Mistral stays Mistral) and special token ids are written and its tokenizer files copied.
+    tokenizer_meta: a dataset's meta.json, whose tokenizer is written (GPT-2's files, a character-level
+    tokenizer.json, or for "hf" the files of its tokenizer_source, with its BOS/EOS ids in config.json).
+    source: the Hugging Face model (folder or Hub id) the model came from: its architecture (Mistral stays Mistral)
+    and special token ids are written, and its tokenizer files copied unless tokenizer_meta names one.
     """
     from safetensors.torch import save_file
 
     source_folder = resolve_hf_folder(source) if source else None
     source_config = read_hf_config(source_folder) if source_folder else None
+    kind = (tokenizer_meta or {}).get("tokenizer")
+    tokenizer_folder = resolve_hf_folder(tokenizer_meta["tokenizer_source"]) if kind == "hf" else source_folder
+    if kind == "hf" and source_config is None:
+        source_config = {k: tokenizer_meta[k] for k in ("bos_token_id", "eos_token_id")}
     hf_config = hf_config_from_gpt(model.config, source_config)  # refuses a model no architecture computes
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
@@ -535,14 +573,13 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
     try:
         write_hf_config(hf_config, model.config, tmp)
         save_file(state_dict_to_hf(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        kind = (tokenizer_meta or {}).get("tokenizer")
         if kind == "gpt2":
             write_gpt2_tokenizer(tmp, model.config.block_size)
         elif kind == "char":
             write_char_tokenizer(tmp, tokenizer_meta["chars"], model.config.block_size)
-        for name in TOKENIZER_FILES if source_folder else ():
-            if os.path.isfile(os.path.join(source_folder, name)):
-                shutil.copyfile(os.path.join(source_folder, name), os.path.join(tmp, name))
+        for name in TOKENIZER_FILES if tokenizer_folder and kind not in ("gpt2", "char") else ():
+            if os.path.isfile(os.path.join(tokenizer_folder, name)):
+                shutil.copyfile(os.path.join(tokenizer_folder, name), os.path.join(tmp, name))
         make_readable(tmp)
         if os.path.exists(folder):
             shutil.rmtree(folder)

@@ -7,13 +7,17 @@ Inheritune, step 1: build a smaller model from the blocks of a larger pre-traine
     python inherit.py --init_from=out-ref --n_layer=auto --analysis=out-analysis/analysis.json
     python inherit.py --init_from=gpt2-medium --n_embd=512 --n_head=8 --out_dir=out-half-width  # every block, half wide
 
-The student gets the reference's token and position embeddings, the chosen blocks (in the given order),
-the final LayerNorm and the tied LM head. It is written as out_dir/ckpt.pt (out_dir is a folder, created
+The student gets the reference's token (and, GPT-2, position) embeddings, the chosen blocks (in the given
+order), the final norm and the LM head. The reference is a GPT-2 name, a Hugging Face GPT-2 / Llama / Qwen2 /
+Mistral folder or Hub id, or one of our checkpoints, and only what the student needs is read from it (the
+chosen blocks' tensors from safetensors, a memory-mapped checkpoint's chosen tensors), so inheriting a few
+blocks of a large model needs memory for those only. It is written as out_dir/ckpt.pt (out_dir is a folder, created
 if missing; an out_dir that already holds a checkpoint is refused unless --overwrite=True) in train.py's
 format, so `python train.py --init_from=resume --out_dir=...` trains it, with the settings its config
 records: the reference run's training settings when the reference is one of our checkpoints (else
 train.py's defaults), and this command's data and evaluation settings. With --dataset (or --data_dir), the
-reference's validation loss is measured with train.py's evaluation and stored as the growth target.
+reference's validation loss is measured with train.py's evaluation (the whole reference, loaded once for it) and
+stored as the growth target; data tokenized otherwise than the reference is refused.
 --n_embd / --n_head (either, or both) make the half-width baseline: every block (unless --n_layer or --layers
 says otherwise), each narrowed to its first heads, MLP units and embedding dimensions (shrink_width).
 --n_layer=auto takes the depth from analyze_rank.py's analysis.json, which must be of this very reference
@@ -29,9 +33,11 @@ import shlex
 import sys
 
 import torch
+import torch.nn as nn
 
-from checkpoint import checkpoint_path, load_model, model_fingerprint, save_checkpoint
-from model import GPT
+from checkpoint import (BLOCK_NAME, checkpoint_path, fingerprint_tensors, load_model, load_model_config,
+                        save_checkpoint, strip_wrapper_prefixes)
+from model import GPT, norm_layer
 
 FRESH_PARTS = ("wpe", "ln_f")  # parts that can be left at fresh init (the paper's released code did)
 GROW_INITS = ("reference", "copy", "identity", "random", "stack")
@@ -45,6 +51,66 @@ EVAL_DEFAULTS = dict(eval_iters=200, batch_size=12, seed=1337)  # train.py's, fo
 
 class InheritError(ValueError):
     pass
+
+
+class Reference:
+    """A reference model on disk, read as needed: its config (full depth) at once, blocks when asked for.
+
+    inherit() and grow() take one wherever they take a GPT, and then read only the blocks they copy, so a
+    student of 16 blocks of an 8B model, or the 2 blocks a growth step adds, never needs the whole model.
+    """
+
+    def __init__(self, source):
+        import hf
+
+        self.source = source
+        self.config, self.checkpoint = load_model_config(source)  # checkpoint: ours (tensors mapped), or None
+        self.path = checkpoint_path(source) if self.checkpoint is not None else hf.resolve_hf_folder(source)
+        self.stamp = self.files_stamp()
+
+    def files_stamp(self):
+        """(name, inode, size, mtime) of the files the weights are read from: a reference replaced on disk (a
+        reference run that saved again) must not lend a growing student blocks of another model."""
+        import hf
+
+        paths = [self.path] if self.checkpoint is not None else sorted(
+            os.path.join(self.path, f) for f in os.listdir(self.path)
+            if f.endswith((".safetensors", ".bin")) or f == hf.SAFETENSORS_INDEX)
+        stats = [(path, os.stat(path)) for path in paths if os.path.exists(path)]
+        return [(path, st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats]
+
+    def load(self, layers=None):
+        """A GPT of the embeddings, blocks[layers] (renumbered in that order; None: every block), final norm and
+        head, on the CPU."""
+        if self.files_stamp() != self.stamp:
+            raise InheritError(f"the reference {self.source} changed on disk since it was opened: its blocks would "
+                               f"come from another model; restore it, or start the run again")
+        return load_model(self.path, layers=layers)[0].eval()  # the folder found at the start: no Hub look-up
+
+    def named_tensors(self):
+        """(name, tensor) of the whole model in name order, one block in memory at a time."""
+        if self.checkpoint is not None:  # memory-mapped: a tensor is read when it is used
+            yield from sorted(strip_wrapper_prefixes(self.checkpoint["model"]).items())
+            return
+        import hf
+
+        rest = hf.our_state_dict(self.path, self.config, [], self.source)  # embeddings, final norm, head
+        with torch.device("meta"):
+            names = sorted(GPT(self.config).state_dict())
+        block, block_index = {}, None
+        for name in names:  # a block's tensors are contiguous in name order
+            match = BLOCK_NAME.match(name)
+            if match is None:
+                yield name, rest[name]
+                continue
+            i, part = int(match.group(1)), match.group(2)
+            if i != block_index:
+                block, block_index = hf.our_state_dict(self.path, self.config, [i], self.source, rest=False), i
+            yield name, block[f"transformer.h.0.{part}"]
+
+    def fingerprint(self):
+        """checkpoint.model_fingerprint of the reference (what analyze_rank.py records), read block by block."""
+        return fingerprint_tensors(self.named_tensors())
 
 
 def parse_layers(layers, n_layer, source_n_layer):
@@ -73,39 +139,54 @@ def copy_block(dst, src):
 
 
 def inherit(reference, layers, fresh=(), block_size=None, dropout=None):
-    """A new GPT made of reference's embeddings, blocks[layers], final LayerNorm and head.
+    """A new GPT made of reference's embeddings, blocks[layers], final norm and head.
 
-    Parts named in fresh ("wpe", "ln_f") keep their fresh initialization. block_size may crop the context.
+    reference: a GPT, or a Reference (then only blocks[layers] are read from its files). Parts named in fresh
+    ("wpe", "ln_f") keep a fresh initialization. block_size may crop the context.
     Note: with scale_attn_by_inverse_layer_idx, a block's attention scale follows its new position.
     """
     unknown = set(fresh) - set(FRESH_PARTS)
     if unknown:
         raise InheritError(f"cannot leave {sorted(unknown)} fresh; choose from {', '.join(FRESH_PARTS)}")
     ref_cfg = reference.config
+    if "wpe" in fresh and ref_cfg.pos_emb != "learned":
+        raise InheritError(f"cannot leave wpe fresh: the reference has no position embedding ({ref_cfg.pos_emb} "
+                           f"positions)")
     block_size = block_size or ref_cfg.block_size
     if block_size > ref_cfg.block_size:
         raise InheritError(f"block_size={block_size} is longer than the reference's context {ref_cfg.block_size}")
     config = dataclasses.replace(ref_cfg, n_layer=len(layers), block_size=block_size,
                                  dropout=ref_cfg.dropout if dropout is None else dropout)
-    student = GPT(config).to(reference.lm_head.weight.device)
-    with torch.no_grad():
-        student.transformer.wte.weight.copy_(reference.transformer.wte.weight)  # also the tied head
-        if "wpe" not in fresh:
-            student.transformer.wpe.weight.copy_(reference.transformer.wpe.weight[:block_size])
-        if "ln_f" not in fresh:
-            student.transformer.ln_f.load_state_dict(reference.transformer.ln_f.state_dict())
-    for dst, i in zip(student.transformer.h, layers):
-        copy_block(dst, reference.transformer.h[i])
+    read_here = isinstance(reference, Reference)
+    if read_here:  # the chosen blocks only, read for this student: their tensors become its weights
+        reference, layers = reference.load(layers), range(len(layers))
+    weights = {k: v for k, v in reference.state_dict().items() if not BLOCK_NAME.match(k)}
+    if "transformer.wpe.weight" in weights:
+        weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][:block_size]
+    for j, i in enumerate(layers):
+        weights |= {f"transformer.h.{j}.{k}": v for k, v in reference.transformer.h[i].state_dict().items()}
+    if not read_here:  # the student owns its weights
+        weights = {k: v.detach().clone() for k, v in weights.items()}
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        student = GPT(config)
+    student.load_state_dict(weights, assign=True)
+    if config.tie_embeddings:
+        student.lm_head.weight = student.transformer.wte.weight  # assign=True gave the two names their own Parameters
+    device = student.lm_head.weight.device
+    for part in fresh:  # as GPT(config) initializes them
+        module = nn.Embedding(block_size, config.n_embd) if part == "wpe" else norm_layer(config)
+        student._init_weights(module)
+        student.transformer[part] = module.to(device)
     return student
 
 
 def grow(model, grow_by, init, reference=None, next_reference_layer=None):
-    """model with grow_by new blocks on top (below the final LayerNorm); the trained blocks are kept.
+    """model with grow_by new blocks on top (below the final norm); the trained blocks are kept.
 
-    init: "reference" (the reference's blocks next_reference_layer, +1, ...), "copy" (duplicate the
-    top grow_by trained blocks), "identity" (fresh blocks whose output projections are zero, so the
-    function is unchanged), "random" (fresh blocks, GPT-2 init for the new depth), "stack" (Gong et al.
-    2019: a copy of every trained block, in order, [0..k-1, 0..k-1]; grow_by is the depth k).
+    init: "reference" (the reference's blocks next_reference_layer, +1, ...: from a GPT, or read from a
+    Reference's files), "copy" (duplicate the top grow_by trained blocks), "identity" (fresh blocks whose output
+    projections are zero, so the function is unchanged), "random" (fresh blocks, GPT-2 init for the new depth),
+    "stack" (Gong et al. 2019: a copy of every trained block, in order, [0..k-1, 0..k-1]; grow_by is the depth k).
     """
     if init not in GROW_INITS:
         raise InheritError(f"grow_init={init!r}: choose from {', '.join(GROW_INITS)}")
@@ -118,6 +199,9 @@ def grow(model, grow_by, init, reference=None, next_reference_layer=None):
         if next_reference_layer + grow_by > reference.config.n_layer:
             raise InheritError(f"cannot grow by {grow_by} from reference block {next_reference_layer}: "
                                f"the reference has {reference.config.n_layer} blocks")
+        if isinstance(reference, Reference):  # read only the blocks added
+            reference = reference.load(range(next_reference_layer, next_reference_layer + grow_by))
+            next_reference_layer = 0
     if init == "copy" and grow_by > old_n:
         raise InheritError(f"grow_init='copy' duplicates the top {grow_by} blocks but the model has {old_n}")
     grown = GPT(dataclasses.replace(model.config, n_layer=old_n + grow_by)).to(model.lm_head.weight.device)
@@ -232,10 +316,11 @@ def resolve_n_layer(n_layer, analysis):
 
 
 def check_analysis_is_of(analysis, reference, source):
-    """Refuse an analysis.json (for --n_layer=auto) that analyze_rank.py made of another model than reference."""
+    """Refuse an analysis.json (for --n_layer=auto) that analyze_rank.py made of another model than reference
+    (a Reference: its fingerprint is computed block by block)."""
     with open(analysis) as f:
         report = json.load(f)
-    theirs, ours = report.get("model_fingerprint"), model_fingerprint(reference)
+    theirs, ours = report.get("model_fingerprint"), reference.fingerprint()
     if theirs != ours:
         what = f"model fingerprint {theirs}" if theirs else "no model fingerprint"
         of = f"of {report['model']!r}" if report.get("model") else "of an unnamed model"
@@ -295,7 +380,8 @@ def main(cfg):
     import contextlib
 
     from configurator import check_device
-    from data import eval_offsets, evaluate_loss, load_meta, open_tokens
+    from data import (check_data_tokenizer, eval_offsets, evaluate_loss, known_model_tokenizer_meta, load_meta,
+                      open_tokens)
 
     check_device(cfg["device"])
     out_path = checkpoint_path(cfg["out_dir"])
@@ -312,8 +398,7 @@ def main(cfg):
     fresh = [p for p in cfg["fresh"].split(",") if p]
     data_dir = cfg["data_dir"] or (os.path.join("data", cfg["dataset"]) if cfg["dataset"] else "")
     meta = load_meta(data_dir) if data_dir else None  # fail on a bad dataset before loading a large model
-    reference, ref_ckpt = load_model(cfg["init_from"], cfg["device"])
-    reference.eval()
+    reference = Reference(cfg["init_from"])  # its config; blocks are read when needed
     if cfg["n_layer"] == "auto":
         check_analysis_is_of(cfg["analysis"], reference, cfg["init_from"])
     width = {k: cfg[k] for k in ("n_embd", "n_head") if cfg[k] is not None}
@@ -323,11 +408,15 @@ def main(cfg):
     if meta and meta["vocab_size"] > reference.config.vocab_size:
         raise InheritError(f"the dataset's vocabulary ({meta['vocab_size']} ids) does not fit the reference's "
                            f"({reference.config.vocab_size}): use data tokenized like the reference")
+    if meta:
+        check_data_tokenizer(meta, data_dir, known_model_tokenizer_meta(cfg["init_from"], reference.checkpoint),
+                             cfg["init_from"])
     block_size = cfg["block_size"] or reference.config.block_size
     student = inherit(reference, layers, fresh, block_size=block_size)
     if width:
         student = shrink_width(student, **width)
-    reference_run = (ref_ckpt or {}).get("config") or {}
+    student = student.to(cfg["device"])
+    reference_run = (reference.checkpoint or {}).get("config") or {}
     for key, default in EVAL_DEFAULTS.items():  # evaluate as the reference run did, so train.py's eval matches
         if cfg[key] is None:
             cfg[key] = reference_run.get(key, default)
@@ -338,14 +427,14 @@ def main(cfg):
     print(f"inherited blocks {layers} of {cfg['init_from']} ({reference.config.n_layer} layers)"
           + (f", narrowed to n_embd={student.config.n_embd}, n_head={student.config.n_head}" if width else "")
           + f": {student.get_num_params() / 1e6:.2f}M parameters")
-    if data_dir:
+    if data_dir:  # the reference's own loss needs all of it, once
+        full_reference = reference.load().to(cfg["device"])
         val = open_tokens(data_dir, "val")
         ctx = (torch.autocast(device_type="cuda", dtype=getattr(torch, cfg["dtype"]))
                if "cuda" in cfg["device"] and cfg["dtype"] != "float32" else contextlib.nullcontext())
         offsets = eval_offsets(val, block_size, cfg["eval_iters"], cfg["batch_size"], cfg["seed"])
-        if block_size < reference.config.block_size:
-            reference.crop_block_size(block_size)
-        ref_loss = evaluate_loss(reference, val, offsets, block_size, cfg["batch_size"], cfg["device"], ctx)
+        ref_loss = evaluate_loss(full_reference, val, offsets, block_size, cfg["batch_size"], cfg["device"], ctx)
+        del full_reference
         meta_inherit["reference_val_loss"] = ref_loss
         meta_inherit["reference_eval"] = dict(data_dir=os.path.abspath(data_dir), block_size=block_size,
                                               eval_iters=cfg["eval_iters"], batch_size=cfg["batch_size"], seed=cfg["seed"])

@@ -1,16 +1,21 @@
 """
-Tokenize a text corpus into out_dir/train.bin, val.bin (uint16 GPT-2 BPE ids) and meta.json for train.py.
+Tokenize a text corpus into out_dir/train.bin, val.bin (token ids) and meta.json for train.py.
 
     python prepare_owt.py                                            # OpenWebText: 8M docs, ~9B tokens, ~54 GB download
     python prepare_owt.py --dataset=HuggingFaceFW/fineweb-edu --subset=sample-10BT --out_dir=data/fineweb_edu
     python prepare_owt.py --input=my_corpus/ --out_dir=data/my_corpus     # local .txt / .jsonl / .parquet
     python prepare_owt.py --max_docs=2000 --out_dir=data/owt_tiny          # a quick run: streams 2000 documents
+    python prepare_owt.py --tokenizer=/models/Llama-3.2-1B --input=my_corpus/ --out_dir=data/my_corpus_llama3
 
-Each document is encoded with tiktoken's gpt2 encoding (encode_ordinary: "<|endoftext|>" in the text is
-plain text) and followed by the end-of-text token 50256. A fixed-seed random val_fraction of the
-documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a .jsonl file has one
-document per line (its text_column), a .parquet file one per row; a folder is all such files in it,
-recursively (empty files are skipped). --dataset may also be a folder written by datasets' save_to_disk.
+By default each document is encoded with tiktoken's gpt2 encoding (encode_ordinary: "<|endoftext|>" in the
+text is plain text) and followed by the end-of-text token 50256, as uint16. --tokenizer=FOLDER_OR_HUB_ID
+encodes with that model's own tokenizer (AutoTokenizer; special tokens in the text are plain text), each
+document as the model was pre-trained: its BOS first if the tokenizer adds one (Llama, Mistral), its EOS
+last; meta.json records the tokenizer's source, vocabulary fingerprint and these conventions. Vocabularies
+above 65,536 ids (Llama 3, Qwen2.5) are written as uint32 ("dtype" in meta.json). A fixed-seed random
+val_fraction of the documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a
+.jsonl file has one document per line (its text_column), a .parquet file one per row; a folder is all such
+files in it, recursively (empty files are skipped). --dataset may also be a folder written by datasets' save_to_disk.
 The .bin files are written under temporary names and renamed when all are complete, then meta.json: a
 failed run leaves out_dir as it was (out_dir is always a folder, created if missing).
 """
@@ -22,8 +27,8 @@ import sys
 import numpy as np
 
 from configurator import configure_or_exit
-from data import DataError, check_token_dtype, write_dataset
-from tokenizer import GPT2Tokenizer
+from data import TOKEN_DTYPES, DataError, check_token_dtype, dtype_for_vocab, write_dataset
+from tokenizer import GPT2Tokenizer, HFTokenizer, TokenizerError, hf_tokenizer_meta
 
 DEFAULTS = dict(
     dataset="Skylion007/openwebtext",  # a Hugging Face Hub dataset, or a local save_to_disk / data-files folder
@@ -31,6 +36,7 @@ DEFAULTS = dict(
     split="train",
     revision="",  # a Hub revision; loading-script datasets fall back to their parquet conversion by themselves
     text_column="text",
+    tokenizer="gpt2",  # gpt2 (tiktoken's GPT-2 BPE), or a Hugging Face model folder / Hub id: its own tokenizer
     input="",  # local .txt / .jsonl / .parquet file or folder; replaces --dataset when given
     max_docs=0,  # >0: only the first max_docs documents (streamed from the Hub, not the whole download)
     val_fraction=0.0005,
@@ -180,15 +186,33 @@ def load_documents(dataset, subset, split, revision, input, text_column, max_doc
 # -----------------------------------------------------------------------------
 # tokenizing in parallel (datasets.map with num_proc) and writing
 
-_tokenizer = None  # one per worker process, made on first use
+_tokenizers = {}  # per worker process, made on first use: {fingerprint: tokenizer}
 
 
-def tokenize_batch(batch):
-    global _tokenizer
-    if _tokenizer is None:
-        _tokenizer = GPT2Tokenizer()
-    ids = [np.array(_tokenizer.encode(text) + [_tokenizer.eot], dtype=np.uint16) for text in batch["text"]]
+def tokenize_batch(batch, meta):
+    """Token ids of each document (meta: the dataset's meta.json, which says the tokenizer and dtype)."""
+    key = meta.get("tokenizer_fingerprint", meta["tokenizer"])
+    if key not in _tokenizers:
+        _tokenizers[key] = GPT2Tokenizer() if meta["tokenizer"] == "gpt2" else HFTokenizer(meta)
+    tokenizer = _tokenizers[key]
+    dtype = TOKEN_DTYPES[dtype_for_vocab(meta["vocab_size"])]
+    if meta["tokenizer"] == "gpt2":
+        docs = [tokenizer.encode(text) + [tokenizer.eot] for text in batch["text"]]
+    else:
+        docs = tokenizer.encode_documents(batch["text"])
+    ids = [np.array(doc, dtype=dtype) for doc in docs]
     return {"ids": ids, "len": [len(x) for x in ids]}
+
+
+def tokenizer_meta(tokenizer):
+    """meta.json's tokenizer part for --tokenizer (gpt2, or a Hugging Face folder / Hub id)."""
+    if tokenizer == "gpt2":
+        gpt2 = GPT2Tokenizer()
+        return dict(tokenizer="gpt2", vocab_size=gpt2.n_vocab, eot_token=gpt2.eot)
+    try:
+        return hf_tokenizer_meta(tokenizer)
+    except TokenizerError as e:
+        raise DataError(str(e)) from None
 
 
 def token_chunks(tokenized):
@@ -208,10 +232,11 @@ def split_documents(docs, val_fraction, seed):
     return {"train": parts["train"], "val": parts["test"]}
 
 
-def prepare(dataset, subset, split, revision, text_column, input, max_docs, val_fraction, seed, num_proc, out_dir):
+def prepare(dataset, subset, split, revision, text_column, tokenizer, input, max_docs, val_fraction, seed, num_proc,
+            out_dir):
     """Load, split, tokenize and write a corpus (the script's config as arguments); returns meta.json's dict."""
-    tokenizer = GPT2Tokenizer()
-    check_token_dtype(tokenizer.n_vocab)  # before any long work
+    tokenizer_part = tokenizer_meta(tokenizer)  # before any long work
+    check_token_dtype(tokenizer_part["vocab_size"])
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction} must be between 0 and 1")
     if os.path.isfile(out_dir):
@@ -219,16 +244,18 @@ def prepare(dataset, subset, split, revision, text_column, input, max_docs, val_
     docs = load_documents(dataset, subset, split, revision, input, text_column, max_docs)
     splits = split_documents(docs, val_fraction, seed)
     tokenized = {name: part.map(tokenize_batch, batched=True, remove_columns=["text"], desc=f"tokenizing {name}",
+                                fn_kwargs={"meta": tokenizer_part},
                                 num_proc=num_proc if num_proc > 1 and len(part) >= 2 * num_proc else None)
                  for name, part in splits.items()}
     totals = {name: int(np.sum(part["len"], dtype=np.int64)) for name, part in tokenized.items()}
-    if sum(totals.values()) == len(docs):  # nothing but the end-of-text tokens
+    per_empty_doc = len(tokenize_batch({"text": [""]}, tokenizer_part)["ids"][0])  # the BOS / EOS a document gets
+    if sum(totals.values()) == per_empty_doc * len(docs):  # nothing but those
         raise DataError(f"{input or dataset}: all {len(docs)} documents are empty (no tokens)")
     if totals["val"] <= GPT2_CONTEXT:
         print(f"note: val.bin gets only {totals['val']:,} tokens (val_fraction={val_fraction}): train.py needs "
               f"block_size + 1 of them for one window (GPT-2's block_size is {GPT2_CONTEXT}); a larger "
               f"--val_fraction gives more", file=sys.stderr)
-    meta = dict(tokenizer="gpt2", vocab_size=tokenizer.n_vocab, eot_token=tokenizer.eot,
+    meta = dict(**tokenizer_part,
                 source=os.path.abspath(input) if input else dataset, subset=subset, text_column=text_column,
                 val_fraction=val_fraction, seed=seed,
                 train_docs=len(tokenized["train"]), val_docs=len(tokenized["val"]))

@@ -1,13 +1,15 @@
 """
-Sample text from one of our checkpoints or a GPT-2 model.
+Sample text from one of our checkpoints or a Hugging Face model.
 
     python sample.py --init_from=out-shakespeare-char --start="ROMEO:" --num_samples=3
     python sample.py --init_from=gpt2-medium --start=FILE:prompt.txt --max_new_tokens=200 --top_k=50
     python sample.py --init_from=path/to/hf-folder --temperature=0.7 --seed=1
 
 --init_from is an out_dir (or .pt file) written by train.py / inherit.py, a GPT-2 name or a Hugging Face
-GPT-2 folder. Our checkpoints decode with the tokenizer of their dataset (data/<dataset>/meta.json), GPT-2
-models with GPT-2 BPE. Samples go to stdout, separated by a line of dashes; notes go to stderr.
+GPT-2 / Llama / Qwen2 / Mistral folder. Our checkpoints decode with the tokenizer of their dataset
+(its meta.json), or of the Hugging Face model they were inherited from; Hugging Face folders with their own
+tokenizer; GPT-2 models with GPT-2 BPE. The prompt starts with the model's BOS token when its documents did.
+Samples go to stdout, separated by a line of dashes; notes go to stderr.
 """
 
 import sys
@@ -17,9 +19,9 @@ import torch
 
 from checkpoint import CheckpointError, load_model
 from configurator import ConfigError, check_device, configure_or_exit
-from data import DataError, run_tokenizer_meta
+from data import DataError, model_tokenizer_meta
 from hf import ModelLoadError
-from tokenizer import tokenizer_from_meta
+from tokenizer import TokenizerError, tokenizer_from_meta
 
 DEFAULTS = dict(
     init_from="out",  # out_dir / ckpt.pt, GPT-2 name, or Hugging Face folder
@@ -51,7 +53,7 @@ def read_start(start):
 
 def encode_start(tokenizer, text):
     try:
-        ids = tokenizer.encode(text)
+        ids = tokenizer.prefix + tokenizer.encode(text)
     except ValueError as e:  # characters outside a character-level vocabulary
         raise SampleError(f"the start text cannot be encoded: {e}") from None
     if not ids:
@@ -78,7 +80,7 @@ def sample(init_from, start, num_samples, max_new_tokens, temperature, top_k, se
     check_device(device)
     model, ckpt = load_model(init_from, device)
     model.eval()
-    tokenizer = tokenizer_from_meta(run_tokenizer_meta(ckpt and ckpt.get("config"), model.config.vocab_size))
+    tokenizer = tokenizer_from_meta(model_tokenizer_meta(init_from, ckpt, model.config.vocab_size))
     never_sample_padding(model, tokenizer.n_vocab)
     x = torch.tensor([encode_start(tokenizer, read_start(start))], dtype=torch.long, device=device)
     device_type = "cuda" if "cuda" in device else "cpu"
@@ -89,7 +91,7 @@ def sample(init_from, start, num_samples, max_new_tokens, temperature, top_k, se
     with autocast:
         for _ in range(num_samples):
             y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None, generator=generator)
-            samples.append(tokenizer.decode(y[0].tolist()))
+            samples.append(tokenizer.decode(y[0, len(tokenizer.prefix):].tolist()))  # the text, without a BOS
     return samples
 
 
@@ -97,7 +99,7 @@ def main(argv=None):
     config = configure_or_exit(DEFAULTS, argv)
     try:
         samples = sample(**config)
-    except (SampleError, ConfigError, CheckpointError, ModelLoadError, DataError) as e:
+    except (SampleError, ConfigError, CheckpointError, ModelLoadError, DataError, TokenizerError) as e:
         sys.exit(f"error: {e}")
     for text in samples:
         print(text)

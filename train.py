@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import timedelta
 
 import numpy as np
@@ -47,7 +47,7 @@ from model import GPT, GPTConfig
 # default config, overridden by config files and --key=value (see configurator.py)
 # I/O
 out_dir = "out"  # a folder: ckpt.pt and log.jsonl go there (it is created when first written to)
-init_from = "scratch"  # 'scratch' | 'resume' (out_dir/ckpt.pt) | a GPT-2 name, Hugging Face folder or our checkpoint
+init_from = "scratch"  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'inherit' | a GPT-2 name, HF folder or our checkpoint
 overwrite = False  # True: a new run may replace the checkpoint and log.jsonl of another run in out_dir
 eval_interval = 2000
 log_interval = 1
@@ -73,7 +73,7 @@ bias = False  # biases in Linears and LayerNorms; False is a bit faster
 scale_attn_by_inverse_layer_idx = False
 vocab_size = 0  # 0: the dataset's (meta.json); GPT-2 configs pad 50257 to 50304, a multiple of 64, for speed
 # Inheritune: init_from='inherit' takes the first n_layer blocks (or inherit_layers) of a reference model
-reference = ""  # the larger pre-trained model: a GPT-2 name, a Hugging Face folder, or our out_dir / ckpt.pt
+reference = ""  # the larger pre-trained model: a GPT-2 name, an HF GPT-2 / Llama / Qwen2 / Mistral folder, our out_dir
 inherit_layers = ""  # explicit reference block indices, e.g. "0,1,2,3" (default: the first n_layer)
 inherit_fresh = ""  # parts left at fresh init instead of copied: "wpe", "ln_f", "wpe,ln_f"
 # growth: every grow_every iterations, evaluate; below the target stop, else add grow_by blocks
@@ -117,8 +117,7 @@ globals().update(config)
 # -----------------------------------------------------------------------------
 master_process = int(os.environ.get("RANK", "0")) == 0  # rank 0 (or the only process): it prints and writes
 
-MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
-                    "scale_attn_by_inverse_layer_idx")
+MODEL_SHAPE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "dropout")  # a Llama shape survives resume
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
                        "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute")
 # A resumed run takes this machine's and this command's keys from the command line (or the defaults) only, and
@@ -538,10 +537,11 @@ def get_batch():
 iter_num, round_start_iter, best_val_loss, checkpoint_extras = 0, 0, float("inf"), {}
 last_eval = None  # {iter, train_loss, val_loss} of the last evaluation
 compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
-ref_model = None  # the reference of init_from='inherit' and of growth
+ref_model = None  # the reference of init_from='inherit' and of growth: an inherit.Reference, read block by block
 try:
-    if resuming:
-        model_args = {k: ckpt["model_args"][k] for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
+    if resuming:  # (checkpoints written before a GPTConfig field existed get GPT-2's default for it)
+        saved_args = ckpt["model_args"]
+        model_args = {k: saved_args[k] for k in MODEL_SHAPE_KEYS if k in saved_args} | {"dropout": dropout}
         raw_model = build_model(model_args, ckpt["model"])
         iter_num = ckpt.get("iter_num", 0)
         round_start_iter = ckpt.get("round_start_iter", 0)
@@ -557,7 +557,7 @@ try:
     elif init_from == "inherit":
         if not reference:
             fail("init_from='inherit' needs reference=... (a GPT-2 name, a Hugging Face folder or our out_dir)")
-        ref_model, _ = load_model(reference)
+        ref_model = inherit.Reference(reference)  # its config now; inherit() reads only the chosen blocks
         layers = inherit.parse_layers(inherit_layers, n_layer, ref_model.config.n_layer)
         fresh = [p for p in inherit_fresh.split(",") if p]
         raw_model = inherit.inherit(ref_model, layers, fresh, block_size=min(block_size, ref_model.config.block_size),
@@ -592,10 +592,17 @@ if block_size < raw_model.config.block_size:
 if meta["vocab_size"] > model_args["vocab_size"]:
     fail(f"{data_dir} has a vocabulary of {meta['vocab_size']} ids but the model only {model_args['vocab_size']}: "
          f"use a dataset made with the model's tokenizer (from scratch: vocab_size=0 takes the dataset's)")
+if not resuming and init_from != "scratch":  # a pretrained model's data must be tokenized as it was trained
+    try:
+        model_source = reference if init_from == "inherit" else init_from
+        data.check_data_tokenizer(meta, data_dir, data.known_model_tokenizer_meta(
+            model_source, ref_model.checkpoint if init_from == "inherit" else None), model_source)
+    except ValueError as e:  # DataError, or a TokenizerError: the model's tokenizer files cannot be read
+        fail(e)
 if master_process:
     print(f"model: {asdict(raw_model.config)}, {raw_model.get_num_params() / 1e6:.2f}M parameters")
 
-# growth: the reference (kept on the CPU), the target, and where the rounds stand
+# growth: the reference (on disk: growth reads the blocks it needs), the target, and where the rounds stand
 growth = checkpoint_extras.get("growth")  # a resumed growing run brings its state
 if grow_every > 0:
     info = checkpoint_extras.get("inherit")
@@ -606,7 +613,7 @@ if grow_every > 0:
              "grow_mode='continue' with copy, identity or random) and max_layers")
     if ref_model is None and info is not None and (needs_reference or not target_val_loss):
         try:  # resuming: the reference must still be there and be the one this run was inherited from
-            ref_model, _ = load_model(reference or info["source"])
+            ref_model = inherit.Reference(reference or info["source"])
         except (CheckpointError, ModelLoadError) as e:
             fail(f"this growing run's reference {reference or info['source']!r} cannot be loaded ({e}); "
                  f"pass its current location with --reference=...")
@@ -633,11 +640,11 @@ if grow_every > 0:
                      batch_size=batch_size, seed=seed)
     if growth["target_val_loss"] is None and info and info.get("reference_eval") == this_eval:
         growth["target_val_loss"] = info["reference_val_loss"]  # inherit.py measured it on these very windows
-    if growth["target_val_loss"] is None and info:  # the reference's loss on this run's own validation windows
-        ref_model.to(device)
-        growth["target_val_loss"] = data.evaluate_loss(ref_model, val_tokens, eval_offsets["val"], block_size,
+    if growth["target_val_loss"] is None and info:  # the reference's loss on this run's own windows: all of it, once
+        full_reference = ref_model.load().to(device)
+        growth["target_val_loss"] = data.evaluate_loss(full_reference, val_tokens, eval_offsets["val"], block_size,
                                                        batch_size, device, autocast_ctx, ddp_rank, ddp_world_size)
-        ref_model.to("cpu")
+        del full_reference
         info["reference_val_loss"], info["reference_eval"] = growth["target_val_loss"], this_eval
     checkpoint_extras["growth"] = growth
     if master_process:  # without a reference or a target: a fixed schedule, growing at every round end
@@ -784,17 +791,20 @@ while True:
                 break
         else:
             old_params = dict(raw_model.named_parameters())
-            if grow_mode == "restart" and grow_init == "reference":  # Algorithm 1: the first l + grow_by blocks
-                growth["layers"] += [growth["layers"][-1] + 1 + j for j in range(grow_by)]
-                raw_model = inherit.inherit(ref_model, growth["layers"], checkpoint_extras["inherit"]["fresh"],
-                                            block_size=block_size, dropout=dropout).to(device)
-            elif grow_init == "stack":  # Gong et al. (2019): the trained blocks twice, in order
-                raw_model = inherit.grow(raw_model, depth, "stack")
-                growth["layers"] = growth["layers"] * 2
-            else:
-                next_ref = max((i for i in growth["layers"] if i is not None), default=-1) + 1
-                raw_model = inherit.grow(raw_model, grow_by, grow_init, ref_model, next_ref)
-                growth["layers"] += [next_ref + j if grow_init == "reference" else None for j in range(grow_by)]
+            try:  # the reference's blocks are read from its files now
+                if grow_mode == "restart" and grow_init == "reference":  # Algorithm 1: the first l + grow_by blocks
+                    growth["layers"] += [growth["layers"][-1] + 1 + j for j in range(grow_by)]
+                    raw_model = inherit.inherit(ref_model, growth["layers"], checkpoint_extras["inherit"]["fresh"],
+                                                block_size=block_size, dropout=dropout).to(device)
+                elif grow_init == "stack":  # Gong et al. (2019): the trained blocks twice, in order
+                    raw_model = inherit.grow(raw_model, depth, "stack")
+                    growth["layers"] = growth["layers"] * 2
+                else:
+                    next_ref = max((i for i in growth["layers"] if i is not None), default=-1) + 1
+                    raw_model = inherit.grow(raw_model, grow_by, grow_init, ref_model, next_ref)
+                    growth["layers"] += [next_ref + j if grow_init == "reference" else None for j in range(grow_by)]
+            except (inherit.InheritError, CheckpointError, ModelLoadError) as e:
+                fail(f"growing at iter {iter_num}: {e} (the last checkpoint, before this growth, stays)")
             model_args["n_layer"] = raw_model.config.n_layer
             new_optimizer = make_optimizer(raw_model)
             if grow_mode == "continue":  # kept parameters keep their AdamW moments; new ones start fresh

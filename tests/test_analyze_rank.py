@@ -227,16 +227,18 @@ def test_lazy_top_layers_end_to_end(tmp_path):
     assert len((out / "heads.csv").read_text().splitlines()) == 1 + 4 * 2
 
 
-def test_tiny_llama_end_to_end(tmp_path):
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+def test_tiny_neox_end_to_end(tmp_path):
+    # an architecture model.py does not implement goes through transformers (Llama-family folders go through
+    # model.py: tests/test_open_models.py)
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    config = GPTNeoXConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, max_position_embeddings=64)
+    GPTNeoXForCausalLM(config).save_pretrained(tmp_path / "neox")
     write_tokens(str(tmp_path / "val.bin"), np.random.default_rng(1).integers(0, 128, 1000))
     out = tmp_path / "out"
-    proc = run_cli(f"--model={tmp_path / 'llama'}", f"--data={tmp_path / 'val.bin'}", "--num_samples=6",
+    proc = run_cli(f"--model={tmp_path / 'neox'}", f"--data={tmp_path / 'val.bin'}", "--num_samples=6",
                    "--seq_len=24", "--batch_size=4", "--seed=3", f"--out_dir={out}")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "analysis.json").read_text())
@@ -246,7 +248,7 @@ def test_tiny_llama_end_to_end(tmp_path):
     from data import open_tokens
 
     windows = draw_windows(open_tokens(str(tmp_path), "val"), 6, 24, 3)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "llama", attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "neox", attn_implementation="eager").eval()
     with torch.no_grad():
         attentions = model(torch.from_numpy(windows), output_attentions=True).attentions
     for rec, att in zip(report["layers"], attentions, strict=True):

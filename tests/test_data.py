@@ -250,14 +250,14 @@ def test_val_split_too_short_for_a_window_names_the_file_and_val_fraction(tiny_d
     assert "note: val.bin gets only 3 tokens (val_fraction=0.02)" in capsys.readouterr().err
 
 
-def test_vocab_that_does_not_fit_uint16_is_refused_before_loading(tmp_path, monkeypatch):
-    class Cl100kSized:
-        n_vocab, eot = 100277, 100257
+def test_vocab_that_does_not_fit_uint32_is_refused_before_loading(tmp_path, monkeypatch):
+    class Oversized:  # (vocabularies above 65,536 ids are written as uint32: tests/test_open_models.py)
+        n_vocab, eot = 2**32 + 1, 0
 
-    monkeypatch.setattr(prepare_owt, "GPT2Tokenizer", Cl100kSized)
+    monkeypatch.setattr(prepare_owt, "GPT2Tokenizer", Oversized)
     with pytest.raises(SystemExit) as exit_info:
         prepare_owt.main([f"--input={tmp_path / 'not-even-read'}", f"--out_dir={tmp_path / 'out'}"])
-    assert "100277 ids does not fit the uint16" in str(exit_info.value.code)
+    assert "4294967297 ids does not fit the uint32" in str(exit_info.value.code)
     assert not (tmp_path / "out").exists()
 
 
@@ -294,8 +294,8 @@ def test_write_tokens_streams_chunks_and_counts(tmp_path):
     chunks = (np.arange(i, i + 5) for i in range(0, 50, 5))
     assert write_tokens(str(tmp_path / "x.bin"), chunks, total=50, desc="test") == 50
     assert (read_bin(tmp_path / "x.bin") == np.arange(50)).all()
-    with pytest.raises(DataError, match="does not fit"):
-        write_dataset(str(tmp_path / "big"), {"train": np.zeros(3)}, {"tokenizer": "x", "vocab_size": 70000})
+    with pytest.raises(DataError, match="does not fit the uint32"):
+        write_dataset(str(tmp_path / "big"), {"train": np.zeros(3)}, {"tokenizer": "x", "vocab_size": 2**32 + 1})
     assert not (tmp_path / "big").exists()
 
 

@@ -94,6 +94,30 @@ TABLE = {
     "--out_dir=out-inherit-auto": Run("test_user_chain"),
     "python train.py --init_from=resume --out_dir=out-inherit --dataset=shakespeare_char --grow_every=500":
         Run("test_user_chain", {"train.py": GROW_SHRINK}),
+    # Open models: a tiny Llama folder with a tokenizer trained on Shakespeare stands in for SmolLM2-1.7B
+    "hf download HuggingFaceTB/SmolLM2-1.7B --local-dir /models/SmolLM2-1.7B":
+        Cannot(f"{NETWORK}: the Hugging Face Hub"),
+    "python prepare_owt.py --tokenizer=/models/SmolLM2-1.7B --dataset=HuggingFaceFW/fineweb-edu --subset=sample-10BT "
+    "--out_dir=data/fineweb_edu_smollm2":
+        Run("test_open_model_commands", subs={"--tokenizer=/models/SmolLM2-1.7B": "--tokenizer={smol}",
+                                              "--dataset=HuggingFaceFW/fineweb-edu": "--dataset={fineweb}"}),
+    "python analyze_rank.py --model=/models/SmolLM2-1.7B --data=data/fineweb_edu_smollm2/val.bin "
+    "--out_dir=out-analysis-smollm2":
+        Run("test_open_model_commands", {"analyze_rank.py": ["--num_samples=10", "--seq_len=32"]},
+            subs={"--model=/models/SmolLM2-1.7B": "--model={smol}"}),
+    "python inherit.py --init_from=/models/SmolLM2-1.7B --n_layer=auto --analysis=out-analysis-smollm2/analysis.json "
+    "--dataset=fineweb_edu_smollm2 --out_dir=out-smollm2-half":
+        Run("test_open_model_commands", {"inherit.py": ["--eval_iters=2", "--batch_size=4"]},
+            subs={"--init_from=/models/SmolLM2-1.7B": "--init_from={smol}"}),
+    "python train.py --init_from=resume --out_dir=out-smollm2-half --grow_every=5000 --device=cuda":
+        Run("test_open_model_commands", {"train.py": [*GROW_SHRINK, "--device=cpu"]}),
+    'python sample.py --init_from=out-smollm2-half --start="The meaning of life is" --num_samples=1':
+        Run("test_open_model_commands", {"sample.py": ["--max_new_tokens=8"]}),
+    "python export_hf.py --ckpt=out-smollm2-half --out=hf-smollm2-half": Run("test_open_model_commands"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_smollm2_1_7b.py":
+        Cannot(f"{GPU}: 8 of them, and SmolLM2-1.7B (tests/test_open_models.py runs the config on a tiny stand-in)"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_openllama_3b_v1.py":
+        Cannot(f"{GPU}: 8 of them, and OpenLLaMA-3B (tests/test_open_models.py runs the config on a tiny stand-in)"),
     # Benchmarks
     "python bench.py": Cannot("the full CPU benchmark (minutes); `python bench.py --quick` runs the same code"),
     "python bench.py --quick": Run("test_bench_quick", {"bench.py": ["--modes=eager"]}),  # no CPU compile (30 s)
@@ -110,7 +134,7 @@ TABLE = {
     "python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m":
         Cannot(f"{NETWORK}: gpt2-medium from the Hub and OpenWebText"),
     "python analyze_rank.py --model=path/to/Qwen2.5-0.5B --data=some_text.txt --device=cuda":
-        Cannot(f"{GPU} and a downloaded Qwen folder (a tiny local Llama runs in tests/test_analyze_rank.py)"),
+        Cannot(f"{GPU} and a downloaded Qwen folder (test_open_model_commands analyzes a tiny local Llama folder)"),
     # Export
     "python export_hf.py --ckpt=out-inherit --out=hf-inherit": Run("test_user_chain"),
     "python export_hf.py --ckpt=out-gpt2m-half --out=hf-gpt2m-half": Run("test_hub_model_commands_on_local_folders"),
@@ -447,6 +471,69 @@ def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
     [lm_eval_command] = [c for c in TABLE if c.startswith("lm_eval ")]
     check_lm_eval(readme_model_args(lm_eval_command), repo, half, GPT2Tokenizer().encode)
     check_all_ran("test_hub_model_commands_on_local_folders")
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    """A tiny Llama folder (tied embeddings, as SmolLM2) with a BPE tokenizer trained on Shakespeare: the stand-in
+    for /models/SmolLM2-1.7B."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from test_open_models import save_tokenizer, shakespeare_bpe
+
+    torch.manual_seed(0)
+    folder = str(tmp_path_factory.mktemp("models") / "SmolLM2-tiny")
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                 num_key_value_heads=4, vocab_size=300, max_position_embeddings=64,
+                                 tie_word_embeddings=True)).save_pretrained(folder)
+    save_tokenizer(shakespeare_bpe(), folder, bos_token="<s>", eos_token="</s>")
+    return folder
+
+
+def test_open_model_commands(user_repo, smol, tmp_path):
+    """The Open models section, with a tiny local Llama folder for SmolLM2-1.7B and a saved dataset of Shakespeare
+    passages for FineWeb-Edu."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+
+    from checkpoint import load_model
+
+    repo = user_repo
+    text = "".join(t for _, t in __import__("data").shakespeare_works()[:2])
+    fineweb = str(tmp_path / "fineweb-like")
+    datasets.Dataset.from_dict({"text": [text[i:i + 2000] for i in range(0, 120_000, 2000)]}).save_to_disk(fineweb)
+    places = {"smol": smol, "fineweb": fineweb}
+    run_readme("python prepare_owt.py --tokenizer=/models/SmolLM2-1.7B --dataset=HuggingFaceFW/fineweb-edu "
+               "--subset=sample-10BT --out_dir=data/fineweb_edu_smollm2", repo, places)
+    meta = load_json(os.path.join(repo, "data", "fineweb_edu_smollm2", "meta.json"))
+    assert meta["tokenizer"] == "hf" and meta["tokenizer_source"] == smol and meta["bos_per_document"]
+    run_readme("python analyze_rank.py --model=/models/SmolLM2-1.7B --data=data/fineweb_edu_smollm2/val.bin "
+               "--out_dir=out-analysis-smollm2", repo, places)
+    analysis = load_json(os.path.join(repo, "out-analysis-smollm2", "analysis.json"))
+    assert analysis["model_kind"] == "gpt" and analysis["n_layer"] == 4  # through model.py
+    run_readme("python inherit.py --init_from=/models/SmolLM2-1.7B --n_layer=auto "
+               "--analysis=out-analysis-smollm2/analysis.json --dataset=fineweb_edu_smollm2 --out_dir=out-smollm2-half",
+               repo, places)
+    student, ckpt = load_model(os.path.join(repo, "out-smollm2-half"))
+    assert ckpt["inherit"]["layers"] == list(range(analysis["suggested_n_layer"]))
+    assert ckpt["inherit"]["reference_val_loss"] > 0 and student.config.pos_emb == "rope"
+    run_readme("python train.py --init_from=resume --out_dir=out-smollm2-half --grow_every=5000 --device=cuda", repo)
+    log = read_log(os.path.join(repo, "out-smollm2-half", "log.jsonl"))
+    (end, *_) = [r for r in log if r.get("event") == "round_end"]
+    assert end["iter"] == 10 and end["target_val_loss"] == ckpt["inherit"]["reference_val_loss"]
+    result = run_readme('python sample.py --init_from=out-smollm2-half --start="The meaning of life is" '
+                        '--num_samples=1', repo)
+    assert result.stdout.startswith("The meaning of life is") and result.stdout.count("---------------\n") == 1
+    run_readme("python export_hf.py --ckpt=out-smollm2-half --out=hf-smollm2-half", repo)
+    exported = os.path.join(repo, "hf-smollm2-half")
+    with open(os.path.join(smol, "tokenizer.json")) as a, open(os.path.join(exported, "tokenizer.json")) as b:
+        assert a.read() == b.read()
+    grown, _ = load_model(os.path.join(repo, "out-smollm2-half"))
+    idx = torch.tensor([[0, 5, 17, 99, 250, 3]])
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(exported).eval()(idx).logits
+        torch.testing.assert_close(theirs, grown.eval()(idx)[0], rtol=1e-5, atol=1e-5)
+    check_all_ran("test_open_model_commands")
 
 
 def test_bench_quick(user_repo):

@@ -7,7 +7,8 @@ One row per run (an out_dir with log.jsonl): layers (a growing run's path, e.g. 
 tokens and FLOPs (all rounds; train.py logs them with every eval), final and best val loss, and the val loss at the
 FIRST run's steps and at its FLOPs, read off each run's eval curve by linear interpolation between its evals ("n/a"
 outside the curve: never extrapolated). A run inherited from a reference did not pay for the reference's training:
-that cost is listed apart (from the reference's log.jsonl when it is one of our runs), with the total including it.
+that cost is listed apart (from the reference's log.jsonl when it is one of our runs), with the total including it;
+likewise a distilled run's teacher (its own forward passes during distillation are in the run's FLOPs).
 Tokens and FLOPs are not reconstructed for logs written before train.py counted them: a resume may have changed
 the batch and a growth the depth, and a guess is not a measurement.
 """
@@ -65,11 +66,15 @@ def interpolate(xs, ys, x):
 
 
 def reference_source(ckpt):
-    """Where an inherited run's reference is: the run's --reference (its latest location), else the source in
-    the checkpoint's inherit metadata; None for runs not inherited."""
-    if ckpt is None or not ckpt.get("inherit"):
-        return None
-    return (ckpt.get("config") or {}).get("reference") or ckpt["inherit"].get("source")
+    """(kind, where) of the trained model a run was built from: an inherited run's reference (the run's
+    --reference, its latest location, else the source in the checkpoint's inherit metadata), or a distilled run's
+    teacher (kind "teacher"); (None, None) for runs that used none."""
+    config = (ckpt or {}).get("config") or {}
+    if ckpt is not None and ckpt.get("inherit"):
+        return "reference", config.get("reference") or ckpt["inherit"].get("source")
+    if ckpt is not None and ckpt.get("distill"):
+        return "teacher", config.get("teacher") or ckpt["distill"]["teacher"]
+    return None, None
 
 
 def reference_cost(source):
@@ -100,12 +105,12 @@ def summarize(out_dir):
     if ckpt is not None:
         with torch.device("meta"):  # the shape only: no memory, no init
             params = GPT(GPTConfig(**ckpt["model_args"])).get_num_params(non_embedding=False)
-    source = reference_source(ckpt)
+    kind, source = reference_source(ckpt)
     last = evals[-1]
     return {"name": out_dir, "layers": layers, "params": params, "steps": last["iter"], "tokens": last["tokens"],
             "flops": last["flops"], "final_val_loss": last["val_loss"],
             "best_val_loss": min(r["val_loss"] for r in evals),
-            "reference": reference_cost(source) if source else None,
+            "reference": reference_cost(source) if source else None, "reference_kind": kind,
             "evals": [{k: r[k] for k in ("iter", "tokens", "flops", "val_loss")} for r in evals]}
 
 
@@ -151,12 +156,13 @@ def format_report(result):
         ref = run["reference"]
         if ref is None:
             continue
+        kind = run["reference_kind"]
         if "flops" in ref:
-            lines.append(f"{run['name']}: reference cost: {ref['flops']:.3g} FLOPs, {count(ref['tokens'])} tokens, "
+            lines.append(f"{run['name']}: {kind} cost: {ref['flops']:.3g} FLOPs, {count(ref['tokens'])} tokens, "
                          f"{ref['steps']} steps ({ref['source']}; not included above)")
-            lines.append(f"{run['name']}: total incl. reference: {run['flops_incl_reference']:.3g} FLOPs")
+            lines.append(f"{run['name']}: total incl. {kind}: {run['flops_incl_reference']:.3g} FLOPs")
         else:
-            lines.append(f"{run['name']}: reference cost: {ref['note']} ({ref['source']}; not included above)")
+            lines.append(f"{run['name']}: {kind} cost: {ref['note']} ({ref['source']}; not included above)")
     return "\n".join(lines)
 
 
@@ -175,14 +181,14 @@ def plot(result, path):
             line, = ax.plot([r[key] for r in run["evals"]], losses, marker=".", label=label)
         if run["flops_incl_reference"] is not None:  # the same curve, moved right by what the reference cost
             axes[1].plot([r["flops"] + run["reference"]["flops"] for r in run["evals"]], losses, linestyle="--",
-                         color=line.get_color(), label=f"{run['name']} incl. reference")
+                         color=line.get_color(), label=f"{run['name']} incl. {run['reference_kind']}")
     for ax, x, xlabel in zip(axes, (result["matched_steps"], result["matched_flops"]), ("steps", "training FLOPs")):
         ax.axvline(x, color="gray", linestyle=":", linewidth=1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("val loss")
         ax.grid(alpha=0.3)
     axes[0].set_title("val loss at equal steps")
-    axes[1].set_title("val loss at equal compute (dashed: incl. the reference's training)")
+    axes[1].set_title("val loss at equal compute (dashed: incl. reference / teacher)")
     for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -369,8 +369,10 @@ class TrainBatches:
 
 
 @torch.no_grad()
-def evaluate_loss(model, tokens, offsets, block_size, batch_size, device, autocast_ctx, rank=0, world_size=1):
-    """Mean loss over the windows at offsets; ranks split them and all-reduce, so every rank gets the same number."""
+def evaluate_loss(model, tokens, offsets, block_size, batch_size, device, autocast_ctx, rank=0, world_size=1,
+                  loss_fn=None):
+    """Mean loss over the windows at offsets; ranks split them and all-reduce, so every rank gets the same number.
+    loss_fn(model, x, y): another per-batch mean to average instead of the model's cross-entropy."""
     was_training = model.training
     model.eval()
     mine = offsets[rank::world_size]
@@ -382,7 +384,7 @@ def evaluate_loss(model, tokens, offsets, block_size, batch_size, device, autoca
         x, y = windows_to_batch(tokens, batch or offsets[:1], block_size)
         x, y = x.to(device), y.to(device)
         with autocast_ctx:
-            _, loss = model(x, y)
+            loss = model(x, y)[1] if loss_fn is None else loss_fn(model, x, y)
         if batch:
             total += torch.stack([loss.double() * len(x), torch.tensor(len(x), dtype=torch.float64, device=device)])
     if world_size > 1:

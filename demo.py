@@ -1,18 +1,26 @@
 """
-The whole Inheritune recipe on the bundled Shakespeare corpus, on a CPU, in about 10 minutes:
+The paper's protocol (arXiv 2404.08634, Sec. 4 and App. D) in miniature, on the bundled Shakespeare corpus on a CPU:
 
-    python demo.py                 # writes out-demo/: results.json, losses.png, and each stage's run
+    python demo.py                     # writes out-demo/: results.json, losses.png, and each stage's run
+    python demo.py --baselines=True    # also stacking, hybrid stacking, half-width and KD
     python demo.py --out_dir=DIR --device=cuda
 
 1. prepare data/shakespeare_char (character level)
-2. train a reference model (8 layers)
-3. measure its attention collapse (analyze_rank.py)
-4. inherit its first half (4 layers) and train with growth (+2 layers per round, the paper's restart
-   mode) until the val loss reaches the reference's
-5. train a model of the inherited model's final depth from scratch for the same number of steps
-6. print a table, save out-demo/results.json and a loss-curve PNG
+2. the reference: L layers from scratch for T steps
+3. its attention collapse (analyze_rank.py)
+4. Inheritune: its first L/2 blocks, trained in rounds of the reference's T steps, +2 blocks per round (restart
+   mode: re-inherit, fresh optimizer and schedule) until a round ends at or below the reference's val loss
+5. the controls: the final depth l from scratch for T steps and for 2T steps
+6. with --baselines=True, at the paper's budgets: stacking (l/2 layers from scratch for T steps, every block
+   duplicated, T more), hybrid stacking (the reference's first l/2 blocks twice, T steps), half-width (all L
+   blocks at half width, T steps), knowledge distillation (l layers from scratch, the reference as teacher,
+   kd_alpha 0.6, T/2 steps)
+7. a table in the paper's layout with steps and FLOPs (compare.py's numbers: Inheritune's rounds, and the
+   reference's cost apart), out-demo/results.json and compare.py's plot out-demo/losses.png
 
-Each stage is a run of the repo's own scripts; a finished stage is reused when the demo is run again.
+Every run evaluates on the same validation windows. Each stage is a run of the repo's own scripts; a finished stage
+is reused when the demo is run again with the same settings, and an out_dir of a demo with other settings is refused.
+The sizes are flags (a smaller model, not another protocol, for a quicker run).
 """
 
 import json
@@ -20,38 +28,60 @@ import os
 import subprocess
 import sys
 
+import compare
 from configurator import ConfigError, check_device, configure_or_exit
 
 cfg = configure_or_exit(dict(
     out_dir="out-demo",  # a folder, created when the first stage writes to it
     device="cpu",
-    reference_layers=8,
-    reference_iters=600,
-    round_iters=100,  # grow_every: training steps per Inheritune round
-    max_rounds=3,  # 4 -> 6 -> 8 layers at most
+    baselines=False,  # also run stacking, hybrid stacking, half-width and KD
+    reference_layers=8,  # L; Inheritune starts from its first L/2 blocks
+    reference_iters=500,  # T: the reference's steps, and the steps of every Inheritune round
+    max_rounds=3,  # Inheritune rounds at most (4 -> 6 -> 8 layers)
+    n_embd=128,  # the width of every model (half-width: n_embd / 2)
+    n_head=4,
+    block_size=128,
+    batch_size=20,
+    eval_iters=16,  # validation batches per eval: eval_iters * batch_size fixed windows, the same for every run
 ))
 try:
     check_device(cfg["device"])
+    L, T, C, H = cfg["reference_layers"], cfg["reference_iters"], cfg["n_embd"], cfg["n_head"]
+    for key in ("reference_layers", "reference_iters", "max_rounds", "n_embd", "n_head", "block_size", "batch_size",
+                "eval_iters"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
+    if L < 2 or T < 8:
+        raise ConfigError(f"reference_layers={L} and reference_iters={T}: the protocol needs at least 2 layers (the "
+                          f"first half is inherited) and 8 steps (warm-up, decay, and a KD run of T/2)")
+    if C % H or (cfg["baselines"] and (H % 2 or L < 4)):
+        raise ConfigError(f"n_embd={C}, n_head={H}, reference_layers={L}: n_embd must divide into n_head heads, and "
+                          f"--baselines=True halves the heads (an even n_head) and stacks l/2 >= 1 layers (L >= 4)")
 except ConfigError as e:
     sys.exit(f"error: {e}")
 OUT = os.path.abspath(cfg["out_dir"])  # the stages run in the repo's folder, not the caller's
 REPO = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(REPO, "data", "shakespeare_char")
-# one small GPT shape for all runs: only the depth differs
+# one small GPT shape and one optimizer setting for every run: only the depth, width, init and steps differ
 COMMON = dict(dataset="shakespeare_char", data_dir=DATA_DIR, device=cfg["device"], compile=False, dtype="float32",
-              n_head=4, n_embd=128, block_size=128, batch_size=32, gradient_accumulation_steps=1, bias=False,
-              dropout=0.0, learning_rate=2e-3, min_lr=1e-4, beta2=0.99, weight_decay=0.1,
-              warmup_iters=min(50, cfg["round_iters"] // 2),  # below a round's length (train.py refuses more)
-              eval_interval=100, eval_iters=20, log_interval=50, always_save_checkpoint=False, seed=1337)
+              n_head=H, n_embd=C, block_size=cfg["block_size"], batch_size=cfg["batch_size"],
+              gradient_accumulation_steps=1, bias=False, dropout=0.0, learning_rate=2e-3, min_lr=1e-4, beta2=0.99,
+              weight_decay=0.1, warmup_iters=min(50, T // 4), eval_interval=max(1, T // 4),
+              eval_iters=cfg["eval_iters"], log_interval=50, always_save_checkpoint=True, seed=1337)
 
 
 def run(script, args, stage):
-    """Run one of the repo's scripts; a stage whose done-marker exists is skipped."""
+    """Run one of the repo's scripts; a stage whose done-marker records the same command is reused."""
     done = os.path.join(OUT, stage, "done.json")
+    cmd = [sys.executable, os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()]
     if os.path.isfile(done):
+        with open(done) as f:
+            earlier = json.load(f)["command"]
+        if earlier != cmd[1:]:
+            sys.exit(f"error: {cfg['out_dir']} holds a demo run with other settings (its {stage} stage ran "
+                     f"{' '.join(earlier[1:])}): pass another --out_dir, or remove {cfg['out_dir']} to start over")
         print(f"== {stage}: done earlier, reusing {os.path.dirname(done)}")
         return
-    cmd = [sys.executable, os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()]
     print(f"== {stage}: {' '.join(cmd[1:])}", flush=True)
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
         sys.exit(f"error: the {stage} stage failed (see its output above); running the demo again continues it")
@@ -60,8 +90,16 @@ def run(script, args, stage):
         json.dump({"command": cmd[1:]}, f)
 
 
+def stage_dir(stage):
+    return os.path.join(OUT, stage)
+
+
+def train(stage, **args):
+    run("train.py", COMMON | dict(out_dir=stage_dir(stage)) | args, stage)
+
+
 def read_log(stage):
-    with open(os.path.join(OUT, stage, "log.jsonl")) as f:
+    with open(os.path.join(stage_dir(stage), "log.jsonl")) as f:
         return [json.loads(line) for line in f]
 
 
@@ -73,74 +111,104 @@ def evals(stage):
 if not os.path.isfile(os.path.join(DATA_DIR, "meta.json")):
     if subprocess.run([sys.executable, os.path.join(REPO, "data", "shakespeare", "prepare.py")], cwd=REPO).returncode:
         sys.exit("error: preparing data/shakespeare_char failed")
-# 2. the reference
-ref_dir = os.path.join(OUT, "reference")
-run("train.py", COMMON | dict(out_dir=ref_dir, n_layer=cfg["reference_layers"], max_iters=cfg["reference_iters"],
-                              lr_decay_iters=cfg["reference_iters"]), "reference")
+# 2. the reference: L layers, T steps
+train("reference", n_layer=L, max_iters=T, lr_decay_iters=T)
 reference_val_loss = evals("reference")[-1]["val_loss"]
 
 # 3. attention collapse of the reference
-run("analyze_rank.py", dict(model=ref_dir, data=os.path.join(DATA_DIR, "val.bin"), num_samples=100, seq_len=100,
-                            device=cfg["device"], out_dir=os.path.join(OUT, "analysis")), "analysis")
-with open(os.path.join(OUT, "analysis", "analysis.json")) as f:
+run("analyze_rank.py", dict(model=stage_dir("reference"), data=os.path.join(DATA_DIR, "val.bin"), num_samples=100,
+                            seq_len=min(100, cfg["block_size"]), device=cfg["device"],
+                            out_dir=stage_dir("analysis")), "analysis")
+with open(os.path.join(stage_dir("analysis"), "analysis.json")) as f:
     analysis = json.load(f)
 
-# 4. Inheritune: first half of the reference, +2 layers per round until the reference's val loss
-start_layers = cfg["reference_layers"] // 2
-run("train.py", COMMON | dict(out_dir=os.path.join(OUT, "inheritune"), init_from="inherit", reference=ref_dir,
-                              n_layer=start_layers, grow_every=cfg["round_iters"], grow_by=2, grow_mode="restart",
-                              max_iters=cfg["round_iters"] * cfg["max_rounds"], lr_decay_iters=cfg["round_iters"],
-                              target_val_loss=reference_val_loss), "inheritune")
-inherit_evals = evals("inheritune")
-inherited_layers = inherit_evals[-1]["n_layer"]
-inherited_steps = inherit_evals[-1]["iter"]
+# 4. Inheritune: the first L/2 blocks, rounds of T steps, +2 blocks per round until the reference's val loss
+train("inheritune", init_from="inherit", reference=stage_dir("reference"), n_layer=L // 2, grow_every=T, grow_by=2,
+      grow_mode="restart", max_layers=L, max_iters=T * cfg["max_rounds"], lr_decay_iters=T,
+      target_val_loss=reference_val_loss)
+rounds = [r for r in read_log("inheritune") if r.get("event") == "round_end"]
+l = evals("inheritune")[-1]["n_layer"]  # the final depth
 
-# 5. the same depth from scratch, for the same number of steps
-run("train.py", COMMON | dict(out_dir=os.path.join(OUT, "scratch"), n_layer=inherited_layers,
-                              max_iters=inherited_steps, lr_decay_iters=inherited_steps), "scratch")
+# 5. the final depth from scratch, for T and for 2T steps
+train("scratch", n_layer=l, max_iters=T, lr_decay_iters=T)
+train("scratch_2x", n_layer=l, max_iters=2 * T, lr_decay_iters=2 * T)
 
-# 6. results
-results = {
-    "reference_layers": cfg["reference_layers"],
-    "reference_steps": cfg["reference_iters"],
-    "reference_val_loss": reference_val_loss,
-    "inherited_layers": inherited_layers,
-    "inherited_steps": inherited_steps,
-    "inherited_val_loss": inherit_evals[-1]["val_loss"],
-    "inherited_rounds": [r for r in read_log("inheritune") if r.get("event") == "round_end"],
-    "scratch_layers": inherited_layers,
-    "scratch_steps": evals("scratch")[-1]["iter"],
-    "scratch_val_loss": evals("scratch")[-1]["val_loss"],
-    "lazy_layers": [layer["layer"] for layer in analysis["layers"] if layer["lazy"]],
-    "suggested_n_layer": analysis["suggested_n_layer"],
+# 6. the paper's other baselines (App. D)
+k = max(1, l // 2)  # stacking's first depth
+BASELINES = {  # stage: (the table's name, the initialization column)
+    "stacking": ("stacking", "scratch, T steps, every block twice, T more"),
+    "hybrid_stacking": ("hybrid stacking", f"reference's blocks 0..{k - 1}, twice"),
+    "half_width": ("half-width", f"reference, {C // 2} wide, {H // 2} heads"),
+    "kd": ("knowledge distillation", "scratch; teacher: the reference, a=0.6, T/2"),
 }
+if cfg["baselines"]:
+    train("stacking", n_layer=k, grow_every=T, grow_mode="restart", grow_init="stack", max_layers=2 * k,
+          max_iters=2 * T, lr_decay_iters=T)
+    train("hybrid_stacking", init_from="inherit", reference=stage_dir("reference"),
+          inherit_layers=",".join(map(str, list(range(k)) * 2)), max_iters=T, lr_decay_iters=T)
+    train("half_width", init_from="inherit", reference=stage_dir("reference"), n_layer=L, n_embd=C // 2,
+          n_head=H // 2, max_iters=T, lr_decay_iters=T)
+    train("kd", n_layer=l, teacher=stage_dir("reference"), kd_alpha=0.6, kd_temperature=1.0, max_iters=T // 2,
+          lr_decay_iters=T // 2)
+
+# 7. the table: compare.py's numbers, matched against Inheritune's FLOPs
+rows = [("inheritune", "Inheritune", f"reference's first {L // 2} blocks, rounds of T, +2"),
+        ("reference", "reference", "scratch"),
+        ("scratch", "scratch, final depth, T", "scratch"),
+        ("scratch_2x", "scratch, final depth, 2T", "scratch")]
+rows += [(stage, *BASELINES[stage]) for stage in BASELINES if cfg["baselines"]]
+result = compare.compare([stage_dir(stage) for stage, _, _ in rows])
+by_stage = dict(zip((stage for stage, _, _ in rows), result["runs"]))
+for (stage, name, _), run_ in zip(rows, result["runs"]):
+    run_["name"] = name  # the plot's labels
+
+inheritune, reference = by_stage["inheritune"], by_stage["reference"]
+ref_cost = inheritune["reference"]
+lines = [f"{'model':<26}{'layers':>8}  {'initialization':<46}{'steps':>6}{'FLOPs':>10}{'val loss':>10}"
+         f"{'val @ Inheritune FLOPs':>24}",
+         "-" * 130]
+for stage, name, init in rows:
+    r = by_stage[stage]
+    at = r["val_loss_at_matched_flops"]
+    layers = "->".join(map(str, r["layers"]))
+    lines.append(f"{name:<26}{layers:>8}  {init:<46}{r['steps']:>6}{r['flops']:>10.3g}{r['final_val_loss']:>10.4f}"
+                 f"{'n/a' if at is None else f'{at:.4f}':>24}")
+lines += [
+    f"Inheritune: {len(rounds)} round(s) of {T} steps, {inheritune['steps']} steps and {inheritune['flops']:.3g} FLOPs "
+    f"in all; the reference it inherits from cost {ref_cost['flops']:.3g} FLOPs ({ref_cost['steps']} steps), not "
+    f"included above: {inheritune['flops_incl_reference']:.3g} FLOPs in total.",
+    "val @ Inheritune FLOPs: each run's val loss at Inheritune's FLOPs, interpolated between its evals (n/a: its "
+    "curve does not reach them). Same validation windows for every run."]
+if cfg["baselines"]:
+    lines.append("hybrid stacking and half-width also start from the reference's weights, and KD runs the reference "
+                 "as its teacher: the reference's cost is not included in their FLOPs either; KD's FLOPs include the "
+                 "teacher's forward passes.")
+table = "\n".join(lines)
+print("\n" + table)
+print(f"lazy layers of the reference (MaxRank = 1): "
+      f"{[x['layer'] for x in analysis['layers'] if x['lazy']] or 'none'}; analyze_rank.py suggests inheriting "
+      f"{analysis['suggested_n_layer']} layers")
+
+results = {
+    "settings": cfg,
+    "reference_layers": L, "reference_steps": reference["steps"], "reference_val_loss": reference_val_loss,
+    "reference_flops": reference["flops"],
+    "inherited_layers": l, "inherited_steps": inheritune["steps"], "inherited_val_loss": inheritune["final_val_loss"],
+    "inherited_flops": inheritune["flops"], "inherited_flops_incl_reference": inheritune["flops_incl_reference"],
+    "inherited_rounds": rounds,
+    "scratch_layers": l, "scratch_steps": by_stage["scratch"]["steps"],
+    "scratch_val_loss": by_stage["scratch"]["final_val_loss"], "scratch_flops": by_stage["scratch"]["flops"],
+    "scratch_2x_steps": by_stage["scratch_2x"]["steps"], "scratch_2x_val_loss": by_stage["scratch_2x"]["final_val_loss"],
+    "scratch_2x_flops": by_stage["scratch_2x"]["flops"],
+    "lazy_layers": [x["layer"] for x in analysis["layers"] if x["lazy"]],
+    "suggested_n_layer": analysis["suggested_n_layer"],
+    "table": table,
+}
+for stage in BASELINES:
+    if stage in by_stage:
+        results |= {f"{stage}_val_loss": by_stage[stage]["final_val_loss"], f"{stage}_steps": by_stage[stage]["steps"],
+                    f"{stage}_flops": by_stage[stage]["flops"]}
 with open(os.path.join(OUT, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
-
-print(f"\n{'model':<28}{'layers':>7}{'steps':>7}{'val loss':>10}")
-for name, key in (("reference", "reference"), ("Inheritune (inherit + grow)", "inherited"),
-                  ("same depth from scratch", "scratch")):
-    print(f"{name:<28}{results[key + '_layers']:>7}{results[key + '_steps']:>7}{results[key + '_val_loss']:>10.4f}")
-print(f"lazy layers of the reference (MaxRank = 1): {results['lazy_layers'] or 'none'}; "
-      f"analyze_rank.py suggests inheriting {results['suggested_n_layer']} layers")
-
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-fig, ax = plt.subplots(figsize=(7, 4.5))
-for stage, label in (("reference", f"reference ({cfg['reference_layers']} layers)"),
-                     ("inheritune", f"Inheritune ({start_layers} -> {inherited_layers} layers)"),
-                     ("scratch", f"scratch ({inherited_layers} layers)")):
-    points = evals(stage)
-    ax.plot([p["iter"] for p in points], [p["val_loss"] for p in points], marker=".", label=label)
-for r in results["inherited_rounds"]:
-    ax.axvline(r["iter"], color="gray", lw=0.5, ls=":")
-ax.axhline(reference_val_loss, color="black", lw=0.8, ls="--", label="reference's final val loss")
-ax.set_xlabel("iteration")
-ax.set_ylabel("validation loss (char-level Shakespeare)")
-ax.legend()
-fig.tight_layout()
-fig.savefig(os.path.join(OUT, "losses.png"), dpi=120)
+compare.plot(result, os.path.join(OUT, "losses.png"))
 print(f"wrote {os.path.join(cfg['out_dir'], 'results.json')} and {os.path.join(cfg['out_dir'], 'losses.png')}")

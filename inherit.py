@@ -5,6 +5,7 @@ Inheritune, step 1: build a smaller model from the blocks of a larger pre-traine
     python inherit.py --init_from=out-ref --n_layer=4 --dataset=shakespeare_char --out_dir=out-inherit
     python inherit.py --init_from=gpt2 --layers=0,1,2,3,0,1,2,3 --out_dir=out-hybrid  # any list, repeats allowed
     python inherit.py --init_from=out-ref --n_layer=auto --analysis=out-analysis/analysis.json
+    python inherit.py --init_from=gpt2-medium --n_embd=512 --n_head=8 --out_dir=out-half-width  # every block, half wide
 
 The student gets the reference's token (and, GPT-2, position) embeddings, the chosen blocks (in the given
 order), the final norm and the LM head. The reference is a GPT-2 name, a Hugging Face GPT-2 / Llama / Qwen2 /
@@ -17,6 +18,8 @@ records: the reference run's training settings when the reference is one of our 
 train.py's defaults), and this command's data and evaluation settings. With --dataset (or --data_dir), the
 reference's validation loss is measured with train.py's evaluation (the whole reference, loaded once for it) and
 stored as the growth target; data tokenized otherwise than the reference is refused.
+--n_embd / --n_head (either, or both) make the half-width baseline: every block (unless --n_layer or --layers
+says otherwise), each narrowed to its first heads, MLP units and embedding dimensions (shrink_width).
 --n_layer=auto takes the depth from analyze_rank.py's analysis.json, which must be of this very reference
 (its model_fingerprint is compared).
 
@@ -37,7 +40,7 @@ from checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint, fingerprin
 from model import GPT, norm_layer
 
 FRESH_PARTS = ("wpe", "ln_f")  # parts that can be left at fresh init (the paper's released code did)
-GROW_INITS = ("reference", "copy", "identity", "random")
+GROW_INITS = ("reference", "copy", "identity", "random", "stack")
 # train.py keys of the reference run's config that the student trains with by default (how to train, not what)
 TRAINING_KEYS = ("dataset", "data_dir", "gradient_accumulation_steps", "batch_size", "block_size", "dropout",
                  "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr",
@@ -186,11 +189,14 @@ def grow(model, grow_by, init, reference=None, next_reference_layer=None):
 
     init: "reference" (the reference's blocks next_reference_layer, +1, ...: from a GPT, or read from a
     Reference's files), "copy" (duplicate the top grow_by trained blocks), "identity" (fresh blocks whose output
-    projections are zero, so the function is unchanged), "random" (fresh blocks, GPT-2 init for the new depth).
+    projections are zero, so the function is unchanged), "random" (fresh blocks, GPT-2 init for the new depth),
+    "stack" (Gong et al. 2019: a copy of every trained block, in order, [0..k-1, 0..k-1]; grow_by is the depth k).
     """
     if init not in GROW_INITS:
         raise InheritError(f"grow_init={init!r}: choose from {', '.join(GROW_INITS)}")
     old_n = model.config.n_layer
+    if init == "stack":  # the top old_n blocks are all of them
+        grow_by, init = old_n, "copy"
     if init == "reference":
         if reference is None:
             raise InheritError("grow_init='reference' needs the reference model")
@@ -217,6 +223,78 @@ def grow(model, grow_by, init, reference=None, next_reference_layer=None):
                     if proj.bias is not None:
                         proj.bias.zero_()
     return grown
+
+
+# What each dimension of each parameter indexes, by its name in model.py's scheme (a block's parameters without
+# their "transformer.h.{i}." prefix): the axes shrink_width narrows.
+WIDTH_AXES = {
+    "transformer.wte.weight": ("vocab", "embd"), "lm_head.weight": ("vocab", "embd"),
+    "transformer.wpe.weight": ("position", "embd"),
+    "attn.c_attn.weight": ("qkv", "embd"), "attn.c_attn.bias": ("qkv",),
+    "attn.c_proj.weight": ("embd", "heads"), "attn.c_proj.bias": ("embd",),
+    "mlp.c_fc.weight": ("mlp", "embd"), "mlp.c_fc.bias": ("mlp",),
+    "mlp.c_gate.weight": ("mlp", "embd"), "mlp.c_gate.bias": ("mlp",),
+    "mlp.c_proj.weight": ("embd", "mlp"), "mlp.c_proj.bias": ("embd",),
+} | {f"{norm}.{p}": ("embd",) for norm in ("ln_1", "ln_2", "transformer.ln_f") for p in ("weight", "bias")}
+
+
+def width_config(config, n_embd=None, n_head=None):
+    """config narrowed to n_embd dimensions and n_head attention heads of the same head size (either may be None:
+    derived from the other through the head size); kv heads and MLP units shrink in the same proportion."""
+    hd, kv = config.head_size, config.kv_heads
+    if n_embd is None and n_head is None:
+        raise InheritError("give n_embd or n_head (or both) for the narrower model")
+    if n_head is None:
+        if n_embd % hd:
+            raise InheritError(f"n_embd={n_embd} is not a multiple of the head size {hd}: the heads keep their size, "
+                               f"so pass n_embd = n_head * {hd} (or pass n_head)")
+        n_head = n_embd // hd
+    n_embd = n_head * hd if n_embd is None else n_embd
+    if not (0 < n_embd <= config.n_embd and 0 < n_head <= config.n_head):
+        raise InheritError(f"n_embd={n_embd}, n_head={n_head} must be positive and at most the source's "
+                           f"n_embd={config.n_embd}, n_head={config.n_head}")
+    if not config.head_dim and n_embd != n_head * hd:
+        raise InheritError(f"n_embd={n_embd} with n_head={n_head} gives heads of {n_embd / n_head:g} dimensions, not "
+                           f"the source's {hd}: the heads keep their size, so n_embd = n_head * {hd}")
+    if (kv * n_head) % config.n_head:
+        raise InheritError(f"n_head={n_head} of {config.n_head} query heads does not keep whole groups of the "
+                           f"{kv} key/value heads (grouped-query attention): make n_head a multiple of "
+                           f"{config.n_head // kv}")
+    if (config.mlp_width * n_embd) % config.n_embd:
+        raise InheritError(f"n_embd={n_embd} of {config.n_embd} does not keep a whole number of the "
+                           f"{config.mlp_width} MLP units in proportion")
+    return dataclasses.replace(
+        config, n_embd=n_embd, n_head=n_head, n_kv_head=kv * n_head // config.n_head if config.n_kv_head else 0,
+        intermediate_size=config.mlp_width * n_embd // config.n_embd if config.intermediate_size else 0)
+
+
+def shrink_width(model, n_embd=None, n_head=None):
+    """The half-width baseline (or any narrower width): model's depth, n_embd wide with n_head heads of its head
+    size, every tensor a slice of model's. Each block keeps its first n_head query heads (their q rows; with
+    grouped-query attention the kv heads those queries use, their k and v rows) and the matching c_proj input
+    columns, its first MLP units in proportion (c_fc and c_gate rows, c_proj columns), and the first n_embd
+    dimensions of every norm and of every matrix's model-width side; wte, wpe and lm_head keep every token and
+    position, narrowed to the first n_embd dimensions. One rule per axis (WIDTH_AXES), so GPT-2 and the Llama
+    family are narrowed alike."""
+    old, new = model.config, width_config(model.config, n_embd, n_head)
+    hd = old.head_size
+    q, kv = torch.arange(new.n_head * hd), torch.arange(new.kv_heads * hd)
+    kept = {"embd": torch.arange(new.n_embd), "heads": q, "mlp": torch.arange(new.mlp_width), "vocab": None,
+            "position": None,
+            "qkv": torch.cat([q, old.n_head * hd + kv, (old.n_head + old.kv_heads) * hd + kv])}
+    narrowed = {}
+    for name, tensor in model.state_dict().items():
+        axes = WIDTH_AXES[name.split(".", 3)[3] if name.startswith("transformer.h.") else name]
+        for dim, axis in enumerate(axes):
+            if kept[axis] is not None:
+                tensor = tensor.index_select(dim, kept[axis].to(tensor.device))
+        narrowed[name] = tensor
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        student = GPT(new)
+    student.load_state_dict(narrowed, assign=True)
+    if new.tie_embeddings:
+        student.lm_head.weight = student.transformer.wte.weight  # assign=True gave the two names their own tensors
+    return student
 
 
 def inherit_metadata(source, layers, reference, fresh):
@@ -284,6 +362,8 @@ DEFAULTS = dict(
     layers="",  # or an explicit list of reference block indices, e.g. "0,1,2,3" or "0,1,2,0,1,2"
     analysis="",  # analyze_rank.py's analysis.json of this reference, for --n_layer=auto
     fresh="",  # comma-separated parts left at fresh init: wpe, ln_f
+    n_embd=None,  # the half-width baseline: narrow every block to this width (None: the reference's)
+    n_head=None,  # ... and to its first n_head heads, of the reference's head size (None: n_embd / head size)
     out_dir="out-inherit",  # a folder: the student goes to out_dir/ckpt.pt
     overwrite=False,  # replace a checkpoint already in out_dir
     # measure the reference's val loss (the growth target) with train.py's evaluation:
@@ -316,7 +396,7 @@ def main(cfg):
     if existing and not cfg["overwrite"]:
         raise InheritError(f"{existing[1]} exists: train it with python train.py --init_from=resume --out_dir="
                            f"{cfg['out_dir']}, pick another --out_dir, or replace it with --overwrite=True")
-    for key in ("eval_iters", "batch_size", "block_size"):
+    for key in ("eval_iters", "batch_size", "block_size", "n_embd", "n_head"):
         if cfg[key] is not None and (isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1):
             raise InheritError(f"{key}={cfg[key]!r} must be a positive integer")
     n_layer = resolve_n_layer(cfg["n_layer"], cfg["analysis"])
@@ -326,6 +406,9 @@ def main(cfg):
     reference = Reference(cfg["init_from"])  # its config; blocks are read when needed
     if cfg["n_layer"] == "auto":
         check_analysis_is_of(cfg["analysis"], reference, cfg["init_from"])
+    width = {k: cfg[k] for k in ("n_embd", "n_head") if cfg[k] is not None}
+    if width and n_layer is None:  # the half-width baseline keeps the full depth
+        n_layer = reference.config.n_layer
     layers = parse_layers(cfg["layers"], n_layer, reference.config.n_layer)
     if meta and meta["vocab_size"] > reference.config.vocab_size:
         raise InheritError(f"the dataset's vocabulary ({meta['vocab_size']} ids) does not fit the reference's "
@@ -334,15 +417,21 @@ def main(cfg):
         check_data_tokenizer(meta, data_dir, known_model_tokenizer_meta(cfg["init_from"], reference.checkpoint),
                              cfg["init_from"])
     block_size = cfg["block_size"] or reference.config.block_size
-    student = inherit(reference, layers, fresh, block_size=block_size).to(cfg["device"])
+    student = inherit(reference, layers, fresh, block_size=block_size)
+    if width:
+        student = shrink_width(student, **width)
+    student = student.to(cfg["device"])
     reference_run = (reference.checkpoint or {}).get("config") or {}
     for key, default in EVAL_DEFAULTS.items():  # evaluate as the reference run did, so train.py's eval matches
         if cfg[key] is None:
             cfg[key] = reference_run.get(key, default)
     meta_inherit = inherit_metadata(cfg["init_from"], layers, reference, fresh)
     meta_inherit["settings"] = dict(cfg)  # this command's, as given and resolved
-    print(f"inherited blocks {layers} of {cfg['init_from']} ({reference.config.n_layer} layers): "
-          f"{student.get_num_params() / 1e6:.2f}M parameters")
+    if width:
+        meta_inherit["source_width"] = [reference.config.n_embd, reference.config.n_head]
+    print(f"inherited blocks {layers} of {cfg['init_from']} ({reference.config.n_layer} layers)"
+          + (f", narrowed to n_embd={student.config.n_embd}, n_head={student.config.n_head}" if width else "")
+          + f": {student.get_num_params() / 1e6:.2f}M parameters")
     if data_dir:  # the reference's own loss needs all of it, once
         full_reference = reference.load().to(cfg["device"])
         val = open_tokens(data_dir, "val")
@@ -356,6 +445,8 @@ def main(cfg):
                                               eval_iters=cfg["eval_iters"], batch_size=cfg["batch_size"], seed=cfg["seed"])
         print(f"reference val loss on {data_dir}: {ref_loss:.4f} (the growth target)")
     config = student_config(cfg, reference_run, layers, block_size, data_given=bool(data_dir))
+    if width:
+        config |= {"n_embd": student.config.n_embd, "n_head": student.config.n_head}
     save_checkpoint({
         "model": student.state_dict(),
         "model_args": dataclasses.asdict(student.config),

@@ -34,6 +34,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -44,8 +45,8 @@ import data
 import inherit
 import perf
 from checkpoint import (SHARDED_NAME, CheckpointError, checkpoint_path, empty_model, find_checkpoint, load_checkpoint,
-                        load_model, load_optimizer_state, load_shards, save_checkpoint, save_sharded_checkpoint,
-                        strip_wrapper_prefixes)
+                        load_model, load_optimizer_state, load_shards, model_fingerprint, save_checkpoint,
+                        save_sharded_checkpoint, strip_wrapper_prefixes)
 from hf import ModelLoadError
 from model import GPT, GPTConfig
 
@@ -86,10 +87,14 @@ inherit_fresh = ""  # parts left at fresh init instead of copied: "wpe", "ln_f",
 grow_every = 0  # iterations per round; 0 = no growth
 grow_by = 2
 max_layers = 0  # 0: the reference's depth
-grow_mode = "restart"  # 'restart' (Algorithm 1): re-inherit l + grow_by blocks, fresh optimizer | 'continue'
-grow_init = "reference"  # continue mode's new blocks: 'reference' | 'copy' | 'identity' | 'random'
-target_val_loss = 0.0  # 0: the reference's val loss, measured with this run's evaluation
+grow_mode = "restart"  # 'restart': each round afresh (new optimizer and schedule) | 'continue': both go on
+grow_init = "reference"  # new blocks: 'reference' | 'stack' (all blocks twice) | continue mode: 'copy' 'identity' 'random'
+target_val_loss = 0.0  # 0: the reference's val loss (without a reference: none, grow at every round end)
 stop_at_target = True  # end the run once a round reaches the target
+# knowledge distillation: loss = kd_alpha * CE + (1 - kd_alpha) * kd_temperature^2 * KL(teacher || student)
+teacher = ""  # the frozen teacher: a GPT-2 name, a Hugging Face folder, or our out_dir / ckpt.pt ("": none)
+kd_alpha = 0.6  # the cross-entropy's weight; the teacher's KL gets 1 - kd_alpha
+kd_temperature = 1.0  # softmax temperature of both distributions in the KL
 # AdamW
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000
@@ -134,7 +139,7 @@ COMMAND_KEYS = ("out_dir", "init_from", "eval_only", "overwrite")
 # Keys in which attempts of one run may differ (train longer, log differently, the reference moved): the same
 # command with other values still continues the run; any other difference makes out_dir's checkpoint another run's.
 RESUMABLE_KEYS = ("max_iters", "lr_decay_iters", "eval_interval", "log_interval", "always_save_checkpoint",
-                  "wandb_log", "wandb_run_name", "reference")
+                  "wandb_log", "wandb_run_name", "reference", "teacher")
 
 
 def fail(message):
@@ -169,6 +174,17 @@ def check_settings(cfg, new_model):
     if cfg["fsdp"] and cfg["dtype"] == "float16":
         raise configurator.ConfigError("dtype='float16' cannot train under fsdp=True (its loss scaling would have to "
                                        "span the shards): use bfloat16 (or float32)")
+    if cfg["grow_every"] and cfg["grow_mode"] == "restart" and cfg["grow_init"] not in ("reference", "stack"):
+        raise configurator.ConfigError(
+            f"grow_init={cfg['grow_init']!r} adds blocks to the trained ones and keeps training them: use "
+            f"grow_mode='continue' (restart mode starts each round from the reference's blocks or, with 'stack', "
+            f"from the trained blocks twice)")
+    if not 0 <= cfg["kd_alpha"] <= 1:
+        raise configurator.ConfigError(f"kd_alpha={cfg['kd_alpha']!r} must be between 0 and 1: the weight of the "
+                                       f"cross-entropy (the teacher's KL gets 1 - kd_alpha)")
+    if not cfg["kd_temperature"] > 0:
+        raise configurator.ConfigError(f"kd_temperature={cfg['kd_temperature']!r} must be positive (1.0: the plain "
+                                       f"softmax)")
     if new_model and cfg["n_embd"] % cfg["n_head"]:
         raise configurator.ConfigError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}: "
                                        f"each head gets n_embd / n_head dimensions")
@@ -309,12 +325,13 @@ def wrap_model(raw_model, weights=True):
     return model
 
 
-def shard_model(raw_model, weights=True, training=True):
+def shard_model(raw_model, weights=True, training=True, compiled=None):
     """FSDP2 as torchtitan applies it: raw_model's shape made on every rank (on the meta device), each block sharded
     over the mesh with fully_shard, then the root (the embeddings, final norm and head); parameters gathered in
     dtype for compute, gradients reduced in float32; the shards in CPU memory with fsdp_cpu_offload. For training,
-    activation checkpointing and torch.compile per block come first. The weights are rank 0's raw_model's, sent
-    to every rank's shards (the other ranks' raw_model is only a shape)."""
+    activation checkpointing and torch.compile per block come first (compiled=True: a frozen model's blocks are
+    compiled too, as a teacher's). The weights are rank 0's raw_model's, sent to every rank's shards (the other
+    ranks' raw_model is only a shape)."""
     with torch.device("meta"):
         model = GPT(raw_model.config)
     settings = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=ptdtype, reduce_dtype=torch.float32),
@@ -323,7 +340,7 @@ def shard_model(raw_model, weights=True, training=True):
     if training and activation_checkpointing:
         checkpoint_activations(model)
     for block in model.transformer.h:
-        if training and compile:
+        if compile and (training if compiled is None else compiled):
             block.compile()
         fully_shard(block, **settings)
     fully_shard(model, **settings, reshard_after_forward=None if training else True)  # a frozen model: no backward
@@ -393,6 +410,17 @@ def get_lr(it, round_start_iter):
     decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
     return min_lr + coeff * (learning_rate - min_lr)
+
+
+def distillation_loss(student_logits, teacher_logits):
+    """KL(teacher || student) of the next-token distributions at kd_temperature, summed over the vocabulary per
+    token and averaged over tokens, in float32. Both softmaxes run over the data's token ids only (the first
+    meta["vocab_size"] logits): ids that padding adds (GPT-2's 50257 to 50304) never occur in the data, so a
+    teacher and a student whose vocabularies differ only by padding are compared on the same distribution."""
+    v = meta["vocab_size"]
+    log_q = F.log_softmax(student_logits[..., :v].float() / kd_temperature, dim=-1).reshape(-1, v)
+    log_p = F.log_softmax(teacher_logits[..., :v].float() / kd_temperature, dim=-1).reshape(-1, v)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
 def rng_state():
@@ -680,10 +708,18 @@ try:
         fresh = [p for p in inherit_fresh.split(",") if p]
         raw_model = inherit.inherit(ref_model, layers, fresh, block_size=min(block_size, ref_model.config.block_size),
                                     dropout=dropout).to(build_device)
+        width = {k: given[k] for k in ("n_embd", "n_head") if k in given}  # the half-width baseline
+        if any(getattr(raw_model.config, k) != v for k, v in width.items()):
+            raw_model = inherit.shrink_width(raw_model, **width)
         model_args = {k: getattr(raw_model.config, k) for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
         checkpoint_extras["inherit"] = inherit.inherit_metadata(reference, layers, ref_model, fresh)
+        if raw_model.config.n_embd != ref_model.config.n_embd:
+            checkpoint_extras["inherit"]["source_width"] = [ref_model.config.n_embd, ref_model.config.n_head]
         if master_process:
-            print(f"inherited blocks {layers} of {reference} ({ref_model.config.n_layer} layers)")
+            narrowed = raw_model.config.n_embd != ref_model.config.n_embd
+            print(f"inherited blocks {layers} of {reference} ({ref_model.config.n_layer} layers)"
+                  + (f", narrowed to n_embd={raw_model.config.n_embd}, n_head={raw_model.config.n_head}" if narrowed
+                     else ""))
     else:
         pretrained, _ = load_model(init_from)
         model_args = {k: getattr(pretrained.config, k) for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
@@ -723,11 +759,11 @@ if master_process:
 growth = checkpoint_extras.get("growth")  # a resumed growing run brings its state
 if grow_every > 0:
     info = checkpoint_extras.get("inherit")
-    needs_reference = grow_mode == "restart" or grow_init == "reference"
-    if info is None and (needs_reference or not target_val_loss):
-        fail("grow_every needs a model inherited from a reference (init_from='inherit', or resume an inherit.py "
-             "checkpoint); without one, use grow_mode='continue' with a grow_init other than 'reference', "
-             "target_val_loss and max_layers")
+    needs_reference = grow_init == "reference"
+    if info is None and needs_reference:
+        fail("grow_init='reference' needs a model inherited from a reference (init_from='inherit', or resume an "
+             "inherit.py checkpoint); to grow on a fixed schedule without one, use grow_init='stack' (or "
+             "grow_mode='continue' with copy, identity or random) and max_layers")
     if ref_model is None and info is not None and (needs_reference or not target_val_loss):
         try:  # resuming: the reference must still be there and be the one this run was inherited from
             ref_model = reference_on_rank0(reference or info["source"])
@@ -735,11 +771,16 @@ if grow_every > 0:
             fail(f"this growing run's reference {reference or info['source']!r} cannot be loaded ({e}); "
                  f"pass its current location with --reference=...")
         ref_shape = (ref_model.config.n_layer, ref_model.config.n_embd, ref_model.config.n_head)
-        if ref_shape != (info["source_n_layer"], model_args["n_embd"], model_args["n_head"]):
+        source_shape = (info["source_n_layer"], *info.get("source_width", (model_args["n_embd"], model_args["n_head"])))
+        if ref_shape != source_shape:
             fail(f"reference {reference or info['source']!r} (n_layer, n_embd, n_head) = {ref_shape} is not the one this "
-                 f"run was inherited from ({info['source_n_layer']}, {model_args['n_embd']}, {model_args['n_head']})")
+                 f"run was inherited from {source_shape}")
     if needs_reference and meta["vocab_size"] > ref_model.config.vocab_size:
         fail(f"{data_dir} has {meta['vocab_size']} token ids, more than the reference's {ref_model.config.vocab_size}")
+    if needs_reference and ref_model.config.n_embd != model_args["n_embd"]:
+        fail(f"grow_init='reference' adds the reference's {ref_model.config.n_embd}-wide blocks to a "
+             f"{model_args['n_embd']}-wide model: grow a narrowed model with grow_init='stack' (or continue mode's "
+             f"copy, identity, random)")
     max_depth = max_layers or (info["source_n_layer"] if info else 0)
     if not max_depth:
         fail("growing without a reference needs max_layers")
@@ -750,9 +791,9 @@ if grow_every > 0:
         growth["target_val_loss"] = target_val_loss
     this_eval = dict(data_dir=os.path.abspath(data_dir), block_size=block_size, eval_iters=eval_iters,
                      batch_size=batch_size, seed=seed)
-    if growth["target_val_loss"] is None and info.get("reference_eval") == this_eval:
+    if growth["target_val_loss"] is None and info and info.get("reference_eval") == this_eval:
         growth["target_val_loss"] = info["reference_val_loss"]  # inherit.py measured it on these very windows
-    if growth["target_val_loss"] is None:  # the reference's loss on this run's own validation windows: all of it, once
+    if growth["target_val_loss"] is None and info:  # the reference's loss on this run's own windows: all of it, once
         # (under FSDP rank 0 reads it and it is sharded over the ranks, the other ranks holding only its shape)
         full_reference = ref_model.load() if isinstance(ref_model, inherit.Reference) else ref_model
         full_reference = shard_model(full_reference, training=False) if fsdp else full_reference.to(device)
@@ -761,11 +802,51 @@ if grow_every > 0:
         del full_reference
         info["reference_val_loss"], info["reference_eval"] = growth["target_val_loss"], this_eval
     checkpoint_extras["growth"] = growth
-    if master_process:
-        print(f"growth: round {growth['round']}, {raw_model.config.n_layer} layers, target val loss "
-              f"{growth['target_val_loss']:.4f}, +{grow_by} layers every {grow_every} iters up to {max_depth}")
+    if master_process:  # without a reference or a target: a fixed schedule, growing at every round end
+        target = growth["target_val_loss"]
+        print(f"growth: round {growth['round']}, {raw_model.config.n_layer} layers, "
+              + (f"target val loss {target:.4f}" if target is not None else "no target (a fixed schedule)")
+              + f", {'doubled' if grow_init == 'stack' else f'+{grow_by} layers'} every {grow_every} iters up to "
+              f"{max_depth}")
 if not (grow_every > 0 and needs_reference):
     ref_model = None  # inherited from already; growth does not need it
+
+# knowledge distillation: the teacher, frozen and in eval mode; it takes no gradients, so it is never DDP-wrapped;
+# under FSDP rank 0 alone reads it and it is sharded over the ranks like the student
+teacher_model, teacher_flops_per_token = None, 0.0
+if teacher:
+    try:
+        with torch.random.fork_rng(devices=[]):  # building it draws no numbers from this run's random stream
+            teacher_model = load_model(teacher)[0] if master_process or not fsdp else None
+    except (CheckpointError, ModelLoadError) as e:
+        fail(f"teacher={teacher!r} (a GPT-2 name, a Hugging Face folder or our out_dir / .pt) cannot be loaded: {e}")
+    fingerprint = model_fingerprint(teacher_model) if teacher_model is not None else None
+    if fsdp:  # the other ranks hold its shape until shard_model spreads rank 0's weights
+        teacher_config, fingerprint = share_from_rank0((teacher_model.config, fingerprint) if master_process else None)
+        teacher_model = teacher_model if master_process else shape_of(teacher_config)
+    if meta["vocab_size"] > teacher_model.config.vocab_size:
+        fail(f"teacher {teacher!r} has a vocabulary of {teacher_model.config.vocab_size} ids, fewer than the "
+             f"{meta['vocab_size']} of {data_dir}: distill from a teacher of the data's tokenizer")
+    if block_size > teacher_model.config.block_size:
+        fail(f"teacher {teacher!r} has a context of {teacher_model.config.block_size} tokens, shorter than "
+             f"block_size={block_size}: lower block_size or pick a teacher with a longer context")
+    distilled_from = checkpoint_extras.get("distill", {}).get("teacher_fingerprint", fingerprint)
+    if distilled_from != fingerprint:  # resuming: the teacher moved (allowed), or was replaced (refused)
+        fail(f"teacher {teacher!r} (fingerprint {fingerprint}) is not the teacher this run was distilled from "
+             f"(fingerprint {distilled_from}): pass its current location with --teacher=...")
+    checkpoint_extras["distill"] = {"teacher": teacher, "teacher_fingerprint": fingerprint}
+    if fsdp:
+        with torch.random.fork_rng(devices=[]):
+            teacher_model = shard_model(teacher_model, training=False, compiled=True)
+    else:
+        teacher_model = teacher_model.to(device)
+    teacher_model.requires_grad_(False).eval()
+    teacher_flops_per_token = teacher_model.flops_per_token(block_size) / 3  # its forward pass: 2N + attention
+    if master_process:
+        print(f"distilling from {teacher} ({teacher_model.config.n_layer} layers): loss = {kd_alpha:g} * CE + "
+              f"{1 - kd_alpha:g} * {kd_temperature:g}^2 * KL(teacher || student)")
+    if compile and not fsdp:
+        teacher_model = torch.compile(teacher_model)
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
 from_shards = resuming and "model" not in ckpt  # FSDP resuming a sharded checkpoint: each rank reads its shards
@@ -789,7 +870,7 @@ if resuming:
     checkpoint_log_size = ckpt.get("log_size")
     del ckpt  # free the weights and optimizer state it held
 gpu_name, peak_flops = perf.gpu_peak_flops(device)
-flops_per_token = raw_model.flops_per_token(block_size)
+flops_per_token = raw_model.flops_per_token(block_size) + teacher_flops_per_token  # a KD step runs the teacher too
 if master_process:
     print(f"MFU against {gpu_name}'s bf16 dense peak of {peak_flops / 1e12:.0f} TFLOP/s" if peak_flops else
           f"MFU not reported: no known bf16 peak for {gpu_name or device_type}")
@@ -826,10 +907,16 @@ signal.signal(signal.SIGINT, request_stop)
 
 @torch.no_grad()
 def estimate_losses():
-    """Mean loss on the fixed train and val windows, the same number on every rank."""
-    return {f"{split}_loss": data.evaluate_loss(model, tokens, eval_offsets[split], block_size, batch_size,
-                                                device, autocast_ctx, ddp_rank, ddp_world_size)
-            for split, tokens in (("train", train_tokens), ("val", val_tokens))}
+    """Mean loss on the fixed train and val windows, the same number on every rank; with a teacher also val_kd,
+    the KL term on the val windows (val_loss stays the plain cross-entropy, comparable across runs)."""
+    losses = {f"{split}_loss": data.evaluate_loss(model, tokens, eval_offsets[split], block_size, batch_size,
+                                                  device, autocast_ctx, ddp_rank, ddp_world_size)
+              for split, tokens in (("train", train_tokens), ("val", val_tokens))}
+    if teacher_model is not None:
+        losses["val_kd"] = data.evaluate_loss(model, val_tokens, eval_offsets["val"], block_size, batch_size, device,
+                                              autocast_ctx, ddp_rank, ddp_world_size,
+                                              loss_fn=lambda m, x, y: distillation_loss(m(x)[0], teacher_model(x)[0]))
+    return losses
 
 
 # -----------------------------------------------------------------------------
@@ -858,10 +945,11 @@ while True:
     if round_end:  # every rank decides alike: the val loss was all-reduced
         growth["last_round_end"] = iter_num
         target, depth = growth["target_val_loss"], raw_model.config.n_layer
-        reached = losses["val_loss"] <= target
-        can_grow = not reached and depth + grow_by <= max_depth and iter_num < max_iters
+        added = depth if grow_init == "stack" else grow_by
+        reached = target is not None and losses["val_loss"] <= target  # no target: a fixed schedule
+        can_grow = not reached and depth + added <= max_depth and iter_num < max_iters
         decision = ("target reached" if reached else "grow" if can_grow else "max_iters reached"
-                    if iter_num >= max_iters else f"growth stops: {depth} + {grow_by} layers exceed max depth {max_depth}")
+                    if iter_num >= max_iters else f"growth stops: {depth} + {added} layers exceed max depth {max_depth}")
         log({"iter": iter_num, "event": "round_end", "round": growth["round"], "n_layer": depth,
              "round_val_loss": losses["val_loss"], "target_val_loss": target, "decision": decision})
         if not can_grow:
@@ -872,13 +960,19 @@ while True:
         else:
             old_params = dict(raw_model.named_parameters())
             # the reference's blocks are read from its files now; under FSDP rank 0 builds the grown model in CPU
-            # memory (continue mode: from the gathered one), the other ranks its shape, and wrap_model shards it
+            # memory (continue mode and stacking: from the gathered one), the other ranks its shape, and wrap_model
+            # shards it
             try:
-                if grow_mode == "restart":  # Algorithm 1: the first l + grow_by reference blocks, trained afresh
+                if grow_mode == "restart" and grow_init == "reference":  # Algorithm 1: the first l + grow_by blocks
                     growth["layers"] += [growth["layers"][-1] + 1 + j for j in range(grow_by)]
                     with shapes_only():
                         raw_model = inherit.inherit(ref_model, growth["layers"], checkpoint_extras["inherit"]["fresh"],
                                                     block_size=block_size, dropout=dropout).to(build_device)
+                elif grow_init == "stack":  # Gong et al. (2019): the trained blocks twice, in order
+                    raw_model = full_model(raw_model) if fsdp else raw_model
+                    with shapes_only():
+                        raw_model = inherit.grow(raw_model, depth, "stack")
+                    growth["layers"] = growth["layers"] * 2
                 else:
                     next_ref = max((i for i in growth["layers"] if i is not None), default=-1) + 1
                     raw_model = full_model(raw_model) if fsdp else raw_model
@@ -899,11 +993,11 @@ while True:
                 round_start_iter = iter_num  # fresh warmup and cosine
             optimizer = new_optimizer
             del old_params
-            flops_per_token = raw_model.flops_per_token(block_size)
+            flops_per_token = raw_model.flops_per_token(block_size) + teacher_flops_per_token
             growth["round"] += 1
             best_val_loss = float("inf")  # a new round's losses are not comparable to the last one's
             log({"iter": iter_num, "event": "grow", "round": growth["round"], "n_layer": raw_model.config.n_layer,
-                 "grow_mode": grow_mode, "grow_init": grow_init if grow_mode == "continue" else "reference",
+                 "grow_mode": grow_mode, "grow_init": grow_init,
                  "layers": growth["layers"], "start_val_loss": estimate_losses()["val_loss"]})
             save_training_checkpoint()  # a resume continues at the grown depth
             lr = get_lr(iter_num, round_start_iter)
@@ -913,6 +1007,7 @@ while True:
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=device)
+    kd_parts = torch.zeros(2, device=device)  # with a teacher: the step's mean CE and KL, logged apart
     for micro_step in range(grad_accum_per_process):
         last_micro_step = micro_step == grad_accum_per_process - 1
         if fsdp:  # reduce-scatter gradients only after the last micro-step (until then they accumulate unsharded)
@@ -922,7 +1017,13 @@ while True:
             model.require_backward_grad_sync = last_micro_step
         x, y = get_batch()
         with autocast_ctx:
-            _, loss = model(x, y)
+            logits, loss = model(x, y)
+            if teacher_model is not None:  # distillation: the CE weighted kd_alpha, the teacher's KL the rest
+                with torch.no_grad():
+                    teacher_logits, _ = teacher_model(x)
+                ce, kd = loss, distillation_loss(logits, teacher_logits)
+                loss = kd_alpha * ce + (1 - kd_alpha) * kd_temperature ** 2 * kd
+                kd_parts += torch.stack([ce.detach(), kd.detach()]) / grad_accum_per_process
         loss = loss / grad_accum_per_process  # the mean over micro-steps, as one big batch would give
         loss_sum += loss.detach()
         scaler.scale(loss).backward()
@@ -948,7 +1049,11 @@ while True:
     if iter_num % log_interval == 0:
         dt = (time.time() - t_last_log) / iters_since_log
         tokens_per_s = tokens_per_iter / dt
-        log({"iter": iter_num, "loss": step_loss, "lr": lr,
+        if teacher_model is not None and ddp:
+            dist.all_reduce(kd_parts)
+            kd_parts /= ddp_world_size
+        kd_record = dict(zip(("ce", "kd"), kd_parts.tolist())) if teacher_model is not None else {}
+        log({"iter": iter_num, "loss": step_loss, **kd_record, "lr": lr,
              "grad_norm": None if grad_norm is None else grad_norm.item(), "tok_per_s": round(tokens_per_s),
              "ms_per_step": round(dt * 1000, 2),
              "mfu": perf.mfu(flops_per_token, tokens_per_s, peak_flops, ddp_world_size)})

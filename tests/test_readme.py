@@ -30,14 +30,16 @@ NETWORK = "needs the network"
 GPU = "needs a CUDA GPU"
 REF_SHRINK = ["--max_iters=20", "--lr_decay_iters=20", "--warmup_iters=2", "--eval_interval=10", "--eval_iters=2",
               "--log_interval=5", "--n_embd=32", "--n_head=2", "--batch_size=4"]  # depth 4 and context 64 kept
+DEMO_SHRINK = ["--reference_layers=4", "--reference_iters=8", "--max_rounds=2", "--n_embd=32", "--n_head=2",
+               "--block_size=32", "--batch_size=8", "--eval_iters=2"]  # the protocol kept: L/2 inherited, T, 2T
 GROW_SHRINK = ["--grow_every=10", "--max_iters=20", "--lr_decay_iters=10", "--warmup_iters=2", "--eval_interval=10",
                "--eval_iters=2", "--log_interval=5", "--batch_size=4", "--gradient_accumulation_steps=1"]
 
 TABLE = {
     # Quickstart
     "pip install torch==2.13.0 && pip install -r requirements.txt": Cannot(f"{NETWORK} (PyPI); .ci/run installs the same"),
-    "python demo.py": Run("test_demo", {"demo.py": ["--reference_layers=2", "--reference_iters=10", "--round_iters=5",
-                                                    "--max_rounds=1"]}),
+    "python demo.py": Run("test_demo", {"demo.py": DEMO_SHRINK}),
+    "python demo.py --baselines=True": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     "python -m pytest tests": Cannot("the test suite itself: .ci/run runs exactly this"),
     # Data
     "python data/shakespeare/prepare.py": Run("test_user_chain"),
@@ -75,6 +77,23 @@ TABLE = {
         Cannot(f"{GPU}: 8 of them, a GPT-2-medium reference trained for days and OpenWebText"),
     "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py --reference=/models/gpt2-medium":
         Cannot(f"{GPU}: 8 of them, and OpenWebText"),
+    # The paper's baselines
+    "torchrun --standalone --nproc_per_node=8 train.py config/stack_gpt2_large.py":
+        Cannot(f"{GPU}: 8 of them, and OpenWebText (stacking on tiny models: tests/test_baselines.py, test_demo)"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/hybrid_stack_gpt2_large.py":
+        Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2-large and OpenWebText (test_demo runs hybrid stacking)"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/half_width_gpt2_large.py":
+        Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2-large and OpenWebText (test_demo runs half-width)"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/kd_gpt2_medium.py":
+        Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2-medium and OpenWebText (test_demo runs distillation)"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/scratch_gpt2_large_18l_2x.py":
+        Cannot(f"{GPU}: 8 of them, and OpenWebText"),
+    "python inherit.py --init_from=gpt2-medium --n_embd=512 --n_head=8 --out_dir=out-gpt2m-half-width":
+        Run("test_hub_model_commands_on_local_folders", subs={"--init_from=gpt2-medium": "--init_from={gpt2_folder}",
+                                                              "--n_embd=512": "--n_embd=8", "--n_head=8": "--n_head=1"}),
+    "python compare.py out-inherit-gpt2-large out-scratch-gpt2-large-18l out-scratch-gpt2-large-18l-2x "
+    "out-stack-gpt2-large --out=large.png": Cannot("needs the GPT-2 large runs above (compare.py runs in test_user_chain "
+                                                   "and test_demo)"),
     "python inherit.py --init_from=gpt2-medium --out_dir=out-gpt2m-half":
         Run("test_hub_model_commands_on_local_folders", subs={"--init_from=gpt2-medium": "--init_from={gpt2_folder}"}),
     "python inherit.py --init_from=gpt2 --layers=0,1,2,3,0,1,2,3 --out_dir=out-hybrid":
@@ -446,6 +465,12 @@ def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
     hybrid, ckpt = load_model(os.path.join(repo, "out-hybrid"))
     assert hybrid.config.n_layer == 8 and ckpt["inherit"]["layers"] == [0, 1, 2, 3, 0, 1, 2, 3]
     assert torch.equal(hybrid.transformer.h[5].mlp.c_fc.weight, hybrid.transformer.h[1].mlp.c_fc.weight)
+    run_readme("python inherit.py --init_from=gpt2-medium --n_embd=512 --n_head=8 --out_dir=out-gpt2m-half-width", repo,
+               {"gpt2_folder": gpt2_folder})
+    narrow, ckpt = load_model(os.path.join(repo, "out-gpt2m-half-width"))  # the stand-in: 16 wide, 2 heads of 8
+    assert (narrow.config.n_layer, narrow.config.n_embd, narrow.config.n_head) == (4, 8, 1)
+    reference, _ = load_model(gpt2_folder)
+    assert torch.equal(narrow.transformer.h[3].mlp.c_fc.weight, reference.transformer.h[3].mlp.c_fc.weight[:32, :8])
 
     run_readme("python export_hf.py --ckpt=out-gpt2m-half --out=hf-gpt2m-half", repo)
     from transformers import AutoTokenizer
@@ -551,7 +576,18 @@ def test_bench_quick(user_repo):
 def test_demo(user_repo):
     result = run_readme("python demo.py", user_repo)
     results = load_json(os.path.join(user_repo, "out-demo", "results.json"))
-    assert results["reference_layers"] == 2 and results["reference_steps"] == 10
+    assert results["reference_layers"] == 4 and results["reference_steps"] == 8
+    l = results["inherited_layers"]  # the paper's protocol: rounds of the reference's T steps, from its first L/2
+    rounds = (l - 2) // 2 + 1
+    assert results["inherited_steps"] == 8 * rounds and len(results["inherited_rounds"]) == rounds
+    assert (results["scratch_steps"], results["scratch_2x_steps"]) == (8, 16) and results["scratch_layers"] == l
     assert os.path.getsize(os.path.join(user_repo, "out-demo", "losses.png")) > 0
     assert "wrote out-demo/results.json and out-demo/losses.png" in result.stdout
+    assert "val @ Inheritune FLOPs" in result.stdout and "not included above" in result.stdout
+    result = run_readme("python demo.py --baselines=True", user_repo)  # the finished stages are reused
+    assert result.stdout.count("done earlier, reusing") == 5
+    results = load_json(os.path.join(user_repo, "out-demo", "results.json"))
+    assert {"stacking_val_loss", "hybrid_stacking_val_loss", "half_width_val_loss", "kd_val_loss"} <= results.keys()
+    assert (results["stacking_steps"], results["hybrid_stacking_steps"], results["half_width_steps"],
+            results["kd_steps"]) == (16, 8, 8, 4)
     check_all_ran("test_demo")

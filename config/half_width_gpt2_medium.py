@@ -1,0 +1,34 @@
+# Half-width baseline (arXiv 2404.08634, App. D) for config/inherit_gpt2_medium.py: all 24 blocks of the reference,
+# each narrowed to its first 8 heads (head size 64 kept), first half of its MLP units and the first 512 dimensions of
+# the embeddings and norms (inherit.shrink_width), trained for 100K steps (Inheritune's T). Paper (arXiv 2404.08634,
+# Tables 2 and 5): this row's number could not be read here (no copy of the tables was available); the authors'
+# released logs (github.com/sanyalsunny111/LLM-Inheritune,
+# GPT2-experiments/logs/OpenWebText_logs/Baselines/medium-baselines/medium_halfwdth.txt) ends at val loss 3.0488 at
+# step 100K. Compute: ~3.0e19 (~21 H100-hours at 40% MFU), not counting the reference's training.
+#
+#   torchrun --standalone --nproc_per_node=8 train.py config/half_width_gpt2_medium.py
+out_dir = 'out-half-width-gpt2-medium'
+init_from = 'inherit'
+reference = 'gpt2-medium'
+n_layer = 24                 # every block
+n_embd = 512
+n_head = 8
+max_iters = 100000
+lr_decay_iters = 100000
+dataset = 'openwebtext'
+# 12 x 1024 x 32 = 393,216 tokens per step (paper: 394K)
+batch_size = 12
+block_size = 1024
+gradient_accumulation_steps = 32
+learning_rate = 0.0003
+min_lr = 1e-5
+warmup_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+dropout = 0.0
+eval_interval = 2000
+eval_iters = 200
+wandb_project = 'inheritune'
+wandb_run_name = 'half-width-gpt2-medium'

@@ -1,0 +1,31 @@
+# Hybrid stacking baseline (arXiv 2404.08634, App. D) for config/inherit_gpt2_xl.py: the reference's first 12 blocks,
+# duplicated in order ([0..11, 0..11], 24 layers), trained for 100K steps (Inheritune's T). Paper (arXiv 2404.08634,
+# Tables 2 and 5): this row's number could not be read here (no copy of the tables was available); the authors'
+# released logs (github.com/sanyalsunny111/LLM-Inheritune,
+# GPT2-experiments/logs/OpenWebText_logs/Baselines/xlarge-baselines/xlarge_hybridstk.txt) ends at val loss 2.6467 at
+# step 100K. Compute: ~7.1e19 (~50 H100-hours at 40% MFU), not counting the reference's training.
+#
+#   torchrun --standalone --nproc_per_node=8 train.py config/hybrid_stack_gpt2_xl.py
+out_dir = 'out-hybrid-stack-gpt2-xl'
+init_from = 'inherit'
+reference = 'gpt2-xl'
+inherit_layers = '0,1,2,3,4,5,6,7,8,9,10,11,0,1,2,3,4,5,6,7,8,9,10,11'
+max_iters = 100000
+lr_decay_iters = 100000
+dataset = 'openwebtext'
+# 8 x 1024 x 16 = 131,072 tokens per step (paper: 128K)
+batch_size = 8
+block_size = 1024
+gradient_accumulation_steps = 16
+learning_rate = 0.00015
+min_lr = 1e-5
+warmup_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+dropout = 0.0
+eval_interval = 2000
+eval_iters = 200
+wandb_project = 'inheritune'
+wandb_run_name = 'hybrid-stack-gpt2-xl'

@@ -1,0 +1,36 @@
+# Baseline for config/inherit_gpt2_medium.py at 2T: the 16-layer model (Inheritune's final depth) from scratch for
+# 200K steps, twice Inheritune's 100K-step round, so that it is compared at equal steps of its final round AND beyond
+# Inheritune's total (arXiv 2404.08634, Table 2's "2x steps" rows). T = 100K: config/scratch_gpt2_medium_16l.py. Paper
+# (arXiv 2404.08634, Tables 2 and 5): this row's number could not be read here (no copy of the tables was available);
+# the authors' released logs (github.com/sanyalsunny111/LLM-Inheritune,
+# GPT2-experiments/logs/OpenWebText_logs/medium-scratch/medium-200k_log.txt) ends at val loss 2.8310 at step 200K
+# (same initialization as medium_log-ly16.txt, the 16-layer run at 100K: 2.8693). Compute: ~1.35e20 (~95 H100-hours at
+# 40% MFU).
+#
+#   torchrun --standalone --nproc_per_node=8 train.py config/scratch_gpt2_medium_16l_2x.py
+out_dir = 'out-scratch-gpt2-medium-16l-2x'
+init_from = 'scratch'
+n_layer = 16
+n_head = 16
+n_embd = 1024
+vocab_size = 50304
+bias = False
+max_iters = 200000
+lr_decay_iters = 200000
+dataset = 'openwebtext'
+# 12 x 1024 x 32 = 393,216 tokens per step (paper: 394K)
+batch_size = 12
+block_size = 1024
+gradient_accumulation_steps = 32
+learning_rate = 0.0003
+min_lr = 1e-5
+warmup_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+dropout = 0.0
+eval_interval = 2000
+eval_iters = 200
+wandb_project = 'inheritune'
+wandb_run_name = 'scratch-gpt2-medium-16l-2x'

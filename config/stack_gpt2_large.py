@@ -1,0 +1,41 @@
+# Stacking baseline (Gong et al. 2019; arXiv 2404.08634, App. D) for config/inherit_gpt2_large.py: 9 layers from
+# scratch for T = 100K steps, then every block duplicated in order ([0..8, 0..8]) to 18 layers and 100K more steps.
+# Growth on a fixed schedule: no reference and no target (target_val_loss = 0 without a reference means "grow at every
+# round end"); restart mode gives the second stage its own AdamW and warmup + cosine, as the authors' two separate
+# runs had. Paper (arXiv 2404.08634, Tables 2 and 5): this row's number could not be read here (no copy of the tables
+# was available); the authors' released logs (github.com/sanyalsunny111/LLM-Inheritune,
+# GPT2-experiments/logs/OpenWebText_logs/Baselines/large-baselines/large_stacking_1rnd.txt, large_stacking_2rnd.txt)
+# end at val loss 3.0363 (9 layers) and 2.8781 (18 layers) at step 100K of each stage. Compute: ~5.7e19 (~40
+# H100-hours at 40% MFU) for both stages.
+#
+#   torchrun --standalone --nproc_per_node=8 train.py config/stack_gpt2_large.py
+out_dir = 'out-stack-gpt2-large'
+init_from = 'scratch'
+n_layer = 9
+n_head = 20
+n_embd = 1280
+vocab_size = 50304
+bias = False
+grow_every = 100000
+grow_mode = 'restart'
+grow_init = 'stack'
+max_layers = 18
+max_iters = 200000
+lr_decay_iters = 100000     # one cosine per stage
+dataset = 'openwebtext'
+# 16 x 1024 x 8 = 131,072 tokens per step (paper: 128K)
+batch_size = 16
+block_size = 1024
+gradient_accumulation_steps = 8
+learning_rate = 0.0002
+min_lr = 1e-5
+warmup_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+dropout = 0.0
+eval_interval = 2000
+eval_iters = 200
+wandb_project = 'inheritune'
+wandb_run_name = 'stack-gpt2-large'

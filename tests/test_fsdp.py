@@ -342,3 +342,26 @@ def test_shards_of_another_model_shape_are_named_as_damaged(char_data, runs, tmp
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
         assert f"{out / 'ckpt.dcp'} is damaged (its shards do not fit its model_args: Size mismatch" in r.stderr
+
+
+def test_half_width_stacking_and_distillation_under_fsdp_match_ddp(char_data, reference, tmp_path):
+    # the paper's baselines under FSDP, in one run: a half-width student narrowed on rank 0, grown by stacking
+    # (gathered, doubled, sharded again) and distilled from a teacher sharded like it; DDP's losses, as above
+    args = ["--init_from=inherit", f"--reference={reference}", "--n_layer=2", "--n_embd=16", "--n_head=1",
+            "--grow_every=10", "--grow_init=stack", "--target_val_loss=0.5", "--max_iters=20", "--eval_interval=10",
+            "--gradient_accumulation_steps=2", f"--teacher={reference}", "--kd_alpha=0.5", "--fsdp=True"]
+    torchrun(char_data, tmp_path / "fsdp", *args)
+    torchrun(char_data, tmp_path / "ddp", *args, "--fsdp=False")
+    fsdp, ddp = steps(tmp_path / "fsdp"), steps(tmp_path / "ddp")
+    assert sorted(fsdp) == sorted(ddp) == list(range(20))
+    for key in ("loss", "ce", "kd"):
+        assert [fsdp[i][key] for i in fsdp] == pytest.approx([ddp[i][key] for i in ddp], rel=1e-6), key
+    assert all(fsdp[i]["kd"] > 0 for i in fsdp)
+    (grow,) = [e for e in read_log(tmp_path / "fsdp") if e.get("event") == "grow"]
+    assert grow["n_layer"] == 4 and grow["layers"] == [0, 1, 0, 1]
+    val_kd = [[r["val_kd"] for r in read_log(tmp_path / run) if "val_kd" in r] for run in ("fsdp", "ddp")]
+    assert len(val_kd[0]) == 3 and val_kd[0] == pytest.approx(val_kd[1], rel=1e-6)
+    model = load_model(tmp_path / "fsdp")[0]
+    assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == (4, 16, 1)
+    teacher = load_checkpoint(tmp_path / "fsdp")["distill"]
+    assert teacher["teacher_fingerprint"] == checkpoint.model_fingerprint(load_model(reference)[0])

@@ -13,6 +13,9 @@ os.environ.update(
     HF_HOME=os.path.join(_cache, "hf"),
     TIKTOKEN_CACHE_DIR=os.path.join(_cache, "tiktoken"),
     TOKENIZERS_PARALLELISM="false",
+    # one thread per process: the suite runs on 2 workers (pytest-xdist) and many tests start 2-process runs, and
+    # more threads than cores slow every process down many times over
+    OMP_NUM_THREADS="1",
 )
 
 import copy  # noqa: E402

@@ -231,7 +231,8 @@ def test_llama_inherited_under_fsdp_matches_ddp(char_data, make_hf_family, tmp_p
     # rank 0 reads the chosen blocks; the growth target is measured with the whole reference, sharded
     folder = make_hf_family("llama", shard="40KB", num_hidden_layers=4)
     args = ["--init_from=inherit", f"--reference={folder}", "--n_layer=2", "--grow_every=10", "--max_iters=10",
-            "--eval_interval=10", "--gradient_accumulation_steps=2"]
+            "--eval_interval=10", "--gradient_accumulation_steps=2",
+            "--n_embd=32", "--n_head=4"]  # the reference's width (conftest's TINY asks for another: half-width)
     runs = {mode: tmp_path / mode for mode in ("ddp", "fsdp")}
     for mode, out in runs.items():
         torchrun(char_data, out, *args, f"--fsdp={mode == 'fsdp'}")

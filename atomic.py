@@ -1,8 +1,10 @@
 """Atomic file writes: the data goes to a temporary file, is flushed and fsynced, then renamed over the
-target, so a crash or kill mid-write leaves the old file (or none), never a truncated one that looks whole."""
+target, so a crash or kill mid-write leaves the old file (or none), never a truncated one that looks whole.
+Folders (a sharded checkpoint) are written under a temporary name too and swapped in whole."""
 
 import glob
 import os
+import shutil
 from contextlib import contextmanager
 
 
@@ -29,8 +31,44 @@ def atomic_write(path, mode="wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    fsync_folder(os.path.dirname(os.path.abspath(path)))  # make the rename itself durable
+
+
+def fsync_folder(path):
+    """Make the entries of folder path (new files, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def aside_name(path):
+    return f"{path}.old"
+
+
+def swap_in_folder(tmp, path):
+    """Put the finished folder tmp in place of the folder path: path is renamed aside, tmp renamed to path, and the
+    old one removed. A kill between the two renames leaves only the aside copy, which restore_folder(path) puts back
+    (and loaders use meanwhile): at every moment a complete folder is there under one of the two names."""
+    fsync_folder(tmp)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path):
+        os.replace(path, aside_name(path))
+    os.replace(tmp, path)
+    fsync_folder(parent)
+    if os.path.exists(aside_name(path)):
+        shutil.rmtree(aside_name(path))
+
+
+def restore_folder(path):
+    """Finish a swap_in_folder that was killed: its aside copy comes back if path is missing, else goes; stale
+    temporary folders of killed writes are removed."""
+    aside = aside_name(path)
+    if os.path.isdir(aside):
+        if os.path.exists(path):
+            shutil.rmtree(aside)
+        else:
+            os.replace(aside, path)
+    for stale in stale_temporaries(path):
+        shutil.rmtree(stale) if os.path.isdir(stale) else os.remove(stale)

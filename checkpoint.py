@@ -1,11 +1,16 @@
 """
 Checkpoint I/O, the one place every script loads and saves models through.
 
-Paths: a path ending in .pt is a checkpoint file; any other path is a folder (an out_dir) that holds
-ckpt.pt, created when a checkpoint is first written there. Nothing is guessed from what exists on disk.
+Paths: a path ending in .pt is a checkpoint file; any other path is a folder (an out_dir) that holds the run's
+checkpoint, created when a checkpoint is first written there, in one of two formats:
+  ckpt.pt    one file, written by one process (train.py on one process or under DDP, inherit.py);
+  ckpt.dcp/  a sharded checkpoint (train.py --fsdp=True): every process writes its own shards through
+             torch.distributed.checkpoint, so no process ever holds the whole model.
+Every loader reads both: load_checkpoint / load_model consolidate a sharded checkpoint on the fly, so scripts
+need not know how a run was trained; `python checkpoint.py --to_single=... / --to_sharded=...` converts.
 
-A checkpoint (out_dir/ckpt.pt) is a dict of tensors and plain Python types, so
-torch.load(path, weights_only=True) reads it. Keys written by train.py / inherit.py:
+A checkpoint is a dict of tensors and plain Python types, so torch.load(path, weights_only=True) reads ckpt.pt.
+Keys written by train.py / inherit.py:
   model        state dict of the unwrapped model (no "_orig_mod." / "module." prefixes)   (always)
   model_args   GPTConfig fields   (always)
   config       the run's config as train.py keys: a resume, and a re-run of the same command, start from it
@@ -15,18 +20,31 @@ torch.load(path, weights_only=True) reads it. Keys written by train.py / inherit
   inherit      {source, layers, source_n_layer, fresh, reference_val_loss, reference_eval, settings}   (inherit.py)
   growth       {round, layers, target_val_loss, done, last_round_end, end}   (train.py with grow_every)
   compute      {tokens, flops}: training tokens and FLOPs so far, all rounds   (train.py; as in log.jsonl's evals)
+
+ckpt.dcp/ holds the same: torch.distributed.checkpoint's files (.metadata, one __<rank>_0.distcp per process) with
+"model" (the state dict above) and "optimizer" (AdamW's state and param_groups keyed by parameter name, as
+torch.distributed.checkpoint.state_dict.get_optimizer_state_dict gives them; absent when the optimizer has not
+stepped yet, as right after a restart-mode growth: a resume makes a fresh one), and extras.pt with every other key
+(weights_only-loadable). It is written under a temporary name (ckpt.dcp.tmp.<pid>) and swapped in whole
+(atomic.swap_in_folder), so a kill at any moment leaves the previous checkpoint loadable. A save in one format
+removes the other format's checkpoint from the folder afterwards; a folder holding both (a kill in between) is
+read from the one written last.
 """
 
 import hashlib
 import os
 import re
+import sys
+import warnings
 
 import torch
 
-from atomic import atomic_write, stale_temporaries
+from atomic import aside_name, atomic_write, restore_folder, stale_temporaries, swap_in_folder, temporary_name
 from model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
+SHARDED_NAME = "ckpt.dcp"
+EXTRAS_NAME = "extras.pt"  # a sharded checkpoint's keys other than its shards' "model" and "optimizer"
 REQUIRED_KEYS = ("model", "model_args")
 
 
@@ -39,29 +57,54 @@ def checkpoint_path(path):
     return path if str(path).endswith(".pt") else os.path.join(path, CKPT_NAME)
 
 
+def sharded_path(path):
+    """The sharded checkpoint folder of an out_dir (out_dir/ckpt.dcp), or path itself when it is one."""
+    return path if os.path.isfile(os.path.join(path, EXTRAS_NAME)) else os.path.join(path, SHARDED_NAME)
+
+
+def find_checkpoint(path):
+    """("single", file) or ("sharded", folder) of the checkpoint at path (an out_dir or a .pt file), or None.
+
+    A sharded folder whose swap was killed midway is found under its aside name. A folder holding both formats (a
+    save killed before it removed the other one) gives the one written last."""
+    if str(path).endswith(".pt"):
+        return ("single", path) if os.path.isfile(path) else None
+    found = [("single", checkpoint_path(path))] if os.path.isfile(checkpoint_path(path)) else []
+    folder = sharded_path(path)
+    found += [("sharded", f) for f in (folder, aside_name(folder)) if os.path.isdir(f)][:1]
+    return max(found, key=lambda kind_path: os.path.getmtime(kind_path[1]), default=None)
+
+
 def is_checkpoint(path):
-    """Whether path names one of our checkpoints: a .pt path (existing or not), or a folder holding ckpt.pt."""
-    return str(path).endswith(".pt") or os.path.isfile(os.path.join(path, CKPT_NAME))
+    """Whether path names one of our checkpoints: a .pt path (existing or not), or a folder holding one."""
+    return str(path).endswith(".pt") or find_checkpoint(path) is not None
 
 
 def save_checkpoint(obj, path):
     """Write atomically: a temporary file, flushed and fsynced, renamed over the old checkpoint.
 
     A crash, kill or full disk during the save leaves the previous checkpoint as it was; temporary files
-    left by an earlier save that was killed are removed first.
+    left by an earlier save that was killed are removed first. An out_dir's sharded checkpoint is removed after.
     """
     path = checkpoint_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     for stale in stale_temporaries(path):
         os.remove(stale)
     with atomic_write(path) as f:
-        writer = WriteErrorKeeper(f)
-        try:
-            torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is not None:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
-                raise writer.error from None
-            raise
+        torch_save(obj, f)
+    if os.path.basename(path) == CKPT_NAME:
+        remove_sharded(os.path.dirname(path))
+
+
+def torch_save(obj, f):
+    """torch.save to an open file, raising the OSError of a failed write (a full disk) as itself."""
+    writer = WriteErrorKeeper(f)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError:
+        if writer.error is not None:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            raise writer.error from None
+        raise
 
 
 class WriteErrorKeeper:
@@ -82,7 +125,7 @@ class WriteErrorKeeper:
 
 
 def damaged(path, reason):
-    """The error for a checkpoint file that exists but cannot be used."""
+    """The error for a checkpoint that exists but cannot be used."""
     leftovers = stale_temporaries(path)
     note = (f"; {os.path.basename(leftovers[0])} beside it is an unfinished save, not a usable checkpoint"
             if leftovers else "")
@@ -90,21 +133,222 @@ def damaged(path, reason):
                            f"each save replaces {os.path.basename(path)}{note}. Restore it from a copy, or start over")
 
 
-def load_checkpoint(path, map_location="cpu", mmap=False):
-    """The checkpoint dict at path (an out_dir or a .pt file), loaded with weights_only=True; mmap=True maps the
-    tensors from the file instead of reading them (to read a big checkpoint's metadata)."""
-    path = checkpoint_path(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}: pass an out_dir that holds {CKPT_NAME} or a .pt file")
+def first_line(e):
+    return (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]
+
+
+def load_checkpoint(path, map_location="cpu", mmap=False, weights=True):
+    """The checkpoint dict at path (an out_dir or a .pt file), in ckpt.pt's layout whichever format is on disk.
+
+    ckpt.pt is loaded with weights_only=True; mmap=True maps its tensors from the file instead of reading them.
+    A sharded checkpoint is consolidated here, in this one process. weights=False reads no tensors of the
+    model or optimizer: ckpt.pt is memory-mapped, a sharded checkpoint gives its other keys only (its shards
+    are read with load_shards)."""
+    found = find_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"no checkpoint at {checkpoint_path(path)}: pass an out_dir that holds {CKPT_NAME} "
+                              f"or {SHARDED_NAME}/, or a .pt file")
+    kind, path = found
+    if kind == "sharded":
+        return load_sharded_checkpoint(path, weights)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or not weights)
     except Exception as e:  # a truncated or overwritten file fails in torch.load's zip, pickle or unpickler code
-        first_sentence = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]
-        raise damaged(path, f"{type(e).__name__}: {first_sentence}" if first_sentence else type(e).__name__) from None
+        raise damaged(path, f"{type(e).__name__}: {first_line(e)}" if first_line(e) else type(e).__name__) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise damaged(path, f"no {' / '.join(missing)} in it")
     return ckpt
+
+
+# -----------------------------------------------------------------------------
+# sharded checkpoints (torch.distributed.checkpoint)
+
+def load_sharded_checkpoint(folder, weights=True):
+    """A sharded checkpoint as the dict ckpt.pt holds: its model and optimizer consolidated here (weights=False:
+    extras.pt's keys only)."""
+    extras_path = os.path.join(folder, EXTRAS_NAME)
+    if not os.path.isfile(extras_path):
+        raise damaged(folder, f"no {EXTRAS_NAME} in it")
+    try:
+        ckpt = torch.load(extras_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise damaged(folder, f"{EXTRAS_NAME}: {type(e).__name__}: {first_line(e)}") from None
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt:
+        raise damaged(folder, f"no model_args in its {EXTRAS_NAME}")
+    if not weights:
+        return ckpt
+    model = empty_model(ckpt["model_args"], folder)
+    optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu") if "optimizer" in shard_keys(folder) else None
+    load_shards(folder, model, optimizer)
+    return ckpt | {"model": model.state_dict()} | ({"optimizer": optimizer.state_dict()} if optimizer else {})
+
+
+def empty_model(model_args, path="the checkpoint"):
+    """A GPT of model_args on the CPU, its tensors allocated but not initialized (for weights about to be loaded)."""
+    try:
+        with torch.device("meta"):
+            model = GPT(GPTConfig(**model_args))
+    except (TypeError, ValueError) as e:
+        raise damaged(path, f"its model_args are not a model: {first_line(e)}") from None
+    model.to_empty(device="cpu")
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # to_empty gave the two names their own tensors
+    return model
+
+
+def load_sharded_model(folder, model_args, layers=None):
+    """The GPT a sharded checkpoint holds, read in this one process; layers: only these blocks (any order, repeats
+    allowed, renumbered in that order) with everything outside the blocks, the other blocks' shards left unread."""
+    n_layer = model_args.get("n_layer")
+    layers = list(range(n_layer)) if layers is None else list(layers)
+    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_layer)]
+    if bad:
+        raise CheckpointError(f"layers {bad} are not block indices of {folder} ({n_layer} blocks, 0..{n_layer - 1})")
+    model = empty_model(dict(model_args, n_layer=len(layers)), folder)
+    sources = {}  # a tensor's name in the checkpoint: the model's tensors it fills (a repeated block: several)
+    for name, tensor in model.state_dict().items():
+        match = BLOCK_NAME.match(name)
+        source = name if match is None else f"transformer.h.{layers[int(match.group(1))]}.{match.group(2)}"
+        sources.setdefault(source, []).append(tensor)
+    read_shards(folder, {"model": {source: tensors[0] for source, tensors in sources.items()}})  # in place
+    with torch.no_grad():
+        for first, *copies in sources.values():
+            for tensor in copies:
+                tensor.copy_(first)
+    return model
+
+
+def read_shards(folder, state, collective=False):
+    """torch.distributed.checkpoint.load of state (tensors filled in place) from a sharded checkpoint, by this one
+    process (collective: by every rank of the process group together); a shard that does not fit, or a file
+    missing or cut short, is named as damage."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    shard_keys(folder)  # a missing or damaged .metadata, named as such
+    try:
+        with warnings.catch_warnings():  # that one process reads alone is meant
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=folder, no_dist=not collective)
+    except CheckpointException as e:
+        raise damaged(folder, f"its shards do not fit its model_args: {first_line(dcp_failure(e))}") from None
+
+
+def shard_keys(folder):
+    """The top-level keys ("model", "optimizer") a sharded checkpoint's shards hold."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        metadata = FileSystemReader(folder).read_metadata()
+    except Exception as e:
+        raise damaged(folder, f"its .metadata: {type(e).__name__}: {first_line(e)}") from None
+    return {key.split(".", 1)[0] for key in metadata.state_dict_metadata}
+
+
+def training_state(model, optimizer=None):
+    """{"model": ..., "optimizer": ...} state dicts by parameter name, of a plain or an FSDP-sharded model (each
+    process's own shards), as torch.distributed.checkpoint saves and loads them."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    if optimizer is not None:  # (for an optimizer without state yet it takes a step at lr 0 to make its state)
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    return state
+
+
+def dcp_failure(e):
+    """The first exception inside a torch.distributed.checkpoint CheckpointException (any rank's)."""
+    return next((exc for exc, _ in e.failures.values()), e)
+
+
+def load_shards(folder, model, optimizer=None):
+    """Fill model (and optimizer) from a sharded checkpoint. An FSDP-sharded model reads the pieces of its own
+    shards on every process (each process calls this); a plain model reads them all, whatever process count wrote
+    them (resharding)."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
+
+    if "optimizer" not in shard_keys(folder):  # converted from a weights-only checkpoint: a fresh optimizer
+        optimizer = None
+    state = training_state(model, optimizer)
+    read_shards(folder, state, collective=isinstance(next(model.parameters()), DTensor) and dist.is_initialized())
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def load_optimizer_state(model, optimizer, state):
+    """optimizer.load_state_dict(state) of a ckpt.pt's optimizer state, also for an FSDP-sharded model: there every
+    rank passes the whole state (memory-mapped) and keeps the shards of its own parameters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(next(model.parameters()), DTensor):
+        optimizer.load_state_dict(state)
+        return
+    # ckpt.pt numbers the parameters in the optimizer's order; torch.distributed.checkpoint names them
+    name_of = {p: name for name, p in model.named_parameters()}
+    names = [name_of[p] for group in optimizer.param_groups for p in group["params"]]
+    by_name = {"state": {names[i]: s for i, s in state["state"].items()},
+               "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def save_sharded_checkpoint(extras, path, model, optimizer=None):
+    """Write model's and optimizer's state (FSDP-sharded or plain) and extras (every other key) as out_dir path's
+    sharded checkpoint, atomically as a whole; then remove the folder's ckpt.pt, if any.
+
+    Under a process group every rank calls this and writes its own shards; rank 0 writes extras.pt and swaps the
+    folder in. A failed write (a full disk) raises its OSError on every rank and leaves the previous checkpoint.
+    """
+    import shutil
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    distributed = dist.is_initialized()
+    rank0 = not distributed or dist.get_rank() == 0
+    folder = os.path.join(path, SHARDED_NAME)
+    if rank0:
+        os.makedirs(path, exist_ok=True)
+        restore_folder(folder)  # what a killed save left: a folder set aside mid-swap, temporary folders
+    tmp = [temporary_name(folder)]
+    if distributed:  # every rank writes into rank 0's temporary folder (once rank 0 has cleaned up)
+        dist.broadcast_object_list(tmp, src=0)
+    tmp = tmp[0]
+    try:
+        try:
+            # an optimizer that has not stepped yet (a restart growth's) is saved as none: a fresh one when loaded
+            state = training_state(model, optimizer if optimizer is not None and optimizer.state else None)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "torch.distributed is disabled")
+                dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
+        except CheckpointException as e:  # every rank raises it when any rank failed
+            failure = dcp_failure(e)
+            raise failure if isinstance(failure, OSError) else e
+        if rank0:
+            with atomic_write(os.path.join(tmp, EXTRAS_NAME)) as f:
+                torch_save(extras, f)
+            swap_in_folder(tmp, folder)
+            if os.path.isfile(os.path.join(path, CKPT_NAME)):
+                os.remove(os.path.join(path, CKPT_NAME))  # the folder's checkpoint is the sharded one from now on
+    except BaseException:
+        if rank0 and os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_sharded(path):
+    """Remove out_dir path's sharded checkpoint (after a ckpt.pt took its place)."""
+    import shutil
+
+    folder = os.path.join(path, SHARDED_NAME)
+    for f in (folder, aside_name(folder), *stale_temporaries(folder)):
+        if os.path.isdir(f):
+            shutil.rmtree(f)
 
 
 def strip_wrapper_prefixes(state_dict):
@@ -159,9 +403,14 @@ def load_model(source, device="cpu", layers=None):
 
     layers: only these blocks (any order, repeats allowed; renumbered in that order) with the embeddings, final norm
     and head, read without the rest: a checkpoint is memory-mapped and only the chosen tensors are copied out of
-    it, a Hugging Face folder's safetensors are read tensor by tensor (hf.load_pretrained).
+    it (a sharded one: only the chosen tensors are read from its shards), a Hugging Face folder's safetensors are
+    read tensor by tensor (hf.load_pretrained). A sharded checkpoint's dict has no model or optimizer tensors.
     """
     if is_checkpoint(source):
+        found = find_checkpoint(source)
+        if found is not None and found[0] == "sharded":
+            ckpt = load_checkpoint(source, weights=False)
+            return load_sharded_model(found[1], ckpt["model_args"], layers).to(device), ckpt
         ckpt = load_checkpoint(source, mmap=layers is not None)
         return model_from_checkpoint(ckpt, checkpoint_path(source), layers).to(device), ckpt
     check_hf_folder(source)
@@ -177,7 +426,7 @@ def load_model_config(source):
     """(GPTConfig, checkpoint dict or None) of a model source without reading its weights: a checkpoint's
     model_args (its tensors memory-mapped, not read), or a Hugging Face folder's config.json."""
     if is_checkpoint(source):
-        ckpt = load_checkpoint(source, mmap=True)
+        ckpt = load_checkpoint(source, weights=False)
         try:
             return GPTConfig(**ckpt["model_args"]), ckpt
         except (TypeError, ValueError) as e:
@@ -204,3 +453,61 @@ def fingerprint_tensors(named_tensors, sample=65536):
         flat = flat[::max(1, flat.numel() // sample)][:sample]
         h.update(flat.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+# -----------------------------------------------------------------------------
+# conversion between the formats: python checkpoint.py --to_single=OUT_DIR --out=... / --to_sharded=... --out=...
+
+def to_single(source, out):
+    """Write source's sharded checkpoint as one file: out's ckpt.pt (out: a folder, or a .pt file)."""
+    if find_checkpoint(source) is None or find_checkpoint(source)[0] != "sharded":
+        raise CheckpointError(f"{source} holds no sharded checkpoint ({SHARDED_NAME}/) to convert")
+    save_checkpoint(load_checkpoint(source), out)
+    return checkpoint_path(out)
+
+
+def to_sharded(source, out):
+    """Write source's ckpt.pt as out's sharded checkpoint (out/ckpt.dcp/), from this one process."""
+    if find_checkpoint(source) is None or find_checkpoint(source)[0] != "single":
+        raise CheckpointError(f"{source} holds no single-file checkpoint ({CKPT_NAME}) to convert")
+    if str(out).endswith(".pt"):
+        raise CheckpointError(f"--out={out} ends in .pt: a sharded checkpoint goes into an out_dir folder")
+    ckpt = load_checkpoint(source)
+    model = model_from_checkpoint(ckpt, checkpoint_path(source))
+    optimizer = None
+    if "optimizer" in ckpt:
+        optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu")
+        optimizer.load_state_dict(ckpt["optimizer"])
+    extras = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
+    save_sharded_checkpoint(extras, out, model, optimizer)
+    return os.path.join(out, SHARDED_NAME)
+
+
+CONVERT_DEFAULTS = dict(
+    to_single="",  # an out_dir holding a sharded checkpoint (ckpt.dcp/): written as one ckpt.pt
+    to_sharded="",  # an out_dir or .pt holding a single-file checkpoint: written as a sharded ckpt.dcp/
+    out="",  # where: a folder (out/ckpt.pt or out/ckpt.dcp/), or a .pt file for --to_single
+    overwrite=False,  # replace a checkpoint already at --out
+)
+
+
+def convert(to_single_from, to_sharded_from, out, overwrite):
+    if bool(to_single_from) == bool(to_sharded_from):
+        raise CheckpointError("pass one of --to_single=OUT_DIR and --to_sharded=OUT_DIR, and --out=WHERE")
+    if not out:
+        raise CheckpointError("pass where to write with --out=FOLDER (or --out=FILE.pt for --to_single)")
+    if find_checkpoint(out) is not None and not overwrite:
+        raise CheckpointError(f"--out={out} holds a checkpoint already: pick another --out, or replace it "
+                              f"with --overwrite=True")
+    return to_single(to_single_from, out) if to_single_from else to_sharded(to_sharded_from, out)
+
+
+if __name__ == "__main__":
+    from configurator import configure_or_exit
+
+    cfg = configure_or_exit(CONVERT_DEFAULTS)
+    try:
+        written = convert(cfg["to_single"], cfg["to_sharded"], cfg["out"], cfg["overwrite"])
+    except (CheckpointError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {written}")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from atomic import atomic_write
-from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from configurator import configure_or_exit
 from model import GPT, GPTConfig
 
@@ -93,9 +93,8 @@ def reference_cost(source):
 def summarize(out_dir):
     """One run's row: its eval curve and what it cost."""
     evals = read_evals(out_dir)
-    ckpt_path = os.path.join(out_dir, CKPT_NAME)
-    try:
-        ckpt = load_checkpoint(ckpt_path, mmap=True) if os.path.isfile(ckpt_path) else None
+    try:  # its metadata only: the tensors stay on disk (ckpt.pt memory-mapped, a sharded checkpoint's shards unread)
+        ckpt = load_checkpoint(out_dir, weights=False) if find_checkpoint(out_dir) else None
     except CheckpointError as e:  # it names the file as damaged
         raise CompareError(str(e)) from None
     depths = [r["n_layer"] for r in evals if "n_layer" in r]  # growing runs log their depth with every eval

@@ -84,13 +84,13 @@ def known_model_tokenizer_meta(source, ckpt=None):
     """The tokenizer a model was trained with, as a meta.json-like dict, when it is known: for our checkpoints,
     the meta.json of the dataset it was trained on (else that of the model it was inherited from); for a Hugging
     Face folder with tokenizer files, that tokenizer (GPT-2's own BPE stays "gpt2"). None when nothing says it."""
-    from checkpoint import CheckpointError, checkpoint_path, is_checkpoint, load_checkpoint
+    from checkpoint import CheckpointError, find_checkpoint, is_checkpoint, load_checkpoint
     from hf import has_tokenizer, local_hf_folder
     from tokenizer import hf_tokenizer_meta, meta_fingerprint
 
     if ckpt is None and is_checkpoint(source):  # e.g. the recorded reference of a student
         try:
-            ckpt = load_checkpoint(source, mmap=True) if os.path.isfile(checkpoint_path(source)) else None
+            ckpt = load_checkpoint(source, weights=False) if find_checkpoint(source) else None
         except CheckpointError:
             ckpt = None
         if ckpt is None:
@@ -377,12 +377,16 @@ def evaluate_loss(model, tokens, offsets, block_size, batch_size, device, autoca
     model.eval()
     mine = offsets[rank::world_size]
     total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, window count
-    for i in range(0, len(mine), batch_size):
-        x, y = windows_to_batch(tokens, mine[i:i + batch_size], block_size)
+    # every rank runs as many batches as the rank with the most windows: an FSDP-sharded model's forward is a
+    # collective (a rank out of windows runs one more on a window it does not count)
+    for i in range(0, -(-len(offsets) // world_size), batch_size):
+        batch = mine[i:i + batch_size]
+        x, y = windows_to_batch(tokens, batch or offsets[:1], block_size)
         x, y = x.to(device), y.to(device)
         with autocast_ctx:
             loss = model(x, y)[1] if loss_fn is None else loss_fn(model, x, y)
-        total += torch.stack([loss.double() * len(x), torch.tensor(len(x), dtype=torch.float64, device=device)])
+        if batch:
+            total += torch.stack([loss.double() * len(x), torch.tensor(len(x), dtype=torch.float64, device=device)])
     if world_size > 1:
         torch.distributed.all_reduce(total)
     model.train(was_training)

@@ -35,8 +35,8 @@ import sys
 import torch
 import torch.nn as nn
 
-from checkpoint import (BLOCK_NAME, checkpoint_path, fingerprint_tensors, load_model, load_model_config,
-                        save_checkpoint, strip_wrapper_prefixes)
+from checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint, fingerprint_tensors, load_model,
+                        load_model_config, save_checkpoint, strip_wrapper_prefixes)
 from model import GPT, norm_layer
 
 FRESH_PARTS = ("wpe", "ln_f")  # parts that can be left at fresh init (the paper's released code did)
@@ -65,7 +65,8 @@ class Reference:
 
         self.source = source
         self.config, self.checkpoint = load_model_config(source)  # checkpoint: ours (tensors mapped), or None
-        self.path = checkpoint_path(source) if self.checkpoint is not None else hf.resolve_hf_folder(source)
+        # ours: its ckpt.pt, or its sharded ckpt.dcp/ folder (a new folder, a new inode, at each save)
+        self.path = find_checkpoint(source)[1] if self.checkpoint is not None else hf.resolve_hf_folder(source)
         self.stamp = self.files_stamp()
 
     def files_stamp(self):
@@ -89,6 +90,9 @@ class Reference:
 
     def named_tensors(self):
         """(name, tensor) of the whole model in name order, one block in memory at a time."""
+        if self.checkpoint is not None and "model" not in self.checkpoint:  # sharded: read whole, in this process
+            yield from sorted(load_model(self.path)[0].state_dict().items())
+            return
         if self.checkpoint is not None:  # memory-mapped: a tensor is read when it is used
             yield from sorted(strip_wrapper_prefixes(self.checkpoint["model"]).items())
             return
@@ -388,8 +392,9 @@ def main(cfg):
     if cfg["out_dir"].endswith(".pt"):
         raise InheritError(f"out_dir={cfg['out_dir']!r} ends in .pt, but out_dir is a folder (the student goes "
                            f"to out_dir/ckpt.pt)")
-    if os.path.exists(out_path) and not cfg["overwrite"]:
-        raise InheritError(f"{out_path} exists: train it with python train.py --init_from=resume --out_dir="
+    existing = find_checkpoint(cfg["out_dir"])  # ckpt.pt, or a sharded ckpt.dcp/ that writing ckpt.pt would remove
+    if existing and not cfg["overwrite"]:
+        raise InheritError(f"{existing[1]} exists: train it with python train.py --init_from=resume --out_dir="
                            f"{cfg['out_dir']}, pick another --out_dir, or replace it with --overwrite=True")
     for key in ("eval_iters", "batch_size", "block_size", "n_embd", "n_head"):
         if cfg[key] is not None and (isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1):

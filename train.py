@@ -1,13 +1,16 @@
 """
-Train a GPT, nanoGPT-style: one process on CPU / CUDA / MPS, or DDP under torchrun.
+Train a GPT, nanoGPT-style: one process on CPU / CUDA / MPS, or DDP under torchrun, or FSDP2 (--fsdp=True) for
+models whose weights, gradients and AdamW state do not fit one GPU: each process then holds a shard of them.
 
     python train.py config/train_shakespeare_char.py --device=cpu --compile=False
     torchrun --standalone --nproc_per_node=8 train.py config/SOME_CONFIG.py
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
+    torchrun --standalone --nproc_per_node=8 train.py config/SOME_CONFIG.py --fsdp=True
 
-Every log and eval line is also appended as JSON to out_dir/log.jsonl. Checkpoints (out_dir/ckpt.pt)
-hold everything needed to continue exactly: --init_from=resume on CPU reproduces an uninterrupted
-run's losses bit for bit. SIGTERM / SIGINT save a checkpoint at the next step boundary and exit 0.
+Every log and eval line is also appended as JSON to out_dir/log.jsonl. Checkpoints (out_dir/ckpt.pt; under FSDP
+the sharded out_dir/ckpt.dcp/, see checkpoint.py) hold everything needed to continue exactly: --init_from=resume
+on CPU reproduces an uninterrupted run's losses bit for bit. SIGTERM / SIGINT save a checkpoint at the next step
+boundary and exit 0.
 
 Requeue-safe: the same command run again (a Slurm requeue, a torchrun restart) continues from out_dir's
 checkpoint when that checkpoint's config is this command's (max_iters and the other RESUMABLE_KEYS may
@@ -32,14 +35,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 import data
 import inherit
 import perf
-from checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_model, model_fingerprint,
-                        save_checkpoint, strip_wrapper_prefixes)
+from checkpoint import (SHARDED_NAME, CheckpointError, checkpoint_path, empty_model, find_checkpoint, load_checkpoint,
+                        load_model, load_optimizer_state, load_shards, model_fingerprint, save_checkpoint,
+                        save_sharded_checkpoint, strip_wrapper_prefixes)
 from hf import ModelLoadError
 from model import GPT, GPTConfig
 
@@ -106,6 +113,10 @@ dtype = "auto"  # 'float32' | 'bfloat16' | 'float16' | 'auto': bfloat16 on CUDA 
 compile = device == "cuda"  # torch.compile the model; works on CPU too, but is slow to start there
 backend = "auto"  # DDP backend: 'auto' (nccl on CUDA, gloo elsewhere) | 'nccl' | 'gloo'
 dist_timeout_s = 600  # DDP: a rendezvous or collective waiting longer fails, so torchrun can restart (gloo's own: 1800)
+fsdp = False  # under torchrun: shard parameters, gradients and AdamW state over the processes (FSDP2) instead of DDP
+fsdp_shard_size = 0  # processes per shard group, 0: all; e.g. GPUs per node: shard in a node, replicate across (HSDP)
+fsdp_cpu_offload = False  # FSDP: keep the shards of parameters, gradients and AdamW state in CPU memory
+activation_checkpointing = False  # recompute each block's activations in the backward pass instead of keeping them
 seed = 1337
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items()
@@ -122,7 +133,8 @@ TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "
                        "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute")
 # A resumed run takes this machine's and this command's keys from the command line (or the defaults) only, and
 # every other key from the checkpoint's config unless a config file or flag sets it.
-MACHINE_KEYS = ("device", "dtype", "compile", "backend", "dist_timeout_s")
+MACHINE_KEYS = ("device", "dtype", "compile", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size",
+                "fsdp_cpu_offload", "activation_checkpointing")
 COMMAND_KEYS = ("out_dir", "init_from", "eval_only", "overwrite")
 # Keys in which attempts of one run may differ (train longer, log differently, the reference moved): the same
 # command with other values still continues the run; any other difference makes out_dir's checkpoint another run's.
@@ -148,7 +160,7 @@ def check_settings(cfg, new_model):
         if not cfg[key] > 0:
             raise configurator.ConfigError(f"{key}={cfg[key]!r} must be positive")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "grad_clip", "vocab_size",
-                "grow_every", "max_layers", "target_val_loss"):
+                "grow_every", "max_layers", "target_val_loss", "fsdp_shard_size"):
         if cfg[key] < 0:
             raise configurator.ConfigError(f"{key}={cfg[key]!r} must not be negative"
                                            + (" (0 evaluates the model once and exits)" if key == "max_iters" else ""))
@@ -159,6 +171,9 @@ def check_settings(cfg, new_model):
                          ("grow_mode", ("restart", "continue")), ("grow_init", inherit.GROW_INITS)):
         if cfg[key] not in allowed:
             raise configurator.ConfigError(f"{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    if cfg["fsdp"] and cfg["dtype"] == "float16":
+        raise configurator.ConfigError("dtype='float16' cannot train under fsdp=True (its loss scaling would have to "
+                                       "span the shards): use bfloat16 (or float32)")
     if cfg["grow_every"] and cfg["grow_mode"] == "restart" and cfg["grow_init"] not in ("reference", "stack"):
         raise configurator.ConfigError(
             f"grow_init={cfg['grow_init']!r} adds blocks to the trained ones and keeps training them: use "
@@ -242,13 +257,13 @@ def open_run():
     if init_from == "resume":
         if overwrite:
             fail("overwrite=True starts a new run in out_dir; it cannot be combined with init_from='resume'")
-        if not os.path.isfile(ckpt_path):
+        if find_checkpoint(out_dir) is None:
             fail(f"init_from='resume' found no checkpoint at {ckpt_path}: point out_dir at the run to continue")
-        return load_checkpoint(ckpt_path)
-    has_checkpoint = os.path.isfile(ckpt_path)
+        return load_checkpoint(out_dir, weights=not fsdp)  # FSDP reads the weights after sharding the model
+    has_checkpoint = find_checkpoint(out_dir) is not None
     if overwrite or not (has_checkpoint or os.path.isfile(log_path)):
         return None
-    previous = load_checkpoint(ckpt_path) if has_checkpoint else None
+    previous = load_checkpoint(out_dir, weights=not fsdp) if has_checkpoint else None
     saved = (previous.get("config") if previous else logged_run_config(log_path)) or {}
     differences = run_differences(saved, config)
     if not saved or differences:
@@ -265,19 +280,118 @@ def open_run():
 
 # Building blocks, kept small so that growing the model mid-run can call them again.
 def build_model(model_args, state_dict=None):
-    """A GPT of model_args on device, with state_dict's weights if given."""
+    """A GPT of model_args on build_device, with state_dict's weights if given."""
     model = GPT(GPTConfig(**model_args))
     if state_dict is not None:
         model.load_state_dict(strip_wrapper_prefixes(state_dict))
-    return model.to(device)
+    return model.to(build_device)
 
 
-def wrap_model(raw_model):
-    """The module the training step calls: raw_model compiled and/or DDP-wrapped as configured."""
+def shape_of(config):
+    """A GPT of config on the meta device: its shape without memory (what FSDP ranks other than 0 build)."""
+    with torch.device("meta"):
+        return GPT(config)
+
+
+def shapes_only():
+    """Under FSDP, where ranks other than 0 build models: on the meta device (rank 0 builds the weights alone)."""
+    return torch.device("meta") if fsdp and not master_process else nullcontext()
+
+
+def checkpoint_activations(model):
+    """Per-block activation checkpointing: each block's forward runs again in the backward pass to recompute its
+    activations instead of keeping them (the same numbers; less memory, about a third more compute)."""
+    for block in model.transformer.h:
+        block.forward = recomputed(block.forward)
+
+
+def recomputed(forward):
+    """forward, its activations recomputed in the backward pass (a function, not a partial: torch.compile traces it)."""
+    def checkpointed(*args):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False)
+    return checkpointed
+
+
+def wrap_model(raw_model, weights=True):
+    """The module the training step calls: raw_model compiled and/or DDP-wrapped as configured, or under FSDP a
+    sharded copy of it (shard_model; weights=False: its weights are read from a sharded checkpoint afterwards)."""
+    if fsdp:
+        return shard_model(raw_model, weights)
+    if activation_checkpointing:
+        checkpoint_activations(raw_model)
     model = torch.compile(raw_model) if compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
     return model
+
+
+def shard_model(raw_model, weights=True, training=True, compiled=None):
+    """FSDP2 as torchtitan applies it: raw_model's shape made on every rank (on the meta device), each block sharded
+    over the mesh with fully_shard, then the root (the embeddings, final norm and head); parameters gathered in
+    dtype for compute, gradients reduced in float32; the shards in CPU memory with fsdp_cpu_offload. For training,
+    activation checkpointing and torch.compile per block come first (compiled=True: a frozen model's blocks are
+    compiled too, as a teacher's). The weights are rank 0's raw_model's, sent to every rank's shards (the other
+    ranks' raw_model is only a shape)."""
+    with torch.device("meta"):
+        model = GPT(raw_model.config)
+    settings = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=ptdtype, reduce_dtype=torch.float32),
+                    offload_policy=CPUOffloadPolicy(pin_memory=device_type == "cuda") if fsdp_cpu_offload
+                    else OffloadPolicy())
+    if training and activation_checkpointing:
+        checkpoint_activations(model)
+    for block in model.transformer.h:
+        if compile and (training if compiled is None else compiled):
+            block.compile()
+        fully_shard(block, **settings)
+    fully_shard(model, **settings, reshard_after_forward=None if training else True)  # a frozen model: no backward
+    model.to_empty(device="cpu" if fsdp_cpu_offload else device)
+    if weights:
+        set_model_state_dict(model, raw_model.state_dict() if master_process else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
+def full_model(model):
+    """Under FSDP, the whole model gathered into rank 0's CPU memory (a collective); its shape on the other ranks."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not master_process:
+        return shape_of(model.config)
+    full = empty_model(asdict(model.config))
+    full.load_state_dict(state)
+    return full
+
+
+def share_from_rank0(values):
+    """Rank 0's values (picklable) on every rank."""
+    box = [values]
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except (RuntimeError, dist.DistError):
+        if master_process:
+            raise
+        sys.exit(1)  # rank 0 stopped first (with its error message) and torchrun stops the others
+    return box[0]
+
+
+def reference_on_rank0(source):
+    """inherit.Reference(source); under FSDP only rank 0 opens it (and reads its blocks), the other ranks hold the
+    reference's shape (meta device), for which inherit() and grow() build shapes too."""
+    if not fsdp:
+        return inherit.Reference(source)
+    reference = inherit.Reference(source) if master_process else None
+    config = share_from_rank0(reference.config if master_process else None)
+    return reference if master_process else shape_of(config)
+
+
+def clip_gradients(parameters, max_norm):
+    """Scale the gradients down to a total norm of max_norm if above it; returns the total norm before. Under FSDP
+    each rank holds a shard of every gradient (DTensors): the norm is the whole gradient's, summed over the shards."""
+    parameters = list(parameters)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
+    return norm
 
 
 def make_optimizer(raw_model):
@@ -374,29 +488,32 @@ def init_distributed(backend_name):
 
 
 def save_training_checkpoint():
-    """Everything needed to continue exactly, written atomically by rank 0 (every rank must call this).
+    """Everything needed to continue exactly, written atomically: by rank 0 as ckpt.pt, or under FSDP by every rank
+    (its own shards) as ckpt.dcp/ (every rank must call this).
 
     A failed write (a full disk) leaves the previous checkpoint as it was and stops every rank with a message.
     """
     global checkpoint_iter
     rng_states, sampler_states = gather(rng_state()), gather(train_batches.state_dict())
-    error = None
-    if master_process:
-        ckpt = dict(checkpoint_extras)  # keys other scripts wrote (e.g. inherit.py's metadata) are kept
-        ckpt.update(
-            model=raw_model.state_dict(), model_args=model_args, config=config,
-            optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-            iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss, compute=compute,
-            rng=rng_states, sampler=sampler_states, last_eval=last_eval, log_size=log_size,
-        )
-        try:
-            save_checkpoint(ckpt, ckpt_path)
-            print(f"saved checkpoint at iter {iter_num} to {ckpt_path}")
-        except OSError as e:
-            kept = (f"the previous checkpoint (iter {checkpoint_iter}) is intact" if os.path.isfile(ckpt_path)
-                    else "no checkpoint was written")
-            error = (f"could not save the checkpoint of iter {iter_num} to {ckpt_path} ({e.strerror or e}); {kept}. "
-                     f"Free space and run the same command again: it continues from the checkpoint")
+    ckpt = dict(checkpoint_extras)  # keys other scripts wrote (e.g. inherit.py's metadata) are kept
+    ckpt.update(
+        model_args=model_args, config=config, scaler=scaler.state_dict(),
+        iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss, compute=compute,
+        rng=rng_states, sampler=sampler_states, last_eval=last_eval, log_size=log_size,
+    )
+    where, error = os.path.join(out_dir, SHARDED_NAME) if fsdp else ckpt_path, None
+    try:
+        if fsdp:
+            save_sharded_checkpoint(ckpt, out_dir, raw_model, optimizer)
+        elif master_process:
+            save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict()} | ckpt, ckpt_path)
+        if master_process:
+            print(f"saved checkpoint at iter {iter_num} to {where}")
+    except OSError as e:
+        kept = (f"the previous checkpoint (iter {checkpoint_iter}) is intact" if find_checkpoint(out_dir)
+                else "no checkpoint was written")
+        error = (f"could not save the checkpoint of iter {iter_num} to {where} ({e.strerror or e}); {kept}. "
+                 f"Free space and run the same command again: it continues from the checkpoint")
     if ddp:  # no rank goes on (or exits on preemption) before rank 0's save has succeeded or failed
         outcome = [error]
         dist.broadcast_object_list(outcome, src=0)
@@ -446,6 +563,14 @@ def finish():
 
 # -----------------------------------------------------------------------------
 # the run: a new one, or one to continue (--init_from=resume, or the same command again after a crash)
+world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's process count
+if fsdp and "RANK" not in os.environ:  # (under torchrun, even one process runs FSDP: its cost against DDP's)
+    print("note: fsdp=True in a single process (not under torchrun) has nothing to shard: training as one plain "
+          "process")
+    fsdp = given["fsdp"] = config["fsdp"] = False
+if fsdp and fsdp_shard_size and world_size % fsdp_shard_size:
+    fail(f"fsdp_shard_size={fsdp_shard_size} does not divide the {world_size} processes: shard groups of that "
+         f"size cannot tile them (e.g. the GPUs per node, with a multiple of it in processes)")
 if out_dir.endswith(".pt"):
     fail(f"out_dir={out_dir!r} ends in .pt, but out_dir is a folder (train.py writes ckpt.pt and log.jsonl into it)")
 ckpt_path, log_path = checkpoint_path(out_dir), os.path.join(out_dir, "log.jsonl")
@@ -489,10 +614,23 @@ if ddp:
     if device.startswith("cuda"):
         device = f"cuda:{ddp_local_rank}"
         torch.cuda.set_device(device)
-    init_distributed(("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
+    backend_name = ("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend
+    if backend_name == "nccl" and fsdp and fsdp_cpu_offload:  # offloaded shards: clipping reduces CPU tensors too
+        backend_name = "cpu:gloo,cuda:nccl"
+    init_distributed(backend_name)
 else:
     ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
 device_type = "cuda" if device.startswith("cuda") else "mps" if device.startswith("mps") else "cpu"
+if fsdp:  # the processes FSDP shards over: all of them (1-D), or groups of fsdp_shard_size replicated (2-D: HSDP)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    shard_size = fsdp_shard_size or ddp_world_size
+    mesh = init_device_mesh(device_type, (ddp_world_size // shard_size, shard_size),
+                            mesh_dim_names=("replicate", "shard"))
+    if shard_size == ddp_world_size:
+        mesh = mesh["shard"]
+# where models are built: under FSDP rank 0 holds the only full copy, in CPU memory, until wrap_model shards it
+build_device = device if not fsdp else "cpu" if master_process else "meta"
 if gradient_accumulation_steps % ddp_world_size != 0:
     fail(f"gradient_accumulation_steps={gradient_accumulation_steps} (the global count) is not divisible by "
          f"the {ddp_world_size} processes; make it a multiple of {ddp_world_size}")
@@ -502,17 +640,22 @@ if dtype == "auto":
     cuda_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
     dtype = "bfloat16" if cuda_bf16 else "float16" if device_type == "cuda" else "float32"
     config["dtype"] = dtype
+if fsdp and dtype == "float16":
+    fail("dtype=auto is float16 on this GPU, which has no bfloat16, and fsdp=True cannot train in float16: pass "
+         "--dtype=float32")
 torch.manual_seed(seed + 1000 * ddp_rank)  # DDP broadcasts rank 0's initial weights, so ranks may differ here
 np.random.seed(seed + 1000 * ddp_rank)
 random.seed(seed + 1000 * ddp_rank)
 torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 matmuls and convolutions on Ampere and later
 torch.backends.cudnn.conv.fp32_precision = "tf32"
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-autocast_ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+# FSDP casts the gathered parameters to ptdtype itself and reduces gradients in float32 (MixedPrecisionPolicy)
+autocast_ctx = nullcontext() if dtype == "float32" or fsdp else torch.autocast(device_type=device_type, dtype=ptdtype)
 if master_process:
     print(f"config:\n{json.dumps(config, indent=1)}")
     print(f"{ddp_world_size} process(es), {grad_accum_per_process} micro-steps each: "
-          f"{tokens_per_iter:,} tokens per iteration")
+          f"{tokens_per_iter:,} tokens per iteration"
+          + (f"; FSDP over a {' x '.join(map(str, mesh.shape))} mesh {mesh.mesh_dim_names}" if fsdp else ""))
 
 # data
 data_dir = data_dir or os.path.join("data", dataset)
@@ -539,10 +682,13 @@ last_eval = None  # {iter, train_loss, val_loss} of the last evaluation
 compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
 ref_model = None  # the reference of init_from='inherit' and of growth: an inherit.Reference, read block by block
 try:
-    if resuming:  # (checkpoints written before a GPTConfig field existed get GPT-2's default for it)
+    if fsdp and not master_process:
+        pass  # rank 0 reads and builds the model alone; this rank gets its shape below and its shards from wrap_model
+    elif resuming:  # (checkpoints written before a GPTConfig field existed get GPT-2's default for it)
         saved_args = ckpt["model_args"]
         model_args = {k: saved_args[k] for k in MODEL_SHAPE_KEYS if k in saved_args} | {"dropout": dropout}
-        raw_model = build_model(model_args, ckpt["model"])
+        # under FSDP a sharded checkpoint's weights are read into the sharded model (every rank its own shards)
+        raw_model = build_model(model_args, ckpt["model"]) if "model" in ckpt else shape_of(GPTConfig(**model_args))
         iter_num = ckpt.get("iter_num", 0)
         round_start_iter = ckpt.get("round_start_iter", 0)
         best_val_loss = ckpt.get("best_val_loss", float("inf"))
@@ -561,7 +707,7 @@ try:
         layers = inherit.parse_layers(inherit_layers, n_layer, ref_model.config.n_layer)
         fresh = [p for p in inherit_fresh.split(",") if p]
         raw_model = inherit.inherit(ref_model, layers, fresh, block_size=min(block_size, ref_model.config.block_size),
-                                    dropout=dropout).to(device)
+                                    dropout=dropout).to(build_device)
         width = {k: given[k] for k in ("n_embd", "n_head") if k in given}  # the half-width baseline
         if any(getattr(raw_model.config, k) != v for k, v in width.items()):
             raw_model = inherit.shrink_width(raw_model, **width)
@@ -583,6 +729,13 @@ except inherit.InheritError as e:
     fail(e)
 except (CheckpointError, ModelLoadError) as e:
     fail(f"init_from={init_from!r} (scratch, resume, a GPT-2 name, a Hugging Face folder or a checkpoint): {e}")
+if fsdp:  # the other ranks take what rank 0 built: shapes (meta device) and the run's state
+    model_config, ref_config, model_args, iter_num, round_start_iter, best_val_loss, last_eval, compute, \
+        checkpoint_extras = share_from_rank0((raw_model.config, ref_model and ref_model.config, model_args, iter_num,
+                                              round_start_iter, best_val_loss, last_eval, compute, checkpoint_extras)
+                                             if master_process else None)
+    if not master_process:
+        raw_model, ref_model = shape_of(model_config), ref_config and shape_of(ref_config)
 checkpoint_iter = iter_num  # the iteration of the checkpoint on disk (for messages)
 if block_size > raw_model.config.block_size:
     fail(f"block_size={block_size} is longer than the model's context of {raw_model.config.block_size}")
@@ -595,8 +748,8 @@ if meta["vocab_size"] > model_args["vocab_size"]:
 if not resuming and init_from != "scratch":  # a pretrained model's data must be tokenized as it was trained
     try:
         model_source = reference if init_from == "inherit" else init_from
-        data.check_data_tokenizer(meta, data_dir, data.known_model_tokenizer_meta(
-            model_source, ref_model.checkpoint if init_from == "inherit" else None), model_source)
+        opened = ref_model.checkpoint if isinstance(ref_model, inherit.Reference) else None  # (FSDP: on rank 0)
+        data.check_data_tokenizer(meta, data_dir, data.known_model_tokenizer_meta(model_source, opened), model_source)
     except ValueError as e:  # DataError, or a TokenizerError: the model's tokenizer files cannot be read
         fail(e)
 if master_process:
@@ -613,7 +766,7 @@ if grow_every > 0:
              "grow_mode='continue' with copy, identity or random) and max_layers")
     if ref_model is None and info is not None and (needs_reference or not target_val_loss):
         try:  # resuming: the reference must still be there and be the one this run was inherited from
-            ref_model = inherit.Reference(reference or info["source"])
+            ref_model = reference_on_rank0(reference or info["source"])
         except (CheckpointError, ModelLoadError) as e:
             fail(f"this growing run's reference {reference or info['source']!r} cannot be loaded ({e}); "
                  f"pass its current location with --reference=...")
@@ -641,7 +794,9 @@ if grow_every > 0:
     if growth["target_val_loss"] is None and info and info.get("reference_eval") == this_eval:
         growth["target_val_loss"] = info["reference_val_loss"]  # inherit.py measured it on these very windows
     if growth["target_val_loss"] is None and info:  # the reference's loss on this run's own windows: all of it, once
-        full_reference = ref_model.load().to(device)
+        # (under FSDP rank 0 reads it and it is sharded over the ranks, the other ranks holding only its shape)
+        full_reference = ref_model.load() if isinstance(ref_model, inherit.Reference) else ref_model
+        full_reference = shard_model(full_reference, training=False) if fsdp else full_reference.to(device)
         growth["target_val_loss"] = data.evaluate_loss(full_reference, val_tokens, eval_offsets["val"], block_size,
                                                        batch_size, device, autocast_ctx, ddp_rank, ddp_world_size)
         del full_reference
@@ -656,40 +811,54 @@ if grow_every > 0:
 if not (grow_every > 0 and needs_reference):
     ref_model = None  # inherited from already; growth does not need it
 
-# knowledge distillation: the teacher, frozen and in eval mode; it takes no gradients, so it is never DDP-wrapped
+# knowledge distillation: the teacher, frozen and in eval mode; it takes no gradients, so it is never DDP-wrapped;
+# under FSDP rank 0 alone reads it and it is sharded over the ranks like the student
 teacher_model, teacher_flops_per_token = None, 0.0
 if teacher:
     try:
         with torch.random.fork_rng(devices=[]):  # building it draws no numbers from this run's random stream
-            teacher_model, _ = load_model(teacher)
+            teacher_model = load_model(teacher)[0] if master_process or not fsdp else None
     except (CheckpointError, ModelLoadError) as e:
         fail(f"teacher={teacher!r} (a GPT-2 name, a Hugging Face folder or our out_dir / .pt) cannot be loaded: {e}")
+    fingerprint = model_fingerprint(teacher_model) if teacher_model is not None else None
+    if fsdp:  # the other ranks hold its shape until shard_model spreads rank 0's weights
+        teacher_config, fingerprint = share_from_rank0((teacher_model.config, fingerprint) if master_process else None)
+        teacher_model = teacher_model if master_process else shape_of(teacher_config)
     if meta["vocab_size"] > teacher_model.config.vocab_size:
         fail(f"teacher {teacher!r} has a vocabulary of {teacher_model.config.vocab_size} ids, fewer than the "
              f"{meta['vocab_size']} of {data_dir}: distill from a teacher of the data's tokenizer")
     if block_size > teacher_model.config.block_size:
         fail(f"teacher {teacher!r} has a context of {teacher_model.config.block_size} tokens, shorter than "
              f"block_size={block_size}: lower block_size or pick a teacher with a longer context")
-    fingerprint = model_fingerprint(teacher_model)
     distilled_from = checkpoint_extras.get("distill", {}).get("teacher_fingerprint", fingerprint)
     if distilled_from != fingerprint:  # resuming: the teacher moved (allowed), or was replaced (refused)
         fail(f"teacher {teacher!r} (fingerprint {fingerprint}) is not the teacher this run was distilled from "
              f"(fingerprint {distilled_from}): pass its current location with --teacher=...")
     checkpoint_extras["distill"] = {"teacher": teacher, "teacher_fingerprint": fingerprint}
-    teacher_model.requires_grad_(False)
-    teacher_model.eval().to(device)
+    if fsdp:
+        with torch.random.fork_rng(devices=[]):
+            teacher_model = shard_model(teacher_model, training=False, compiled=True)
+    else:
+        teacher_model = teacher_model.to(device)
+    teacher_model.requires_grad_(False).eval()
     teacher_flops_per_token = teacher_model.flops_per_token(block_size) / 3  # its forward pass: 2N + attention
     if master_process:
         print(f"distilling from {teacher} ({teacher_model.config.n_layer} layers): loss = {kd_alpha:g} * CE + "
               f"{1 - kd_alpha:g} * {kd_temperature:g}^2 * KL(teacher || student)")
-    if compile:
+    if compile and not fsdp:
         teacher_model = torch.compile(teacher_model)
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+from_shards = resuming and "model" not in ckpt  # FSDP resuming a sharded checkpoint: each rank reads its shards
+model = wrap_model(raw_model, weights=not from_shards)
+raw_model = model if fsdp else raw_model  # FSDP shards the model in place: there is no wrapper around it
 optimizer = make_optimizer(raw_model)
 if resuming:
-    if "optimizer" in ckpt:  # a checkpoint written by inherit.py has weights only: fresh optimizer
-        optimizer.load_state_dict(ckpt["optimizer"])
+    if from_shards:
+        load_shards(find_checkpoint(out_dir)[1], raw_model, optimizer)
+    elif "optimizer" in ckpt:  # a checkpoint written by inherit.py has weights only: fresh optimizer
+        load_optimizer_state(raw_model, optimizer, ckpt["optimizer"])
+    if "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
     if "rng" in ckpt:
         if len(ckpt["sampler"]) == ddp_world_size:
@@ -700,7 +869,6 @@ if resuming:
                   f"{ddp_world_size}: batches are drawn afresh, so this run does not replay an uninterrupted one")
     checkpoint_log_size = ckpt.get("log_size")
     del ckpt  # free the weights and optimizer state it held
-model = wrap_model(raw_model)
 gpu_name, peak_flops = perf.gpu_peak_flops(device)
 flops_per_token = raw_model.flops_per_token(block_size) + teacher_flops_per_token  # a KD step runs the teacher too
 if master_process:
@@ -791,29 +959,39 @@ while True:
                 break
         else:
             old_params = dict(raw_model.named_parameters())
-            try:  # the reference's blocks are read from its files now
+            # the reference's blocks are read from its files now; under FSDP rank 0 builds the grown model in CPU
+            # memory (continue mode and stacking: from the gathered one), the other ranks its shape, and wrap_model
+            # shards it
+            try:
                 if grow_mode == "restart" and grow_init == "reference":  # Algorithm 1: the first l + grow_by blocks
                     growth["layers"] += [growth["layers"][-1] + 1 + j for j in range(grow_by)]
-                    raw_model = inherit.inherit(ref_model, growth["layers"], checkpoint_extras["inherit"]["fresh"],
-                                                block_size=block_size, dropout=dropout).to(device)
+                    with shapes_only():
+                        raw_model = inherit.inherit(ref_model, growth["layers"], checkpoint_extras["inherit"]["fresh"],
+                                                    block_size=block_size, dropout=dropout).to(build_device)
                 elif grow_init == "stack":  # Gong et al. (2019): the trained blocks twice, in order
-                    raw_model = inherit.grow(raw_model, depth, "stack")
+                    raw_model = full_model(raw_model) if fsdp else raw_model
+                    with shapes_only():
+                        raw_model = inherit.grow(raw_model, depth, "stack")
                     growth["layers"] = growth["layers"] * 2
                 else:
                     next_ref = max((i for i in growth["layers"] if i is not None), default=-1) + 1
-                    raw_model = inherit.grow(raw_model, grow_by, grow_init, ref_model, next_ref)
+                    raw_model = full_model(raw_model) if fsdp else raw_model
+                    with shapes_only():
+                        raw_model = inherit.grow(raw_model, grow_by, grow_init, ref_model, next_ref)
                     growth["layers"] += [next_ref + j if grow_init == "reference" else None for j in range(grow_by)]
             except (inherit.InheritError, CheckpointError, ModelLoadError) as e:
                 fail(f"growing at iter {iter_num}: {e} (the last checkpoint, before this growth, stays)")
             model_args["n_layer"] = raw_model.config.n_layer
+            model = wrap_model(raw_model)
+            raw_model = model if fsdp else raw_model
             new_optimizer = make_optimizer(raw_model)
-            if grow_mode == "continue":  # kept parameters keep their AdamW moments; new ones start fresh
+            if grow_mode == "continue":  # kept parameters keep their AdamW moments (under FSDP: the same shards)
                 for name, p in raw_model.named_parameters():
                     if name in old_params and old_params[name] in optimizer.state:
                         new_optimizer.state[p] = optimizer.state[old_params[name]]
             else:
                 round_start_iter = iter_num  # fresh warmup and cosine
-            optimizer, model = new_optimizer, wrap_model(raw_model)
+            optimizer = new_optimizer
             del old_params
             flops_per_token = raw_model.flops_per_token(block_size) + teacher_flops_per_token
             growth["round"] += 1
@@ -831,8 +1009,12 @@ while True:
     loss_sum = torch.zeros((), device=device)
     kd_parts = torch.zeros(2, device=device)  # with a teacher: the step's mean CE and KL, logged apart
     for micro_step in range(grad_accum_per_process):
-        if ddp:  # all-reduce gradients only on the last micro-step
-            model.require_backward_grad_sync = micro_step == grad_accum_per_process - 1
+        last_micro_step = micro_step == grad_accum_per_process - 1
+        if fsdp:  # reduce-scatter gradients only after the last micro-step (until then they accumulate unsharded)
+            model.set_requires_gradient_sync(last_micro_step)
+            model.set_is_last_backward(last_micro_step)
+        elif ddp:  # all-reduce gradients only on the last micro-step
+            model.require_backward_grad_sync = last_micro_step
         x, y = get_batch()
         with autocast_ctx:
             logits, loss = model(x, y)
@@ -851,12 +1033,14 @@ while True:
         dist.all_reduce(status)
     step_loss, stop_requested = (status / torch.tensor([ddp_world_size, 1.0], device=device)).tolist()
     if not math.isfinite(step_loss):
-        kept = f"the last good checkpoint ({ckpt_path}) stays" if os.path.exists(ckpt_path) else "no checkpoint written"
+        found = find_checkpoint(out_dir)
+        kept = f"the last good checkpoint ({found[1]}) stays" if found else "no checkpoint written"
         fail(f"the loss is {step_loss} at iter {iter_num}: stopping without saving ({kept}). "
              f"Lower learning_rate, raise warmup_iters, or use dtype=bfloat16 / float32.")
+    grad_norm = None
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        grad_norm = clip_gradients(raw_model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -869,7 +1053,8 @@ while True:
             dist.all_reduce(kd_parts)
             kd_parts /= ddp_world_size
         kd_record = dict(zip(("ce", "kd"), kd_parts.tolist())) if teacher_model is not None else {}
-        log({"iter": iter_num, "loss": step_loss, **kd_record, "lr": lr, "tok_per_s": round(tokens_per_s),
+        log({"iter": iter_num, "loss": step_loss, **kd_record, "lr": lr,
+             "grad_norm": None if grad_norm is None else grad_norm.item(), "tok_per_s": round(tokens_per_s),
              "ms_per_step": round(dt * 1000, 2),
              "mfu": perf.mfu(flops_per_token, tokens_per_s, peak_flops, ddp_world_size)})
         t_last_log, iters_since_log = time.time(), 0

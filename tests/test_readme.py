@@ -59,6 +59,16 @@ TABLE = {
     "config/SOME_CONFIG.py": Cannot("needs two nodes of 8 GPUs"),
     "torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py "
     "config/SOME_CONFIG.py": Cannot("needs two nodes of 8 GPUs"),
+    # Past one GPU: FSDP
+    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_llama3_8b_fsdp.py":
+        Cannot(f"{GPU}: 8 of them, and {NETWORK} for Llama-3.1-8B and data tokenized with its tokenizer"),
+    "torchrun --nnodes=4 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py "
+    "config/inherit_llama3_8b_fsdp.py --fsdp_shard_size=8": Cannot("needs four nodes of 8 GPUs (a 2 x 1 shard mesh of "
+                                                                   "2 CPU processes runs in tests/test_fsdp.py)"),
+    "torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --fsdp=True "
+    "--gradient_accumulation_steps=2 --out_dir=out-shakespeare-fsdp": Run("test_fsdp_chain", {"train.py": REF_SHRINK}),
+    "python checkpoint.py --to_single=out-shakespeare-fsdp --out=out-shakespeare-single": Run("test_fsdp_chain"),
+    "python checkpoint.py --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded": Run("test_fsdp_chain"),
     # Inheritune
     "python prepare_owt.py": Cannot(f"{NETWORK}: downloads OpenWebText (~54 GB)"),
     "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py":
@@ -203,9 +213,10 @@ def run_readme(command, cwd, placeholders=None, timeout=300):
         text = re.sub(rf"(?<!\S){re.escape(old)}(?!\S)", new.format(**(placeholders or {})), text)
     for part in text.split(" && "):
         argv = shlex.split(part)
-        script = os.path.basename(argv[1]) if len(argv) > 1 else ""
+        script = next((os.path.basename(arg) for arg in argv[1:] if arg.endswith(".py")), "")  # torchrun's too
         argv += how.extra.get(script, [])
-        argv[0] = {"python": sys.executable}.get(argv[0], argv[0])
+        argv[:1] = {"python": [sys.executable], "torchrun": [sys.executable, "-m", "torch.distributed.run"]}.get(
+            argv[0], argv[:1])
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             raise AssertionError(f"README command failed ({result.returncode}): {shlex.join(argv)}\n"
@@ -471,6 +482,25 @@ def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
     [lm_eval_command] = [c for c in TABLE if c.startswith("lm_eval ")]
     check_lm_eval(readme_model_args(lm_eval_command), repo, half, GPT2Tokenizer().encode)
     check_all_ran("test_hub_model_commands_on_local_folders")
+
+
+def test_fsdp_chain(user_repo):
+    """The FSDP commands that run on a CPU: 2 processes sharding the Shakespeare model, then its checkpoint converted
+    to one file and back."""
+    from checkpoint import load_checkpoint
+
+    repo = user_repo
+    run_readme("torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --fsdp=True "
+               "--gradient_accumulation_steps=2 --out_dir=out-shakespeare-fsdp", repo)
+    assert sorted(os.listdir(os.path.join(repo, "out-shakespeare-fsdp"))) == ["ckpt.dcp", "log.jsonl"]
+    run_readme("python checkpoint.py --to_single=out-shakespeare-fsdp --out=out-shakespeare-single", repo)
+    run_readme("python checkpoint.py --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded", repo)
+    assert os.listdir(os.path.join(repo, "out-shakespeare-single")) == ["ckpt.pt"]
+    sharded, back = (load_checkpoint(os.path.join(repo, out)) for out in ("out-shakespeare-fsdp",
+                                                                          "out-shakespeare-resharded"))
+    assert sharded["iter_num"] == back["iter_num"] == 20 and sharded["model_args"]["n_layer"] == 4
+    assert all(torch.equal(sharded["model"][k], back["model"][k]) for k in sharded["model"])
+    check_all_ran("test_fsdp_chain")
 
 
 @pytest.fixture(scope="module")

@@ -35,9 +35,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
@@ -332,6 +329,9 @@ def shard_model(raw_model, weights=True, training=True, compiled=None):
     activation checkpointing and torch.compile per block come first (compiled=True: a frozen model's blocks are
     compiled too, as a teacher's). The weights are rank 0's raw_model's, sent to every rank's shards (the other
     ranks' raw_model is only a shape)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
     with torch.device("meta"):
         model = GPT(raw_model.config)
     settings = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=ptdtype, reduce_dtype=torch.float32),
@@ -353,6 +353,8 @@ def shard_model(raw_model, weights=True, training=True, compiled=None):
 
 def full_model(model):
     """Under FSDP, the whole model gathered into rank 0's CPU memory (a collective); its shape on the other ranks."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not master_process:
         return shape_of(model.config)
@@ -388,7 +390,7 @@ def clip_gradients(parameters, max_norm):
     each rank holds a shard of every gradient (DTensors): the norm is the whole gradient's, summed over the shards."""
     parameters = list(parameters)
     norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
-    if isinstance(norm, DTensor):
+    if fsdp:  # a DTensor: the whole gradient's norm, from every rank's shards
         norm = norm.full_tensor()
     torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
     return norm

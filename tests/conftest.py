@@ -20,6 +20,7 @@ os.environ.update(
 
 import copy  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -113,3 +114,15 @@ def train(char_data, out_dir, *args, expect_rc=0):
 def read_log(out_dir):
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def kill_when_writing(script, *args):
+    """Run `python -c script args` and SIGKILL it as soon as it prints "writing" (the script's save is under way)."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY, read_log, train, train_cmd
+from conftest import REPO, read_log, train, train_cmd
 
 FAST = ["--gradient_accumulation_steps=1"]
 

@@ -7,7 +7,6 @@ Runs are shared between tests (module fixtures): each torchrun start costs secon
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import torch
 
 import checkpoint
 from checkpoint import find_checkpoint, load_checkpoint, load_model, save_sharded_checkpoint, to_sharded, to_single
-from conftest import REPO, read_log, train, train_cmd
+from conftest import REPO, kill_when_writing, read_log, train, train_cmd
 
 RUN = ["--max_iters=20", "--eval_interval=10", "--gradient_accumulation_steps=4", "--grad_clip=0.5"]
 TIMINGS = ("tok_per_s", "ms_per_step", "mfu")
@@ -267,14 +266,7 @@ def test_a_kill_mid_save_leaves_the_previous_sharded_checkpoint(runs, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(runs / "fsdp", out)
     before = load_checkpoint(out)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SHARDED_SAVE, str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "writing"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    kill_when_writing(KILLED_SHARDED_SAVE, out)
     assert [p for p in os.listdir(out) if p.startswith("ckpt.dcp.tmp.")]  # the unfinished save, under its own name
     assert_identical(load_checkpoint(out), before)
     # a swap killed between its two renames leaves only the aside copy: still found, and put back by the next save

@@ -1,8 +1,6 @@
 """train.py end to end on tiny models: learning, DDP, exact resume, atomic saves, preemption, config errors."""
 
 import glob
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,8 +9,8 @@ import time
 import pytest
 import torch
 
-import data
-from conftest import REPO, TINY, read_log, train, train_cmd
+from conftest import REPO, kill_when_writing, read_log, train, train_cmd
+
 
 def train_losses(out_dir):
     return {r["iter"]: r["loss"] for r in read_log(out_dir) if "loss" in r}
@@ -119,13 +117,7 @@ def test_kill_during_save_keeps_old_checkpoint(tmp_path):
 
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint({"model": {"w": torch.zeros(3)}, "model_args": {}, "iter_num": 1}, path)
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, path], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "writing"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    kill_when_writing(SLOW_SAVE, path)
     assert glob.glob(path + ".tmp.*")  # the half-written file is there, under its temporary name
     ckpt = load_checkpoint(path)
     assert ckpt["iter_num"] == 1 and torch.equal(ckpt["model"]["w"], torch.zeros(3))

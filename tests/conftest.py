@@ -127,12 +127,3 @@ def kill_when_writing(script, *args):
     finally:
         proc.kill()
 
-
-# the longest test files (their own tests' total, most first): pytest-xdist hands files to its workers in collection
-# order, so these start first and none of them is left running alone at the end
-LONGEST_FILES = ("test_readme.py", "test_grow.py", "test_fsdp.py", "test_faults.py", "test_train.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept

@@ -208,13 +208,13 @@ class GPTAttentions:
 
     def tokenizer_meta(self):
         """The model's known tokenizer (data.known_model_tokenizer_meta), or None."""
-        from data import known_model_tokenizer_meta
+        from inheritune.data import known_model_tokenizer_meta
 
         return known_model_tokenizer_meta(self.source, self.ckpt)
 
     def tokenizer(self):
-        from data import DataError, model_tokenizer_meta
-        from tokenizer import tokenizer_from_meta
+        from inheritune.data import DataError, model_tokenizer_meta
+        from inheritune.tokenizer import tokenizer_from_meta
 
         try:
             return tokenizer_from_meta(model_tokenizer_meta(self.source, self.ckpt, self.vocab_size))
@@ -262,12 +262,12 @@ class HFAttentions:
         yield from attentions
 
     def tokenizer_meta(self):
-        from data import known_model_tokenizer_meta
+        from inheritune.data import known_model_tokenizer_meta
 
         return known_model_tokenizer_meta(self.source)
 
     def tokenizer(self):
-        from tokenizer import HFTokenizer, TokenizerError, hf_tokenizer_meta
+        from inheritune.tokenizer import HFTokenizer, TokenizerError, hf_tokenizer_meta
 
         try:
             return HFTokenizer(hf_tokenizer_meta(self.source))
@@ -278,8 +278,8 @@ class HFAttentions:
 def load_attention_model(source, device):
     """GPTAttentions for our checkpoints and the families model.py implements (GPT-2 names, GPT-2 / Llama / Qwen2 /
     Mistral folders and Hub ids), else HFAttentions."""
-    from checkpoint import is_checkpoint, load_model
-    from hf import ARCHITECTURES, HUB_GPT2_NAMES, ModelLoadError, looks_like_path, read_hf_config
+    from inheritune.checkpoint import is_checkpoint, load_model
+    from inheritune.hf import ARCHITECTURES, HUB_GPT2_NAMES, ModelLoadError, looks_like_path, read_hf_config
 
     if not source:
         raise AnalysisError("no --model: pass an out_dir or .pt checkpoint, a GPT-2 name, or a Hugging Face folder")
@@ -325,7 +325,7 @@ def hub_model_type(repo_id):
 def read_tokens(path, attention_model):
     """Token ids of a .bin (our preparation: refused when its meta.json names another tokenizer than the model's)
     or a .txt (tokenized with the model's tokenizer)."""
-    from data import check_data_tokenizer, load_meta, open_tokens
+    from inheritune.data import check_data_tokenizer, load_meta, open_tokens
 
     if not os.path.isfile(path):
         raise AnalysisError(f"--data={path!r}: no such file; pass a .bin of token ids or a .txt file")
@@ -414,7 +414,7 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
 
 
 def build_report(layers, settings, attention_model):
-    from checkpoint import model_fingerprint  # inherit.py --n_layer=auto checks the analysis is of its reference
+    from inheritune.checkpoint import model_fingerprint  # inherit.py --n_layer=auto checks the analysis is of its reference
 
     suggested, paper_default, reason = recommend_depth(layers)
     return dict(
@@ -450,7 +450,7 @@ def print_table(report):
 def write_outputs(report, out_dir):
     """heads.csv, layers.csv, settings.csv, three PNG figures and, last, analysis.json (what inherit.py reads) in
     out_dir, each written atomically; returns the paths."""
-    from atomic import atomic_write
+    from inheritune.atomic import atomic_write
 
     os.makedirs(out_dir, exist_ok=True)
     tables = {
@@ -474,7 +474,7 @@ def write_outputs(report, out_dir):
 
 
 def save_figure(fig, path):
-    from atomic import atomic_write
+    from inheritune.atomic import atomic_write
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -533,11 +533,11 @@ def plot(report, out_dir):
 
 
 def main(argv=None):
-    from checkpoint import CheckpointError
-    from configurator import ConfigError, check_device, configure_or_exit
-    from data import DataError
-    from hf import ModelLoadError
-    from tokenizer import TokenizerError
+    from inheritune.checkpoint import CheckpointError
+    from inheritune.configurator import ConfigError, check_device, configure_or_exit
+    from inheritune.data import DataError
+    from inheritune.hf import ModelLoadError
+    from inheritune.tokenizer import TokenizerError
 
     cfg = configure_or_exit(DEFAULTS, argv)
     try:

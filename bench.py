@@ -24,8 +24,8 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-import perf
-from configurator import ConfigError, check_device
+from inheritune import perf
+from inheritune.configurator import ConfigError, check_device
 from model import GPT, GPTConfig
 
 
@@ -78,7 +78,7 @@ def make_hf_model(config):
     """transformers' model of config's shape: hf.py's export config (GPT2LMHeadModel or LlamaForCausalLM)."""
     from transformers import AutoModelForCausalLM
 
-    from hf import hf_config_from_gpt
+    from inheritune.hf import hf_config_from_gpt
 
     # scaled_dot_product_attention, as model.py (flash kernels on GPU)
     return AutoModelForCausalLM.from_config(hf_config_from_gpt(config), attn_implementation="sdpa")

@@ -20,9 +20,9 @@ import sys
 import numpy as np
 import torch
 
-from atomic import atomic_write
-from checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-from configurator import configure_or_exit
+from inheritune.atomic import atomic_write
+from inheritune.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from inheritune.configurator import configure_or_exit
 from model import GPT, GPTConfig
 
 DEFAULTS = dict(

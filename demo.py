@@ -29,7 +29,7 @@ import subprocess
 import sys
 
 import compare
-from configurator import ConfigError, check_device, configure_or_exit
+from inheritune.configurator import ConfigError, check_device, configure_or_exit
 
 cfg = configure_or_exit(dict(
     out_dir="out-demo",  # a folder, created when the first stage writes to it

@@ -22,11 +22,11 @@ import os
 import sys
 import tempfile
 
-from atomic import atomic_write
-from checkpoint import CheckpointError, is_checkpoint
-from configurator import ConfigError, check_device, configure_or_exit
-from data import DataError
-from hf import ModelLoadError, resolve_hf_folder
+from inheritune.atomic import atomic_write
+from inheritune.checkpoint import CheckpointError, is_checkpoint
+from inheritune.configurator import ConfigError, check_device, configure_or_exit
+from inheritune.data import DataError
+from inheritune.hf import ModelLoadError, resolve_hf_folder
 
 PAPER_TASKS = ("arc_easy", "piqa", "sciq", "hellaswag", "lambada_openai")
 PAPER_XL_TASKS = PAPER_TASKS + ("winogrande", "boolq", "wikitext")

@@ -20,12 +20,12 @@ else; any other folder (a checkpoint's out_dir, a downloaded model) is refused.
 import os
 import sys
 
-from checkpoint import CheckpointError, load_model
-from configurator import configure_or_exit
-from checkpoint import is_checkpoint
-from data import DataError, model_tokenizer_meta
-from hf import TOKENIZER_FILES, ModelLoadError, export_hf, local_hf_folder
-from tokenizer import TokenizerError
+from inheritune.checkpoint import CheckpointError, load_model
+from inheritune.configurator import configure_or_exit
+from inheritune.checkpoint import is_checkpoint
+from inheritune.data import DataError, model_tokenizer_meta
+from inheritune.hf import TOKENIZER_FILES, ModelLoadError, export_hf, local_hf_folder
+from inheritune.tokenizer import TokenizerError
 
 DEFAULTS = dict(
     ckpt="out",  # out_dir or .pt file (a GPT-2 name or Hugging Face folder also works)

@@ -35,7 +35,7 @@ import sys
 import torch
 import torch.nn as nn
 
-from checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint, fingerprint_tensors, load_model,
+from inheritune.checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint, fingerprint_tensors, load_model,
                         load_model_config, save_checkpoint, strip_wrapper_prefixes)
 from model import GPT, norm_layer
 
@@ -61,8 +61,7 @@ class Reference:
     """
 
     def __init__(self, source):
-        import hf
-
+        from inheritune import hf
         self.source = source
         self.config, self.checkpoint = load_model_config(source)  # checkpoint: ours (tensors mapped), or None
         # ours: its ckpt.pt, or its sharded ckpt.dcp/ folder (a new folder, a new inode, at each save)
@@ -72,8 +71,7 @@ class Reference:
     def files_stamp(self):
         """(name, inode, size, mtime) of the files the weights are read from: a reference replaced on disk (a
         reference run that saved again) must not lend a growing student blocks of another model."""
-        import hf
-
+        from inheritune import hf
         paths = [self.path] if self.checkpoint is not None else sorted(
             os.path.join(self.path, f) for f in os.listdir(self.path)
             if f.endswith((".safetensors", ".bin")) or f == hf.SAFETENSORS_INDEX)
@@ -96,8 +94,7 @@ class Reference:
         if self.checkpoint is not None:  # memory-mapped: a tensor is read when it is used
             yield from sorted(strip_wrapper_prefixes(self.checkpoint["model"]).items())
             return
-        import hf
-
+        from inheritune import hf
         rest = hf.our_state_dict(self.path, self.config, [], self.source)  # embeddings, final norm, head
         with torch.device("meta"):
             names = sorted(GPT(self.config).state_dict())
@@ -383,8 +380,8 @@ def main(cfg):
     Every check comes before the checkpoint is written: a refused command writes nothing."""
     import contextlib
 
-    from configurator import check_device
-    from data import (check_data_tokenizer, eval_offsets, evaluate_loss, known_model_tokenizer_meta, load_meta,
+    from inheritune.configurator import check_device
+    from inheritune.data import (check_data_tokenizer, eval_offsets, evaluate_loss, known_model_tokenizer_meta, load_meta,
                       open_tokens)
 
     check_device(cfg["device"])
@@ -462,7 +459,7 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    from configurator import configure_or_exit
+    from inheritune.configurator import configure_or_exit
 
     try:
         main(configure_or_exit(DEFAULTS))

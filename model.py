@@ -339,7 +339,7 @@ class GPT(nn.Module):
 
         layers: read only these blocks (in this order) besides the embeddings, final norm and head.
         """
-        from hf import load_pretrained  # hf.py imports this file; import here to keep model.py standalone
+        from inheritune.hf import load_pretrained  # hf.py imports this file; import here to keep model.py standalone
 
         return load_pretrained(name_or_path, layers=layers, override_args=override_args)
 

@@ -26,9 +26,9 @@ import sys
 
 import numpy as np
 
-from configurator import configure_or_exit
-from data import TOKEN_DTYPES, DataError, check_token_dtype, dtype_for_vocab, write_dataset
-from tokenizer import GPT2Tokenizer, HFTokenizer, TokenizerError, hf_tokenizer_meta
+from inheritune.configurator import configure_or_exit
+from inheritune.data import TOKEN_DTYPES, DataError, check_token_dtype, dtype_for_vocab, write_dataset
+from inheritune.tokenizer import GPT2Tokenizer, HFTokenizer, TokenizerError, hf_tokenizer_meta
 
 DEFAULTS = dict(
     dataset="Skylion007/openwebtext",  # a Hugging Face Hub dataset, or a local save_to_disk / data-files folder

@@ -17,11 +17,11 @@ from contextlib import nullcontext
 
 import torch
 
-from checkpoint import CheckpointError, load_model
-from configurator import ConfigError, check_device, configure_or_exit
-from data import DataError, model_tokenizer_meta
-from hf import ModelLoadError
-from tokenizer import TokenizerError, tokenizer_from_meta
+from inheritune.checkpoint import CheckpointError, load_model
+from inheritune.configurator import ConfigError, check_device, configure_or_exit
+from inheritune.data import DataError, model_tokenizer_meta
+from inheritune.hf import ModelLoadError
+from inheritune.tokenizer import TokenizerError, tokenizer_from_meta
 
 DEFAULTS = dict(
     init_from="out",  # out_dir / ckpt.pt, GPT-2 name, or Hugging Face folder

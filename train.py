@@ -8,7 +8,7 @@ models whose weights, gradients and AdamW state do not fit one GPU: each process
     torchrun --standalone --nproc_per_node=8 train.py config/SOME_CONFIG.py --fsdp=True
 
 Every log and eval line is also appended as JSON to out_dir/log.jsonl. Checkpoints (out_dir/ckpt.pt; under FSDP
-the sharded out_dir/ckpt.dcp/, see checkpoint.py) hold everything needed to continue exactly: --init_from=resume
+the sharded out_dir/ckpt.dcp/, see inheritune/checkpoint.py) hold everything needed to continue exactly: --init_from=resume
 on CPU reproduces an uninterrupted run's losses bit for bit. SIGTERM / SIGINT save a checkpoint at the next step
 boundary and exit 0.
 
@@ -37,14 +37,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import configurator
-import data
+from inheritune import configurator
+from inheritune import data
 import inherit
-import perf
-from checkpoint import (SHARDED_NAME, CheckpointError, checkpoint_path, empty_model, find_checkpoint, load_checkpoint,
+from inheritune import perf
+from inheritune.checkpoint import (SHARDED_NAME, CheckpointError, checkpoint_path, empty_model, find_checkpoint, load_checkpoint,
                         load_model, load_optimizer_state, load_shards, model_fingerprint, save_checkpoint,
                         save_sharded_checkpoint, strip_wrapper_prefixes)
-from hf import ModelLoadError
+from inheritune.hf import ModelLoadError
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------

@@ -95,7 +95,7 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
 def char_data(tmp_path_factory):
     """The bundled Shakespeare corpus, character-level, in a temporary folder."""
     folder = str(tmp_path_factory.mktemp("shakespeare_char"))
-    from data import prepare_shakespeare
+    from inheritune.data import prepare_shakespeare
 
     prepare_shakespeare(folder, "char")
     return folder

@@ -13,8 +13,8 @@ import torch
 
 from analyze_rank import (AnalysisError, GPTAttentions, HFAttentions, analyze, attention_metrics, draw_windows,
                           layer_metrics, load_attention_model, main, recommend_depth, suggested_depth)
-from checkpoint import save_checkpoint
-from data import write_tokens
+from inheritune.checkpoint import save_checkpoint
+from inheritune.data import write_tokens
 from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,7 +245,7 @@ def test_tiny_neox_end_to_end(tmp_path):
     check_schema(report, n_layer=3, n_head=4)
     assert report["model_kind"] == "hf"
     # the same windows through transformers directly give the same per-head ranks
-    from data import open_tokens
+    from inheritune.data import open_tokens
 
     windows = draw_windows(open_tokens(str(tmp_path), "val"), 6, 24, 3)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "neox", attn_implementation="eager").eval()

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import compare
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from inheritune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from conftest import REPO, read_log, train
-from data import TrainBatches, eval_offsets, load_meta, open_tokens, windows_to_batch
+from inheritune.data import TrainBatches, eval_offsets, load_meta, open_tokens, windows_to_batch
 from inherit import DEFAULTS as INHERIT_DEFAULTS
 from inherit import InheritError, grow, parse_layers, shrink_width, width_config
 from inherit import main as inherit_main

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import compare
-from checkpoint import save_checkpoint
+from inheritune.checkpoint import save_checkpoint
 from conftest import read_log, train
-from data import load_meta
+from inheritune.data import load_meta
 from model import GPT, GPTConfig
 
 FAST = ["--gradient_accumulation_steps=2"]

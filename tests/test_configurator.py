@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-import configurator
+from inheritune import configurator
 from conftest import REPO
 
 SCRIPTS = ["train.py", "inherit.py", "sample.py", "export_hf.py", "analyze_rank.py", "prepare_owt.py", "demo.py",

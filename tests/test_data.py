@@ -10,9 +10,9 @@ import pytest
 
 import prepare_owt
 from conftest import REPO
-from data import (DataError, TrainBatches, eval_offsets, load_meta, open_tokens, prepare_shakespeare,
+from inheritune.data import (DataError, TrainBatches, eval_offsets, load_meta, open_tokens, prepare_shakespeare,
                   shakespeare_works, split_work, write_dataset, write_tokens)
-from tokenizer import GPT2_EOT, GPT2Tokenizer, tokenizer_from_meta
+from inheritune.tokenizer import GPT2_EOT, GPT2Tokenizer, tokenizer_from_meta
 
 
 def prepare(**overrides):

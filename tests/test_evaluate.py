@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from checkpoint import save_checkpoint
+from inheritune.checkpoint import save_checkpoint
 from conftest import REPO
 from export_hf import export
 from model import GPT, GPTConfig

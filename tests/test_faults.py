@@ -149,7 +149,7 @@ def test_damaged_checkpoint_is_named(char_data, trained, tmp_path, script, how):
 FULL_DISK_ON_SECOND_SAVE = """
 import contextlib, errno, os, runpy, sys
 sys.path.insert(0, os.getcwd())
-import checkpoint
+from inheritune import checkpoint
 real_atomic_write, saves = checkpoint.atomic_write, []
 
 
@@ -203,7 +203,7 @@ def test_full_disk_during_a_save_keeps_the_checkpoint(char_data, tmp_path):
 SLOW_SAVES = """
 import io, os, runpy, sys, time
 sys.path.insert(0, os.getcwd())
-import checkpoint
+from inheritune import checkpoint
 real_save = checkpoint.torch.save
 
 

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-import checkpoint
-from checkpoint import find_checkpoint, load_checkpoint, load_model, save_sharded_checkpoint, to_sharded, to_single
+from inheritune import checkpoint
+from inheritune.checkpoint import find_checkpoint, load_checkpoint, load_model, save_sharded_checkpoint, to_sharded, to_single
 from conftest import REPO, kill_when_writing, read_log, train, train_cmd
 
 RUN = ["--max_iters=20", "--eval_interval=10", "--gradient_accumulation_steps=4", "--grad_clip=0.5"]
@@ -104,7 +104,7 @@ def test_two_process_checkpoint_resumes_on_one_and_on_two(char_data, runs, tmp_p
     shutil.copytree(runs / "at10", out)
     at10 = {r["iter"]: r["val_loss"] for r in read_log(out) if "val_loss" in r}[10]
     model, ckpt = load_model(out)  # read by this one process: every shard, consolidated
-    from data import eval_offsets, evaluate_loss, open_tokens
+    from inheritune.data import eval_offsets, evaluate_loss, open_tokens
 
     val = open_tokens(char_data, "val")
     loss = evaluate_loss(model, val, eval_offsets(val, 32, 4, 8, 1337), 32, 8, "cpu", contextlib.nullcontext())
@@ -148,7 +148,7 @@ def test_sharded_checkpoint_converts_to_single_and_back(runs, tmp_path):
     assert {"model", "optimizer", "rng", "sampler", "scaler", "config", "model_args"} <= sharded.keys()
     n_params = len(list(load_model(runs / "fsdp")[0].parameters()))  # the tied embedding / head once
     assert sharded["optimizer"]["state"][0]["step"] == 20 and len(sharded["optimizer"]["state"]) == n_params == 15
-    r = subprocess.run([sys.executable, "checkpoint.py", f"--to_single={runs / 'fsdp'}",
+    r = subprocess.run([sys.executable, "-m", "inheritune.checkpoint", f"--to_single={runs / 'fsdp'}",
                         f"--out={tmp_path / 'single'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == f"wrote {tmp_path / 'single' / 'ckpt.pt'}", r.stderr
     single = torch.load(tmp_path / "single" / "ckpt.pt", weights_only=True)
@@ -249,7 +249,7 @@ def test_llama_inherited_under_fsdp_matches_ddp(char_data, make_hf_family, tmp_p
 KILLED_SHARDED_SAVE = """
 import sys, time, torch
 sys.path.insert(0, ".")
-import checkpoint
+from inheritune import checkpoint
 from torch.distributed.checkpoint import FileSystemWriter
 real_write = FileSystemWriter.write_data
 def write_then_hang(self, plan, planner):  # write the shards, then hang before the folder is complete

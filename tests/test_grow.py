@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from checkpoint import load_model
+from inheritune.checkpoint import load_model
 from conftest import REPO, read_log, train, train_cmd
-from data import eval_offsets, evaluate_loss, open_tokens
+from inheritune.data import eval_offsets, evaluate_loss, open_tokens
 from inherit import inherit
 
 GROW = ["--init_from=inherit", "--n_layer=2", "--grow_every=10", "--eval_interval=10", "--target_val_loss=0.5"]

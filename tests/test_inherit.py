@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, model_fingerprint, model_from_checkpoint, save_checkpoint
+from inheritune.checkpoint import load_checkpoint, model_fingerprint, model_from_checkpoint, save_checkpoint
 from conftest import REPO
-from data import write_meta, write_tokens
+from inheritune.data import write_meta, write_tokens
 from inherit import InheritError, grow, inherit, parse_layers
 from model import GPT, GPTConfig
 
@@ -165,7 +165,7 @@ def test_cli_writes_trainable_checkpoint_with_reference_loss(ref_and_data):
     with torch.no_grad():
         assert torch.equal(student(idx)[0], reference_through(ref, [0, 1], idx))
     # the stored target is the reference's loss on train.py's validation windows
-    from data import eval_offsets, evaluate_loss, open_tokens
+    from inheritune.data import eval_offsets, evaluate_loss, open_tokens
     import contextlib
 
     val = open_tokens(str(tmp / "data"), "val")

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from hf import ModelLoadError, export_hf
+from inheritune.hf import ModelLoadError, export_hf
 from model import GPT, GPTConfig, gelu_tanh
 
 PARITY_SHAPES = [

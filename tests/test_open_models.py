@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-import hf
+from inheritune import hf
 import inherit
-from checkpoint import load_checkpoint, load_model, model_fingerprint, save_checkpoint
+from inheritune.checkpoint import load_checkpoint, load_model, model_fingerprint, save_checkpoint
 from conftest import REPO, TINY, read_log
-from data import eval_offsets, evaluate_loss, load_meta, open_tokens, prepare_shakespeare, shakespeare_works
-from hf import ModelLoadError, load_pretrained
+from inheritune.data import eval_offsets, evaluate_loss, load_meta, open_tokens, prepare_shakespeare, shakespeare_works
+from inheritune.hf import ModelLoadError, load_pretrained
 from test_families import RecordingSafeOpen, reference_through
 
 LLAMA = dict(hidden_size=32, intermediate_size=72, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -163,8 +163,7 @@ def test_inherit_py_reads_only_the_chosen_blocks(llama, tmp_path, monkeypatch):
     assert config["n_layer"] == 2 and student.config.n_layer == 2
 
     # one of our checkpoints of that shape: memory-mapped, the chosen tensors copied out
-    import checkpoint
-
+    from inheritune import checkpoint
     save_checkpoint({"model": load_pretrained(llama).state_dict(), "model_args": vars(student.config) | {"n_layer": 4}},
                     str(tmp_path / "llama.pt"))
     mapped, real_load = [], checkpoint.load_checkpoint
@@ -279,8 +278,8 @@ def test_export_round_trip_keeps_the_source_tokenizer_and_sample_uses_it(llama, 
     samples = sample.sample(**config)
     assert len(samples) == 2 and all(s.startswith("ROMEO:") for s in samples)
     assert sample.sample(**config) == samples  # the same seed, the same text
-    from data import model_tokenizer_meta
-    from tokenizer import tokenizer_from_meta
+    from inheritune.data import model_tokenizer_meta
+    from inheritune.tokenizer import tokenizer_from_meta
 
     tok = tokenizer_from_meta(model_tokenizer_meta(llama, None, 320))
     assert sample.encode_start(tok, "ROMEO:") == [0] + tokenizer("ROMEO:", add_special_tokens=False)["input_ids"]
@@ -325,7 +324,7 @@ def test_prepare_with_the_model_tokenizer_records_its_conventions(llama, llama_d
         tokenizer="hf", tokenizer_source=llama, vocab_size=300, bos_token_id=0, eos_token_id=1,
         bos_per_document=True, eos_per_document=True)
     assert "dtype" not in meta  # uint16, as every dataset before
-    from tokenizer import vocab_fingerprint
+    from inheritune.tokenizer import vocab_fingerprint
 
     assert meta["tokenizer_fingerprint"] == vocab_fingerprint(bpe.get_vocab())
     ids = np.fromfile(os.path.join(llama_data, "train.bin"), dtype=np.uint16)
@@ -335,7 +334,7 @@ def test_prepare_with_the_model_tokenizer_records_its_conventions(llama, llama_d
     first = ids[1:np.flatnonzero(ids == 1)[0]]
     texts = [open(os.path.join(docs, name)).read() for name in sorted(os.listdir(docs))]
     assert bpe.decode(first.tolist()) in texts
-    from tokenizer import tokenizer_from_meta
+    from inheritune.tokenizer import tokenizer_from_meta
 
     assert 1 not in tokenizer_from_meta(meta).encode("a</s>b")  # special tokens in the text are text
 

@@ -67,8 +67,8 @@ TABLE = {
                                                                    "2 CPU processes runs in tests/test_fsdp.py)"),
     "torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --fsdp=True "
     "--gradient_accumulation_steps=2 --out_dir=out-shakespeare-fsdp": Run("test_fsdp_chain", {"train.py": REF_SHRINK}),
-    "python checkpoint.py --to_single=out-shakespeare-fsdp --out=out-shakespeare-single": Run("test_fsdp_chain"),
-    "python checkpoint.py --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded": Run("test_fsdp_chain"),
+    "python -m inheritune.checkpoint --to_single=out-shakespeare-fsdp --out=out-shakespeare-single": Run("test_fsdp_chain"),
+    "python -m inheritune.checkpoint --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded": Run("test_fsdp_chain"),
     # Inheritune
     "python prepare_owt.py": Cannot(f"{NETWORK}: downloads OpenWebText (~54 GB)"),
     "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py":
@@ -345,7 +345,7 @@ def test_user_chain(user_repo):
     analysis = load_json(os.path.join(repo, "out-analysis", "analysis.json"))
     assert analysis["settings"]["seq_len"] == 64 and analysis["n_layer"] == 4
 
-    from checkpoint import load_model
+    from inheritune.checkpoint import load_model
 
     run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=2 --dataset=shakespeare_char "
                "--out_dir=out-inherit", repo)
@@ -374,7 +374,7 @@ def test_user_chain(user_repo):
     hf_dir = os.path.join(repo, "hf-inherit")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tokenizer import CharTokenizer
+    from inheritune.tokenizer import CharTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
@@ -447,7 +447,7 @@ def test_data_preparation(user_repo, tmp_path):
 
 def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
     """The README's gpt2 / gpt2-medium commands, with a tiny local GPT-2 folder for the Hub name."""
-    from checkpoint import load_model
+    from inheritune.checkpoint import load_model
 
     repo = user_repo
     with open(os.path.join(repo, "prompt.txt"), "w") as f:
@@ -475,7 +475,7 @@ def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
     run_readme("python export_hf.py --ckpt=out-gpt2m-half --out=hf-gpt2m-half", repo)
     from transformers import AutoTokenizer
 
-    from tokenizer import GPT2Tokenizer
+    from inheritune.tokenizer import GPT2Tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(repo, "hf-gpt2m-half"))
     assert tokenizer("Hello world")["input_ids"] == GPT2Tokenizer().encode("Hello world") == [15496, 995]
@@ -487,14 +487,14 @@ def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
 def test_fsdp_chain(user_repo):
     """The FSDP commands that run on a CPU: 2 processes sharding the Shakespeare model, then its checkpoint converted
     to one file and back."""
-    from checkpoint import load_checkpoint
+    from inheritune.checkpoint import load_checkpoint
 
     repo = user_repo
     run_readme("torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --fsdp=True "
                "--gradient_accumulation_steps=2 --out_dir=out-shakespeare-fsdp", repo)
     assert sorted(os.listdir(os.path.join(repo, "out-shakespeare-fsdp"))) == ["ckpt.dcp", "log.jsonl"]
-    run_readme("python checkpoint.py --to_single=out-shakespeare-fsdp --out=out-shakespeare-single", repo)
-    run_readme("python checkpoint.py --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded", repo)
+    run_readme("python -m inheritune.checkpoint --to_single=out-shakespeare-fsdp --out=out-shakespeare-single", repo)
+    run_readme("python -m inheritune.checkpoint --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded", repo)
     assert os.listdir(os.path.join(repo, "out-shakespeare-single")) == ["ckpt.pt"]
     sharded, back = (load_checkpoint(os.path.join(repo, out)) for out in ("out-shakespeare-fsdp",
                                                                           "out-shakespeare-resharded"))
@@ -526,7 +526,7 @@ def test_open_model_commands(user_repo, smol, tmp_path):
     import datasets
     from transformers import AutoModelForCausalLM
 
-    from checkpoint import load_model
+    from inheritune.checkpoint import load_model
 
     repo = user_repo
     text = "".join(t for _, t in __import__("data").shakespeare_works()[:2])

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import sample
-from checkpoint import save_checkpoint
+from inheritune.checkpoint import save_checkpoint
 from conftest import REPO
-from data import write_meta
+from inheritune.data import write_meta
 from export_hf import export
 from export_hf import main as export_main
 from model import GPT, GPTConfig
@@ -129,8 +129,8 @@ def test_export_hf_char_model_tokenizer_is_our_char_tokenizer(tmp_path, monkeypa
     """AutoTokenizer on a character-level export encodes and decodes the Shakespeare text as CharTokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from data import shakespeare_works, split_work
-    from tokenizer import CharTokenizer
+    from inheritune.data import shakespeare_works, split_work
+    from inheritune.tokenizer import CharTokenizer
 
     works = shakespeare_works()
     chars = sorted(set("".join(text for _, text in works)))
@@ -201,7 +201,7 @@ def test_export_hf_errors(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["/models/gpt2-medium", "./gpt2-folder", "../gpt2-folder", "models/gpt2",
                                   "path/to/gpt2-medium", "~/gpt2-medium-missing"])
 def test_missing_local_folder_is_no_such_folder_not_a_hub_download(tmp_path, monkeypatch, name):
-    from hf import ModelLoadError, resolve_hf_folder
+    from inheritune.hf import ModelLoadError, resolve_hf_folder
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()  # "models/gpt2" is under an existing folder: a path, not an org/name Hub id
@@ -211,7 +211,7 @@ def test_missing_local_folder_is_no_such_folder_not_a_hub_download(tmp_path, mon
 
 
 def test_hub_name_offline_says_how_to_download_with_hf(tmp_path, monkeypatch):
-    from hf import ModelLoadError, resolve_hf_folder
+    from inheritune.hf import ModelLoadError, resolve_hf_folder
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelLoadError) as e:

@@ -98,7 +98,7 @@ def test_vocab_size_padding_and_too_small_vocab(char_data, tmp_path):
 SLOW_SAVE = """
 import io, sys, time, torch
 sys.path.insert(0, ".")
-from checkpoint import save_checkpoint
+from inheritune.checkpoint import save_checkpoint
 real_save = torch.save
 def half_then_hang(obj, f):  # write half the bytes, then hang: the parent kills us mid-write
     buf = io.BytesIO()
@@ -113,7 +113,7 @@ save_checkpoint({"model": {"w": torch.ones(1_000_000)}, "model_args": {}, "iter_
 
 
 def test_kill_during_save_keeps_old_checkpoint(tmp_path):
-    from checkpoint import load_checkpoint, save_checkpoint
+    from inheritune.checkpoint import load_checkpoint, save_checkpoint
 
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint({"model": {"w": torch.zeros(3)}, "model_args": {}, "iter_num": 1}, path)

@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 
-from configurator import configure_or_exit  # noqa: E402
-from data import DataError, prepare_shakespeare  # noqa: E402
+from inheritune.configurator import configure_or_exit  # noqa: E402
+from inheritune.data import DataError, prepare_shakespeare  # noqa: E402
 
 DEFAULTS = dict(
     tokenizer="char",  # "char" or "gpt2"

@@ -15,7 +15,7 @@ import os
 
 import tiktoken
 
-GPT2_BPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gpt2_bpe")
+GPT2_BPE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "gpt2_bpe")
 GPT2_EOT = 50256
 
 

@@ -77,7 +77,8 @@ def key_comments(source_file):
 
 def help_text(defaults, source_file):
     """Usage and every key with its default and the comment beside it in the script."""
-    script = source_file.split("/")[-1]
+    parts = source_file.replace("\\", "/").split("/")
+    script = f"-m inheritune.{parts[-1][:-3]}" if parts[-2:-1] == ["inheritune"] else parts[-1]  # a module's CLI
     comments = key_comments(source_file)
     width = max(len(k) for k in defaults) + 2
     lines = [f"usage: python {script} [config.py ...] [--key=value ...]",

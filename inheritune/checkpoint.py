@@ -7,7 +7,7 @@ checkpoint, created when a checkpoint is first written there, in one of two form
   ckpt.dcp/  a sharded checkpoint (train.py --fsdp=True): every process writes its own shards through
              torch.distributed.checkpoint, so no process ever holds the whole model.
 Every loader reads both: load_checkpoint / load_model consolidate a sharded checkpoint on the fly, so scripts
-need not know how a run was trained; `python checkpoint.py --to_single=... / --to_sharded=...` converts.
+need not know how a run was trained; `python -m inheritune.checkpoint --to_single=... / --to_sharded=...` converts.
 
 A checkpoint is a dict of tensors and plain Python types, so torch.load(path, weights_only=True) reads ckpt.pt.
 Keys written by train.py / inherit.py:
@@ -39,7 +39,7 @@ import warnings
 
 import torch
 
-from atomic import aside_name, atomic_write, restore_folder, stale_temporaries, swap_in_folder, temporary_name
+from inheritune.atomic import aside_name, atomic_write, restore_folder, stale_temporaries, swap_in_folder, temporary_name
 from model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
@@ -432,7 +432,7 @@ def load_model_config(source):
         except (TypeError, ValueError) as e:
             raise damaged(checkpoint_path(source), f"its model_args are not a model: {e}") from None
     check_hf_folder(source)
-    from hf import gpt_config_from_hf, resolve_hf_folder
+    from inheritune.hf import gpt_config_from_hf, resolve_hf_folder
 
     return gpt_config_from_hf(resolve_hf_folder(source), source), None
 
@@ -456,7 +456,7 @@ def fingerprint_tensors(named_tensors, sample=65536):
 
 
 # -----------------------------------------------------------------------------
-# conversion between the formats: python checkpoint.py --to_single=OUT_DIR --out=... / --to_sharded=... --out=...
+# conversion between the formats: python -m inheritune.checkpoint --to_single=OUT_DIR --out=... / --to_sharded=... --out=...
 
 def to_single(source, out):
     """Write source's sharded checkpoint as one file: out's ckpt.pt (out: a folder, or a .pt file)."""
@@ -503,7 +503,7 @@ def convert(to_single_from, to_sharded_from, out, overwrite):
 
 
 if __name__ == "__main__":
-    from configurator import configure_or_exit
+    from inheritune.configurator import configure_or_exit
 
     cfg = configure_or_exit(CONVERT_DEFAULTS)
     try:

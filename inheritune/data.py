@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atomic import atomic_write
+from inheritune.atomic import atomic_write
 
 TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; larger vocabularies are written as uint32
 TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 GPT2_VOCAB_SIZE = 50257
 GPT2_PADDED_VOCAB_SIZE = 50304  # nanoGPT's padding of GPT-2's vocabulary to a multiple of 64
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root, above this package
 
 
 class DataError(ValueError):
@@ -84,9 +84,9 @@ def known_model_tokenizer_meta(source, ckpt=None):
     """The tokenizer a model was trained with, as a meta.json-like dict, when it is known: for our checkpoints,
     the meta.json of the dataset it was trained on (else that of the model it was inherited from); for a Hugging
     Face folder with tokenizer files, that tokenizer (GPT-2's own BPE stays "gpt2"). None when nothing says it."""
-    from checkpoint import CheckpointError, find_checkpoint, is_checkpoint, load_checkpoint
-    from hf import has_tokenizer, local_hf_folder
-    from tokenizer import hf_tokenizer_meta, meta_fingerprint
+    from inheritune.checkpoint import CheckpointError, find_checkpoint, is_checkpoint, load_checkpoint
+    from inheritune.hf import has_tokenizer, local_hf_folder
+    from inheritune.tokenizer import hf_tokenizer_meta, meta_fingerprint
 
     if ckpt is None and is_checkpoint(source):  # e.g. the recorded reference of a student
         try:
@@ -114,7 +114,7 @@ def model_tokenizer_meta(source, ckpt, vocab_size):
     """The tokenizer to encode and decode a model's text with (tokenizer.tokenizer_from_meta makes it): the
     known one (known_model_tokenizer_meta), else GPT-2 BPE for a GPT-2-sized vocabulary. Refused when there is
     none, or when its ids do not fit the model's vocabulary."""
-    from tokenizer import describe
+    from inheritune.tokenizer import describe
 
     meta = known_model_tokenizer_meta(source, ckpt)
     if meta is None:
@@ -128,7 +128,7 @@ def model_tokenizer_meta(source, ckpt, vocab_size):
 def check_data_tokenizer(meta, data_dir, model_meta, model_source):
     """Refuse a dataset tokenized otherwise than the model (model_meta: known_model_tokenizer_meta; None: unknown,
     nothing to compare), by their vocabulary fingerprints."""
-    from tokenizer import describe, meta_fingerprint
+    from inheritune.tokenizer import describe, meta_fingerprint
 
     if model_meta is None or meta_fingerprint(meta) == meta_fingerprint(model_meta):
         return
@@ -256,7 +256,7 @@ def prepare_shakespeare(out_dir=None, tokenizer="char"):
     works concatenated as they are. tokenizer="gpt2": GPT-2 BPE, each work's part followed by <|endoftext|>.
     out_dir defaults to data/shakespeare_char or data/shakespeare_gpt2.
     """
-    from tokenizer import CharTokenizer, GPT2Tokenizer
+    from inheritune.tokenizer import CharTokenizer, GPT2Tokenizer
 
     out_dir = out_dir or os.path.join(REPO_DIR, "data", f"shakespeare_{tokenizer}")
     works = shakespeare_works()

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from model import GPT, GPTConfig
-from tokenizer import GPT2_BPE_DIR
+from inheritune.tokenizer import GPT2_BPE_DIR
 
 HUB_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",

@@ -1,0 +1,10 @@
+"""The modules the scripts at the repository's top share: one home for each piece.
+
+checkpoint    the checkpoint format (its docstring), atomic save and load, sharded (FSDP) checkpoints
+hf            Hugging Face models in and out (GPT-2, Llama, Qwen2, Mistral), safetensors, the Hub
+data          token files, meta.json, training batches and the fixed evaluation windows
+tokenizer     GPT-2 BPE (bundled), characters, Hugging Face tokenizers
+configurator  config files and --key=value flags, checked against a script's defaults
+atomic        writes that leave the old file whole until the new one is complete
+perf          GPU peak FLOP/s and MFU
+"""

@@ -40,7 +40,6 @@ from inheritune.checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint,
 from model import GPT, norm_layer
 
 FRESH_PARTS = ("wpe", "ln_f")  # parts that can be left at fresh init (the paper's released code did)
-GROW_INITS = ("reference", "copy", "identity", "random", "stack")
 # train.py keys of the reference run's config that the student trains with by default (how to train, not what)
 TRAINING_KEYS = ("dataset", "data_dir", "gradient_accumulation_steps", "batch_size", "block_size", "dropout",
                  "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr",
@@ -181,45 +180,91 @@ def inherit(reference, layers, fresh=(), block_size=None, dropout=None):
     return student
 
 
-def grow(model, grow_by, init, reference=None, next_reference_layer=None):
-    """model with grow_by new blocks on top (below the final norm); the trained blocks are kept.
+def reference_blocks(new, model, reference, next_layer):
+    """The reference's blocks next_layer, +1, ... (from a GPT, or read from a Reference's files: those only)."""
+    if reference is None:
+        raise InheritError("grow_init='reference' needs the reference model")
+    if next_layer + len(new) > reference.config.n_layer:
+        raise InheritError(f"cannot grow by {len(new)} from reference block {next_layer}: the reference has "
+                           f"{reference.config.n_layer} blocks")
+    if isinstance(reference, Reference):
+        reference, next_layer = reference.load(range(next_layer, next_layer + len(new))), 0
+    for j, block in enumerate(new):
+        copy_block(block, reference.transformer.h[next_layer + j])
 
-    init: "reference" (the reference's blocks next_reference_layer, +1, ...: from a GPT, or read from a
-    Reference's files), "copy" (duplicate the top grow_by trained blocks), "identity" (fresh blocks whose output
-    projections are zero, so the function is unchanged), "random" (fresh blocks, GPT-2 init for the new depth),
-    "stack" (Gong et al. 2019: a copy of every trained block, in order, [0..k-1, 0..k-1]; grow_by is the depth k).
-    """
+
+def copied_blocks(new, model, reference, next_layer):
+    """The top len(new) trained blocks again (with doubles=True: every trained block, in order)."""
+    if len(new) > model.config.n_layer:
+        raise InheritError(f"grow_init='copy' duplicates the top {len(new)} blocks but the model has "
+                           f"{model.config.n_layer}")
+    for block, source in zip(new, model.transformer.h[-len(new):]):
+        copy_block(block, source)
+
+
+def identity_blocks(new, model, reference, next_layer):
+    """Fresh blocks whose output projections are zero: the grown model computes what the trained one did."""
+    with torch.no_grad():
+        for proj in (p for block in new for p in (block.attn.c_proj, block.mlp.c_proj)):
+            proj.weight.zero_()
+            if proj.bias is not None:
+                proj.bias.zero_()
+
+
+def random_blocks(new, model, reference, next_layer):
+    """Fresh blocks as GPT-2 initializes them for the new depth (nothing to copy)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GrowInit:
+    """A way to make the blocks a growth step adds (train.py --grow_init): one entry of GROW_INITS."""
+    what: str  # one line: --help, refusals and the README say it
+    fill: object  # fill(new_blocks, trained_model, reference, next_reference_layer): set the new blocks' weights
+    modes: tuple = ("continue",)  # the grow_mode values it works in
+    needs_reference: bool = False  # its blocks come from the reference (which train.py then keeps at hand)
+    doubles: bool = False  # it adds as many blocks as the model has (grow_by is ignored)
+
+
+# Adding a growth init: one entry here and its fill function; train.py's checks, --help and messages read this table.
+GROW_INITS = {
+    "reference": GrowInit("the reference's next blocks (Inheritune, Algorithm 1)", reference_blocks,
+                          modes=("restart", "continue"), needs_reference=True),
+    "stack": GrowInit("every trained block again, in order (stacking, Gong et al. 2019)", copied_blocks,
+                      modes=("restart", "continue"), doubles=True),
+    "copy": GrowInit("the top grow_by trained blocks again", copied_blocks),
+    "identity": GrowInit("fresh blocks with zero output projections (the function is unchanged)", identity_blocks),
+    "random": GrowInit("fresh blocks, GPT-2's init for the new depth", random_blocks),
+}
+
+
+def grow(model, grow_by, init, reference=None, next_reference_layer=None):
+    """model with grow_by new blocks on top (below the final norm), made as GROW_INITS[init] says; the trained
+    blocks are kept. reference, next_reference_layer: where init="reference" reads the new blocks from (a GPT, or
+    a Reference: then only those blocks are read)."""
     if init not in GROW_INITS:
         raise InheritError(f"grow_init={init!r}: choose from {', '.join(GROW_INITS)}")
     old_n = model.config.n_layer
-    if init == "stack":  # the top old_n blocks are all of them
-        grow_by, init = old_n, "copy"
-    if init == "reference":
-        if reference is None:
-            raise InheritError("grow_init='reference' needs the reference model")
-        if next_reference_layer + grow_by > reference.config.n_layer:
-            raise InheritError(f"cannot grow by {grow_by} from reference block {next_reference_layer}: "
-                               f"the reference has {reference.config.n_layer} blocks")
-        if isinstance(reference, Reference):  # read only the blocks added
-            reference = reference.load(range(next_reference_layer, next_reference_layer + grow_by))
-            next_reference_layer = 0
-    if init == "copy" and grow_by > old_n:
-        raise InheritError(f"grow_init='copy' duplicates the top {grow_by} blocks but the model has {old_n}")
+    grow_by = old_n if GROW_INITS[init].doubles else grow_by
     grown = GPT(dataclasses.replace(model.config, n_layer=old_n + grow_by)).to(model.lm_head.weight.device)
     grown.load_state_dict(model.state_dict(), strict=False)  # everything but the new blocks
-    new_blocks = grown.transformer.h[old_n:]
-    for j, block in enumerate(new_blocks):
-        if init == "reference":
-            copy_block(block, reference.transformer.h[next_reference_layer + j])
-        elif init == "copy":
-            copy_block(block, model.transformer.h[old_n - grow_by + j])
-        elif init == "identity":
-            with torch.no_grad():
-                for proj in (block.attn.c_proj, block.mlp.c_proj):
-                    proj.weight.zero_()
-                    if proj.bias is not None:
-                        proj.bias.zero_()
+    GROW_INITS[init].fill(grown.transformer.h[old_n:], model, reference, next_reference_layer)
     return grown
+
+
+def growth_step(config, trained, init, mode, grow_by, reference, layers, fresh=()):
+    """Inheritune's growth step: (the grown model, the reference block each of its blocks came from, None where
+    none did). config: the model's; trained(): the trained model (train.py gathers it under FSDP), called only
+    when its blocks are kept. In restart mode a reference init starts the round afresh from the reference's first
+    l + grow_by blocks (Algorithm 1); every other step keeps the trained blocks and adds new ones on top."""
+    entry = GROW_INITS[init]
+    if entry.needs_reference and mode == "restart":
+        layers = layers + [layers[-1] + 1 + j for j in range(grow_by)]
+        return inherit(reference, layers, fresh, block_size=config.block_size, dropout=config.dropout), layers
+    if entry.doubles:
+        return grow(trained(), config.n_layer, init), layers * 2
+    next_layer = max((i for i in layers if i is not None), default=-1) + 1
+    added = [next_layer + j if entry.needs_reference else None for j in range(grow_by)]
+    return grow(trained(), grow_by, init, reference, next_layer), layers + added
 
 
 # What each dimension of each parameter indexes, by its name in model.py's scheme (a block's parameters without

@@ -13,6 +13,7 @@ a run puts its checkpoint's config between the defaults and the command line).
 import ast
 import difflib
 import io
+import os
 import re
 import sys
 import tokenize
@@ -62,7 +63,7 @@ def key_comments(source_file):
         return {}
     found, literal = {}, {}  # a line that assigns a plain literal (a default) wins over other assignments
     for lineno, line in enumerate(text.splitlines(), 1):
-        m = re.match(r"\s*(\w+)\s*=(?!=)([^#]*)", line)
+        m = re.match(r"\s*(\w+)\s*(?::[^=#]*)?=(?!=)([^#]*)", line)  # key = value, or a dataclass's key: type = value
         if not m or lineno not in comments:
             continue
         key = m.group(1)
@@ -75,11 +76,16 @@ def key_comments(source_file):
     return found | literal
 
 
-def help_text(defaults, source_file):
-    """Usage and every key with its default and the comment beside it in the script."""
+def help_text(defaults, source_file, comment_files=(), notes=None):
+    """Usage and every key with its default and the comment beside it in the script (or, for keys the script does
+    not comment, in comment_files beside it, e.g. model.py for GPTConfig's fields), and notes[key] after it."""
     parts = source_file.replace("\\", "/").split("/")
     script = f"-m inheritune.{parts[-1][:-3]}" if parts[-2:-1] == ["inheritune"] else parts[-1]  # a module's CLI
-    comments = key_comments(source_file)
+    comments = {}
+    for path in [source_file, *(os.path.join(os.path.dirname(source_file), f) for f in comment_files)]:
+        comments = key_comments(path) | comments  # the script's own comment wins
+    for key, note in (notes or {}).items():
+        comments[key] = f"{comments.get(key, '')} ({note})".strip()
     width = max(len(k) for k in defaults) + 2
     lines = [f"usage: python {script} [config.py ...] [--key=value ...]",
              "config files (plain Python assignments) and --key=value flags apply in order; keys and defaults:", ""]
@@ -88,7 +94,7 @@ def help_text(defaults, source_file):
     return "\n".join(lines)
 
 
-def overrides(defaults, argv=None, source_file=None):
+def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=None):
     """{key: value} of what the config files and --key=value flags in argv set (later ones win), each checked
     against defaults. A script that layers other settings under them (train.py resuming a run: its checkpoint's
     config) needs to know which keys were given, not only the result.
@@ -97,7 +103,7 @@ def overrides(defaults, argv=None, source_file=None):
     """
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(help_text(defaults, source_file or sys.argv[0]))
+        print(help_text(defaults, source_file or sys.argv[0], comment_files, notes))
         sys.exit(0)
     given = {}
     for arg in argv:
@@ -158,9 +164,9 @@ def configure_or_exit(defaults, argv=None):
         sys.exit(f"error: {e}")
 
 
-def overrides_or_exit(defaults, argv=None):
+def overrides_or_exit(defaults, argv=None, comment_files=(), notes=None):
     """overrides(), printing the error and exiting with status 1 instead of raising (as configure_or_exit)."""
     try:
-        return overrides(defaults, argv, source_file=sys._getframe(1).f_code.co_filename)
+        return overrides(defaults, argv, sys._getframe(1).f_code.co_filename, comment_files, notes)
     except ConfigError as e:
         sys.exit(f"error: {e}")

@@ -196,3 +196,47 @@ def test_growth_under_compile(char_data, reference, tmp_path):
     assert grow["n_layer"] == 4
     assert [r["iter"] for r in read_log(out) if "loss" in r][-1] == 11
     assert torch.load(out / "ckpt.pt", weights_only=True)["model_args"]["n_layer"] == 4
+
+
+def test_a_new_growth_init_is_one_table_entry(monkeypatch):
+    # a fork's init ("copy the bottom block") is one GROW_INITS entry: the checks, growth_step and --help read it
+    import inherit
+    from inheritune import run
+    from model import GPT, GPTConfig
+
+    def bottom_blocks(new, model, reference, next_layer):
+        for block in new:
+            inherit.copy_block(block, model.transformer.h[0])
+
+    entry = inherit.GrowInit("copies of the bottom block", bottom_blocks, modes=("continue",))
+    monkeypatch.setitem(inherit.GROW_INITS, "bottom", entry)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    grown, layers = inherit.growth_step(model.config, lambda: model, "bottom", "continue", 2, None, [0, 1])
+    assert grown.config.n_layer == 4 and layers == [0, 1, None, None]
+    for i in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(grown.transformer.h[i].parameters(),
+                                                     model.transformer.h[0].parameters()))
+    cfg = dict(TRAIN_DEFAULTS, grow_every=10, grow_init="bottom", grow_mode="continue", warmup_iters=2)
+    assert run.check_settings(cfg, False, inherit.GROW_INITS) is not None
+    with pytest.raises(ValueError, match="grow_init='bottom' \\(copies of the bottom block\\) works in grow_mode "
+                                         "'continue', not 'restart'"):
+        run.check_settings(dict(cfg, grow_mode="restart"), False, inherit.GROW_INITS)
+
+
+def test_help_and_refusals_list_every_growth_init(char_data, tmp_path):
+    import inherit
+
+    r = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    line = next(line for line in r.stdout.splitlines() if line.lstrip().startswith("--grow_init"))
+    assert all(f"{name}: {init.what}" in line for name, init in inherit.GROW_INITS.items())
+    r = train(char_data, tmp_path, "--grow_every=10", "--grow_init=nope", expect_rc=1)
+    assert "grow_init='nope' is not one of " + ", ".join(inherit.GROW_INITS) in r.stderr
+
+
+TRAIN_DEFAULTS = dict(learning_rate=6e-4, batch_size=12, block_size=64, gradient_accumulation_steps=1, eval_iters=2,
+                      eval_interval=10, log_interval=1, dist_timeout_s=600, n_layer=2, n_head=2, n_embd=16,
+                      grow_by=2, max_iters=100, warmup_iters=2, lr_decay_iters=100, min_lr=6e-5, weight_decay=0.1,
+                      grad_clip=1.0, vocab_size=0, grow_every=0, max_layers=0, target_val_loss=0.0, fsdp_shard_size=0,
+                      dropout=0.0, beta1=0.9, beta2=0.95, dtype="auto", backend="auto", grow_mode="restart",
+                      grow_init="reference", fsdp=False, kd_alpha=0.6, kd_temperature=1.0, head_dim=0, decay_lr=True)

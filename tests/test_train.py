@@ -199,3 +199,95 @@ def test_eval_only_prints_and_writes_nothing(char_data, tmp_path):
     r = train(char_data, tmp_path, "--max_iters=3", "--eval_interval=3", "--eval_only=True")
     assert "continuing the run" in r.stdout and "iter 3 | train_loss" in r.stdout  # the checkpoint, evaluated
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# -- host syncs: the training step reads nothing back from the device except at log steps ---------------------
+COUNT_READS = """
+import json, os, runpy, sys
+import torch, torch.distributed as dist
+counts = {}
+def counted(owner, name):
+    real = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        caller = sys._getframe(1).f_code  # not the batch sampler's reads of its own CPU generator (host-side)
+        if not (caller.co_name == "next" and caller.co_filename.endswith("data.py")):
+            counts[name] = counts.get(name, 0) + 1
+        return real(*args, **kwargs)
+    setattr(owner, name, wrapper)
+for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+    counted(torch.Tensor, name)
+for name in ("all_reduce", "broadcast", "all_gather", "all_gather_object", "broadcast_object_list", "barrier"):
+    counted(dist, name)
+real_exit = os._exit
+def report(code=0):
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("READS " + json.dumps(counts), flush=True)
+def exit_after_report(code):
+    report()
+    real_exit(code)
+os._exit = exit_after_report  # a gloo run leaves through os._exit, past atexit
+sys.argv = ["train.py", *sys.argv[1:]]
+sys.path.insert(0, os.getcwd())
+try:
+    runpy.run_path("train.py", run_name="__main__")
+except SystemExit:
+    report()
+    raise
+"""
+
+
+def count_reads(char_data, out_dir, max_iters, processes=1):
+    script = out_dir.parent / "count_reads.py"
+    script.write_text(COUNT_READS)
+    args = train_cmd(char_data, out_dir, f"--max_iters={max_iters}", "--log_interval=10", "--eval_interval=1000",
+                     "--gradient_accumulation_steps=2", "--always_save_checkpoint=False")[2:]
+    launch = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                        f"--nproc_per_node={processes}"]
+    r = subprocess.run([*launch, str(script), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    return json.loads(next(line for line in r.stdout.splitlines() if line.startswith("READS "))[6:])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_training_steps_read_the_device_only_at_log_steps(char_data, tmp_path, processes):
+    # 20 more steps with log_interval=10 cost exactly 2 more reads (and, under DDP, 2 more all-reduces): the
+    # loss, the non-finite count and the stop flag travel together, once per log step; other steps never wait
+    short = count_reads(char_data, tmp_path / "short", 20, processes)
+    long = count_reads(char_data, tmp_path / "long", 40, processes)
+    extra = {k: long.get(k, 0) - short.get(k, 0) for k in long.keys() | short.keys()}
+    assert {k: v for k, v in extra.items() if v} == ({"tolist": 2} if processes == 1 else
+                                                    {"tolist": 2, "all_reduce": 2}), (short, long)
+
+
+# -- model options: every GPTConfig field is a flag; a model that brings its shape refuses one that disagrees ----
+def test_llama_shaped_model_from_scratch(char_data, tmp_path):
+    options = ["--norm=rmsnorm", "--mlp=swiglu", "--pos_emb=rope", "--n_kv_head=1", "--tie_embeddings=False",
+               "--intermediate_size=48", "--rope_theta=500000.0"]
+    train(char_data, tmp_path, "--max_iters=2", "--eval_interval=2", *options)
+    args = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model_args"]
+    assert (args["norm"], args["mlp"], args["pos_emb"], args["n_kv_head"], args["tie_embeddings"],
+            args["intermediate_size"], args["rope_theta"]) == ("rmsnorm", "swiglu", "rope", 1, False, 48, 500000.0)
+    r = train(char_data, tmp_path, "--max_iters=2", "--eval_interval=2", "--norm=bogus", "--overwrite=True",
+              expect_rc=1)
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "norm='bogus'" in r.stderr
+    r = train(char_data, tmp_path, "--max_iters=4", "--init_from=resume", "--n_kv_head=2", expect_rc=1)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "n_kv_head=2 disagrees with the checkpoint" in r.stderr and "whose n_kv_head is 1" in r.stderr
+    r = train(char_data, tmp_path / "pretrained", f"--init_from={tmp_path}", "--max_iters=1", "--pos_emb=learned",
+              expect_rc=1)
+    assert "pos_emb='learned' disagrees with init_from=" in r.stderr and "whose pos_emb is 'rope'" in r.stderr
+    r = train(char_data, tmp_path / "inherited", "--init_from=inherit", f"--reference={tmp_path}", "--n_layer=1",
+              "--max_iters=1", "--mlp=gelu", expect_rc=1)
+    assert "mlp='gelu' disagrees with reference" in r.stderr and not (tmp_path / "inherited").exists()
+
+
+def test_flags_outside_the_run_identity_may_change_between_attempts(char_data, tmp_path):
+    # a flag that does not define the run (logging, evaluation cadence, stopping) changes between attempts
+    train(char_data, tmp_path, "--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=1")
+    r = train(char_data, tmp_path, "--max_iters=6", "--eval_interval=3", "--gradient_accumulation_steps=1",
+              "--log_interval=2", "--wandb_project=other", "--stop_at_target=False", "--always_save_checkpoint=False")
+    assert "continuing the run" in r.stdout and "from its checkpoint at iter 4" in r.stdout
+    r = train(char_data, tmp_path, "--max_iters=8", "--gradient_accumulation_steps=1", "--weight_decay=0.0",
+              expect_rc=1)
+    assert "holds another run" in r.stderr and "weight_decay=0.1 there, 0.0 here" in r.stderr

@@ -1,0 +1,249 @@
+"""A training run in its out_dir: which settings define it, whether a command continues it, its log.jsonl, the
+atomic save of its checkpoint, and its random state (for an exact resume).
+
+Requeue-safe: the same command run again (a Slurm requeue, a torchrun restart) continues from out_dir's checkpoint
+when that checkpoint's run is this command's: its defining settings (train.py's RUN_KEYS: the model, the data, the
+optimizer and schedule, how it starts) agree, whatever else differs (max_iters, logging, evaluation, this machine).
+A new run never replaces another run's checkpoint or log: it stops with an error unless given --overwrite=True.
+"""
+
+import json
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from inheritune.checkpoint import SHARDED_NAME, checkpoint_path, find_checkpoint, load_checkpoint, save_checkpoint
+from inheritune.checkpoint import save_sharded_checkpoint
+from inheritune.configurator import ConfigError
+from inheritune.distributed import fail
+
+
+def recorded_config(ckpt, defaults, given, own_keys):
+    """The settings a checkpoint records of its run, as train.py keys: its model's context and its saved config
+    (keys this train.py knows, with a value of the right type; an empty string means "not recorded"), less
+    own_keys (this machine's and this command's)."""
+    saved = {"block_size": ckpt["model_args"].get("block_size")} | dict(ckpt.get("config") or {})
+    recorded = {k: v for k, v in saved.items() if k in defaults and k not in own_keys
+                and type(v) is type(defaults[k]) and v != ""}
+    if "dataset" in given and "data_dir" not in given:
+        recorded.pop("data_dir", None)  # --dataset names the data; the run's recorded data_dir would win over it
+    return recorded
+
+
+def run_differences(saved, cfg, run_keys):
+    """'key=value there, value here' for each defining setting in which two runs differ."""
+    return [f"{k}={saved[k]!r} there, {cfg[k]!r} here" for k in run_keys if k in saved and saved[k] != cfg[k]]
+
+
+def logged_run_config(path):
+    """The config of the run_start record that begins a log.jsonl, or None."""
+    try:
+        with open(path) as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return first.get("config") if isinstance(first, dict) and first.get("event") == "run_start" else None
+
+
+def open_run(out_dir, config, run_keys, weights=True):
+    """The checkpoint this command continues, or None for a new run.
+
+    --init_from=resume continues out_dir's checkpoint. Any other command into an out_dir that already holds a
+    checkpoint or log.jsonl continues that run when the runs agree in run_keys (as litgpt's resume="auto": the same
+    command again after a crash or preemption needs no edit) and otherwise stops: replacing another run's
+    checkpoint takes --overwrite=True. weights=False: the checkpoint without its tensors (FSDP reads them later).
+    """
+    log_path, has_checkpoint = os.path.join(out_dir, "log.jsonl"), find_checkpoint(out_dir) is not None
+    if config["init_from"] == "resume":
+        if config["overwrite"]:
+            fail("overwrite=True starts a new run in out_dir; it cannot be combined with init_from='resume'")
+        if not has_checkpoint:
+            fail(f"init_from='resume' found no checkpoint at {checkpoint_path(out_dir)}: point out_dir at the run "
+                 f"to continue")
+        return load_checkpoint(out_dir, weights=weights)
+    if config["overwrite"] or not (has_checkpoint or os.path.isfile(log_path)):
+        return None
+    previous = load_checkpoint(out_dir, weights=weights) if has_checkpoint else None
+    saved = (previous.get("config") if previous else logged_run_config(log_path)) or {}
+    differences = run_differences(saved, config, run_keys)
+    if not saved or differences:
+        what = f"the checkpoint (iter {previous.get('iter_num', 0)})" if previous else "the log.jsonl"
+        why = f" has {'; '.join(differences[:3])}" if differences else " records no config to compare"
+        fail(f"out_dir={out_dir} holds another run: {what}{why}. Continue that run with --init_from=resume, "
+             f"pick another --out_dir, or replace it with --overwrite=True")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"continuing the run in {out_dir} from its checkpoint at iter {previous.get('iter_num', 0)}: it is "
+              f"this command's run (--overwrite=True starts over)" if previous else
+              f"starting the run in {out_dir} again: its earlier attempt stopped before its first checkpoint")
+    return previous
+
+
+def check_settings(cfg, new_model, grow_inits):
+    """Refuse settings that cannot work, naming the key (ConfigError), before any work; return warnings about
+    settings that work but are likely mistakes. grow_inits: inherit.GROW_INITS."""
+    positive = ["learning_rate", "batch_size", "block_size", "gradient_accumulation_steps", "eval_iters",
+                "eval_interval", "log_interval", "dist_timeout_s"]
+    positive += ["n_layer", "n_head", "n_embd"] if new_model else []
+    positive += ["grow_by"] if cfg["grow_every"] else []
+    for key in positive:
+        if not cfg[key] > 0:
+            raise ConfigError(f"{key}={cfg[key]!r} must be positive")
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "grad_clip", "vocab_size",
+                "grow_every", "max_layers", "target_val_loss", "fsdp_shard_size"):
+        if cfg[key] < 0:
+            raise ConfigError(f"{key}={cfg[key]!r} must not be negative"
+                              + (" (0 evaluates the model once and exits)" if key == "max_iters" else ""))
+    for key in ("dropout", "beta1", "beta2"):
+        if not 0 <= cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r} must be at least 0 and below 1")
+    for key, allowed in (("dtype", ("auto", "float32", "bfloat16", "float16")), ("backend", ("auto", "nccl", "gloo")),
+                         ("grow_mode", ("restart", "continue")), ("grow_init", tuple(grow_inits))):
+        if cfg[key] not in allowed:
+            raise ConfigError(f"{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    if cfg["fsdp"] and cfg["dtype"] == "float16":
+        raise ConfigError("dtype='float16' cannot train under fsdp=True (its loss scaling would have to span the "
+                          "shards): use bfloat16 (or float32)")
+    init = grow_inits[cfg["grow_init"]]
+    if cfg["grow_every"] and cfg["grow_mode"] not in init.modes:
+        raise ConfigError(f"grow_init={cfg['grow_init']!r} ({init.what}) works in grow_mode "
+                          f"{' or '.join(map(repr, init.modes))}, not {cfg['grow_mode']!r}")
+    if not 0 <= cfg["kd_alpha"] <= 1:
+        raise ConfigError(f"kd_alpha={cfg['kd_alpha']!r} must be between 0 and 1: the weight of the cross-entropy "
+                          f"(the teacher's KL gets 1 - kd_alpha)")
+    if not cfg["kd_temperature"] > 0:
+        raise ConfigError(f"kd_temperature={cfg['kd_temperature']!r} must be positive (1.0: the plain softmax)")
+    if new_model and not cfg["head_dim"] and cfg["n_embd"] % cfg["n_head"]:
+        raise ConfigError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}: each head gets "
+                          f"n_embd / n_head dimensions")
+    if cfg["decay_lr"] and cfg["min_lr"] > cfg["learning_rate"]:
+        raise ConfigError(f"min_lr={cfg['min_lr']} is above learning_rate={cfg['learning_rate']}: the cosine would "
+                          f"rise; lower min_lr (e.g. to learning_rate / 10)")
+    if cfg["decay_lr"] and cfg["warmup_iters"] >= cfg["lr_decay_iters"]:
+        raise ConfigError(f"warmup_iters={cfg['warmup_iters']} is not below lr_decay_iters={cfg['lr_decay_iters']}: "
+                          f"the learning rate would drop from its peak straight to min_lr; raise lr_decay_iters or "
+                          f"lower warmup_iters")
+    warnings, round_iters = [], cfg["grow_every"]
+    if round_iters and cfg["decay_lr"]:
+        # Restart mode gives each round its own warmup and cosine: a round no longer than the warm-up would end
+        # before the learning rate ever decays (refused). A cosine longer than a round only ends each round above
+        # min_lr (warned); in continue mode the schedule spans the run, so a long warm-up is only unusual (warned).
+        if cfg["warmup_iters"] >= round_iters and cfg["grow_mode"] == "restart":
+            raise ConfigError(f"warmup_iters={cfg['warmup_iters']} is not below grow_every={round_iters}: in restart "
+                              f"mode every round would be pure warm-up; lower warmup_iters (the paper: 2K of a 100K "
+                              f"round)")
+        if cfg["warmup_iters"] >= round_iters:
+            warnings.append(f"warmup_iters={cfg['warmup_iters']} >= grow_every={round_iters}: the first round ends "
+                            f"while the learning rate is still warming up")
+        if cfg["lr_decay_iters"] > round_iters and cfg["grow_mode"] == "restart":
+            warnings.append(f"lr_decay_iters={cfg['lr_decay_iters']} > grow_every={round_iters}: each round ends "
+                            f"before its cosine reaches min_lr (the paper's configs set lr_decay_iters = grow_every)")
+    if round_iters and cfg["max_iters"] < round_iters:
+        warnings.append(f"max_iters={cfg['max_iters']} < grow_every={round_iters}: no round ends in this run")
+    return warnings
+
+
+class RunDir:
+    """out_dir as a run writes it: log.jsonl (also printed, and sent to wandb) and the checkpoint (rank 0 writes
+    both; under FSDP every rank writes its own shards). eval_only: print only."""
+
+    def __init__(self, out_dir, procs, eval_only=False, wandb_log=False):
+        self.out_dir, self.procs, self.eval_only, self.wandb_log = out_dir, procs, eval_only, wandb_log
+        self.log_path, self.ckpt_path = os.path.join(out_dir, "log.jsonl"), checkpoint_path(out_dir)
+        self.log_size = 0  # log.jsonl's length, recorded in each checkpoint (a resume truncates to it)
+        self.checkpoint_iter = None  # the iteration of the checkpoint on disk (for messages)
+
+    def start_log(self, config, resuming, checkpoint_log_size=None):
+        """A resumed run drops the records written after its checkpoint (it writes them again); a new run starts the
+        log with a run_start record holding its config (what a re-run compares with, if no checkpoint comes)."""
+        if not self.procs.master or self.eval_only:
+            return
+        if resuming and os.path.isfile(self.log_path):
+            if checkpoint_log_size is not None and os.path.getsize(self.log_path) > checkpoint_log_size:
+                os.truncate(self.log_path, checkpoint_log_size)
+            self.log_size = os.path.getsize(self.log_path)
+        elif not resuming:
+            if os.path.isfile(self.log_path):  # --overwrite=True, or an earlier attempt of this run that saved nothing
+                os.remove(self.log_path)
+            self.append({"iter": 0, "event": "run_start", "config": config})
+
+    def log(self, record):
+        """Print a record and append it as one JSON line to log.jsonl (and wandb)."""
+        if not self.procs.master:
+            return
+        print(" | ".join(f"{k} {v:.4f}" if k.endswith("loss") else f"{k} {v:.4g}" if isinstance(v, float)
+                         else f"{k} {v}" for k, v in record.items() if v is not None))
+        if self.eval_only:
+            return
+        self.append(record)
+        if self.wandb_log:
+            import wandb
+
+            wandb.log({k: v for k, v in record.items() if v is not None}, step=record["iter"])
+
+    def append(self, record):
+        os.makedirs(self.out_dir, exist_ok=True)  # out_dir appears with the first thing written into it
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            self.log_size = f.tell()
+
+    def save(self, state, raw_model, optimizer):
+        """Everything needed to continue exactly (state: the run's counters and settings; the model's and the
+        optimizer's tensors), written atomically: by rank 0 as ckpt.pt, or under FSDP by every rank (its own
+        shards) as ckpt.dcp/ (every rank must call this). A failed write (a full disk) leaves the previous
+        checkpoint as it was and stops every rank with a message."""
+        procs, error = self.procs, None
+        ckpt = dict(state, log_size=self.log_size)
+        where = os.path.join(self.out_dir, SHARDED_NAME) if procs.fsdp else self.ckpt_path
+        try:
+            if procs.fsdp:
+                save_sharded_checkpoint(ckpt, self.out_dir, raw_model, optimizer)
+            elif procs.master:
+                save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict()} | ckpt,
+                                self.ckpt_path)
+            if procs.master:
+                print(f"saved checkpoint at iter {state['iter_num']} to {where}")
+        except OSError as e:
+            kept = (f"the previous checkpoint (iter {self.checkpoint_iter}) is intact"
+                    if find_checkpoint(self.out_dir) else "no checkpoint was written")
+            error = (f"could not save the checkpoint of iter {state['iter_num']} to {where} ({e.strerror or e}); "
+                     f"{kept}. Free space and run the same command again: it continues from the checkpoint")
+        if procs.ddp:  # no rank goes on (or exits on preemption) before rank 0's save has succeeded or failed
+            outcome = [error]
+            dist.broadcast_object_list(outcome, src=0)
+            error = outcome[0]
+        if error:
+            fail(error)
+        self.checkpoint_iter = state["iter_num"]
+
+
+def rng_state(device_type):
+    """This process's RNG states as tensors and plain types (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None,
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": np_state[2],
+                  "has_gauss": np_state[3], "cached_gaussian": np_state[4]},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+    }
+
+
+def set_rng_state(state, device_type):
+    torch.set_rng_state(state["torch"])
+    if device_type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)

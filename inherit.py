@@ -350,6 +350,14 @@ def inherit_metadata(source, layers, reference, fresh):
     }
 
 
+def source_shape(config, info=None):
+    """(n_layer, n_embd, n_head) of a reference (config), or of the one a model of config was inherited from
+    (info: its checkpoint's inherit metadata): a growing run checks that its reference is still that one."""
+    if info is None:
+        return config.n_layer, config.n_embd, config.n_head
+    return info["source_n_layer"], *info.get("source_width", (config.n_embd, config.n_head))
+
+
 def resolve_n_layer(n_layer, analysis):
     """--n_layer as given, or analyze_rank.py's recommended depth for --n_layer=auto."""
     if n_layer != "auto":
@@ -426,8 +434,8 @@ def main(cfg):
     import contextlib
 
     from inheritune.configurator import check_device
-    from inheritune.data import (check_data_tokenizer, eval_offsets, evaluate_loss, known_model_tokenizer_meta, load_meta,
-                      open_tokens)
+    from inheritune.data import (check_data_tokenizer, eval_offsets, evaluate_loss, known_model_tokenizer_meta,
+                                 load_meta, open_tokens)
 
     check_device(cfg["device"])
     out_path = checkpoint_path(cfg["out_dir"])
@@ -484,7 +492,8 @@ def main(cfg):
         del full_reference
         meta_inherit["reference_val_loss"] = ref_loss
         meta_inherit["reference_eval"] = dict(data_dir=os.path.abspath(data_dir), block_size=block_size,
-                                              eval_iters=cfg["eval_iters"], batch_size=cfg["batch_size"], seed=cfg["seed"])
+                                              eval_iters=cfg["eval_iters"], batch_size=cfg["batch_size"],
+                                              seed=cfg["seed"])
         print(f"reference val loss on {data_dir}: {ref_loss:.4f} (the growth target)")
     config = student_config(cfg, reference_run, layers, block_size, data_given=bool(data_dir))
     if width:

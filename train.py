@@ -7,9 +7,9 @@ whose weights, gradients and AdamW state do not fit one GPU.
 
 Inheritune: --init_from=inherit starts from the first blocks of --reference; --grow_every=N evaluates every N
 iterations and, below the reference's val loss, adds blocks (inherit.GROW_INITS says how) until it reaches it.
-Every log line also goes to out_dir/log.jsonl. Checkpoints (out_dir/ckpt.pt; under FSDP the sharded ckpt.dcp/, see
-inheritune/checkpoint.py) continue a run exactly; the same command again continues its run (inheritune/run.py);
-SIGTERM / SIGINT save at the next log_interval step and exit 0.
+Logs go to out_dir/log.jsonl; checkpoints (out_dir/ckpt.pt, or FSDP's sharded ckpt.dcp/: inheritune/checkpoint.py)
+continue a run exactly, and the same command again continues its run (inheritune/run.py). SIGTERM / SIGINT save at
+the next log step (within log_interval steps) and exit 0.
 """
 
 import json
@@ -104,8 +104,8 @@ MODEL_KEYS = tuple(f.name for f in fields(GPTConfig) if type(f.default) in (int,
 defaults = {k: v for k, v in globals().items() if not k.startswith("_") and not k.isupper()
             and isinstance(v, (int, float, bool, str))}
 defaults |= {f.name: f.default for f in fields(GPTConfig) if f.name in MODEL_KEYS and f.name not in defaults}
-GROW_INIT_HELP = "; ".join(f"{name}: {init.what}" for name, init in inherit.GROW_INITS.items())
-given = configurator.overrides_or_exit(defaults, comment_files=["model.py"], notes={"grow_init": GROW_INIT_HELP})
+given = configurator.overrides_or_exit(defaults, comment_files=["model.py"], notes={"grow_init": "; ".join(
+    f"{name}: {init.what}" for name, init in inherit.GROW_INITS.items())})
 # What defines a run: its model, data and evaluation windows, optimizer and schedule, and how it starts (the reference
 # and teacher are checked by their weights, wherever they are now). Any other key (max_iters, logging, this machine)
 # may change between attempts of one run: the same command with other values continues it.
@@ -124,13 +124,6 @@ if config["fsdp"] and "RANK" not in os.environ:  # (under torchrun, even one pro
     print("note: fsdp=True in a single process (not under torchrun) has nothing to shard: training as one plain "
           "process")
     given["fsdp"] = config["fsdp"] = False
-world_size = int(os.environ.get("WORLD_SIZE", "1"))
-if config["fsdp"] and config["fsdp_shard_size"] and world_size % config["fsdp_shard_size"]:
-    fail(f"fsdp_shard_size={config['fsdp_shard_size']} does not divide the {world_size} processes: shard groups of "
-         f"that size cannot tile them (e.g. the GPUs per node, with a multiple of it in processes)")
-if config["out_dir"].endswith(".pt"):
-    fail(f"out_dir={config['out_dir']!r} ends in .pt, but out_dir is a folder (train.py writes ckpt.pt and log.jsonl "
-         f"into it)")
 try:
     ckpt = run.open_run(config["out_dir"], config, RUN_KEYS, weights=not config["fsdp"])
 except CheckpointError as e:
@@ -148,20 +141,7 @@ try:
 except configurator.ConfigError as e:
     fail(e)
 if resuming and not eval_only:
-    # A requeued job of a finished run succeeds without work. Stopping before the checkpoint's iteration cannot be
-    # done (training is not undone): refused, so that a script that meant to extend the run notices.
-    done_iters, growth_end = ckpt.get("iter_num", 0), (ckpt.get("growth") or {}).get("end")
-    if max_iters < done_iters:
-        fail(f"max_iters={max_iters} is below the iteration of the checkpoint in {out_dir} ({done_iters}): pass "
-             f"--max_iters above {done_iters} to train on")
-    evaluated = (ckpt.get("last_eval") or {"iter": done_iters})["iter"] == done_iters
-    at_target = growth_end == "target reached" and stop_at_target
-    if (done_iters == max_iters and evaluated) or at_target:
-        if is_master():
-            print(f"nothing to do: the run in {out_dir} is complete at iter {done_iters} ("
-                  + ("it reached its target val loss; --stop_at_target=False trains on" if at_target
-                     else f"max_iters={max_iters}; a larger --max_iters trains on") + ")")
-        sys.exit(0)
+    run.exit_if_complete(ckpt, config)
 
 # -----------------------------------------------------------------------------
 # setup: processes, devices, precision
@@ -174,9 +154,6 @@ if gradient_accumulation_steps % procs.world_size != 0:
 grad_accum_per_process = gradient_accumulation_steps // procs.world_size
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size  # independent of the process count
 config["dtype"] = procs.dtype
-if fsdp and procs.dtype == "float16":
-    fail("dtype=auto is float16 on this GPU, which has no bfloat16, and fsdp=True cannot train in float16: pass "
-         "--dtype=float32")
 run.seed_everything(seed + 1000 * procs.rank)  # DDP broadcasts rank 0's initial weights, so ranks may differ here
 torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 matmuls and convolutions on Ampere and later
 torch.backends.cudnn.conv.fp32_precision = "tf32"
@@ -196,6 +173,12 @@ except data.DataError as e:
     fail(e)
 
 
+def eval_loss(model, tokens, offsets, loss_fn=None):
+    """model's mean loss on the fixed windows at offsets, the same number on every rank."""
+    return data.evaluate_loss(model, tokens, offsets, block_size, batch_size, device, procs.autocast, procs.rank,
+                              procs.world_size, loss_fn=loss_fn)
+
+
 def get_batch():
     x, y = train_batches.next()
     if device_type == "cuda":
@@ -205,16 +188,6 @@ def get_batch():
 
 # -----------------------------------------------------------------------------
 # model: rank 0 builds it (under FSDP in CPU memory, the other ranks its shape; wrap() shards it)
-def check_model_flags(model_config, what, exempt=("dropout", "block_size"), recorded=None):
-    """A model flag given for a model that brings its own shape must agree with it (or, resuming, with the run's
-    recorded setting: a grown run's n_layer): refused in one line, never silently dropped."""
-    for key in MODEL_KEYS:
-        ours = getattr(model_config, key)
-        if key in given and key not in exempt and given[key] not in (ours, (recorded or {}).get(key, ours)):
-            fail(f"{key}={given[key]!r} disagrees with {what}, whose {key} is {ours!r}: drop the flag (the model "
-                 f"keeps its shape) or train a model from scratch")
-
-
 MODEL_SHAPE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "dropout")
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
                        "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute")
@@ -232,7 +205,7 @@ try:
         raw_model = GPT(GPTConfig(**model_args)) if "model" in ckpt else shape_of(GPTConfig(**model_args))
         if "model" in ckpt:
             raw_model.load_state_dict(strip_wrapper_prefixes(ckpt["model"]))
-        check_model_flags(raw_model.config, f"the checkpoint in {out_dir}", recorded=ckpt.get("config"))
+        run.check_model_flags(given, raw_model.config, f"the checkpoint in {out_dir}", ckpt.get("config"))
         iter_num, round_start_iter = ckpt.get("iter_num", 0), ckpt.get("round_start_iter", 0)
         best_val_loss, last_eval = ckpt.get("best_val_loss", float("inf")), ckpt.get("last_eval")
         compute = ckpt.get("compute", compute if iter_num == 0 else None)  # None: saved before they were counted
@@ -248,23 +221,19 @@ try:
         fresh = [p for p in inherit_fresh.split(",") if p]
         raw_model = inherit.inherit(ref_model, layers, fresh, block_size=min(block_size, ref_model.config.block_size),
                                     dropout=dropout)
-        check_model_flags(raw_model.config, f"reference {reference}", exempt=("dropout", "block_size", "n_layer",
-                                                                              "n_embd", "n_head"))
+        run.check_model_flags(given, raw_model.config, f"reference {reference}", inherited=True)
         width = {k: given[k] for k in ("n_embd", "n_head") if k in given}  # the half-width baseline
         if any(getattr(raw_model.config, k) != v for k, v in width.items()):
             raw_model = inherit.shrink_width(raw_model, **width)
         model_args = {k: getattr(raw_model.config, k) for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
         checkpoint_extras["inherit"] = inherit.inherit_metadata(reference, layers, ref_model, fresh)
-        narrowed = raw_model.config.n_embd != ref_model.config.n_embd
-        if narrowed:
+        if raw_model.config.n_embd != ref_model.config.n_embd:  # narrowed
             checkpoint_extras["inherit"]["source_width"] = [ref_model.config.n_embd, ref_model.config.n_head]
-        if master_process:
-            print(f"inherited blocks {layers} of {reference} ({ref_model.config.n_layer} layers)" + (
-                f", narrowed to n_embd={raw_model.config.n_embd}, n_head={raw_model.config.n_head}" if narrowed
-                else ""))
+        print(f"inherited blocks {layers} of {reference} ({ref_model.config.n_layer} layers): {raw_model.config.n_embd}"
+              f" wide with {raw_model.config.n_head} heads")
     else:
         pretrained = load_model(init_from)[0]
-        check_model_flags(pretrained.config, f"init_from={init_from}")
+        run.check_model_flags(given, pretrained.config, f"init_from={init_from}")
         model_args = {k: getattr(pretrained.config, k) for k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
         raw_model = GPT(GPTConfig(**model_args))
         raw_model.load_state_dict(pretrained.state_dict())
@@ -306,21 +275,18 @@ growth = checkpoint_extras.get("growth")  # a resumed growing run brings its sta
 if grow_every > 0:
     info = checkpoint_extras.get("inherit")
     if info is None and GROW_INIT.needs_reference:
-            fail(f"grow_init={grow_init!r} needs a model inherited from a reference (init_from='inherit', or resume an "
-             f"inherit.py checkpoint); to grow without one, use " + ", ".join(
-                 f"{name} ({init.what}, grow_mode {'/'.join(init.modes)})" for name, init in inherit.GROW_INITS.items()
-                 if not init.needs_reference) + ", with max_layers")
+        fail(f"grow_init={grow_init!r} needs a model inherited from a reference (init_from='inherit', or resume an "
+             f"inherit.py checkpoint); to grow without one, use another grow_init (--help lists them) and max_layers")
     if ref_model is None and info is not None and (GROW_INIT.needs_reference or not target_val_loss):
         try:  # resuming: the reference must still be there and be the one this run was inherited from
             ref_model = procs.on_rank0(lambda: inherit.Reference(reference or info["source"]))
         except (CheckpointError, ModelLoadError) as e:
             fail(f"this growing run's reference {reference or info['source']!r} cannot be loaded ({e}); "
                  f"pass its current location with --reference=...")
-        ref_shape = (ref_model.config.n_layer, ref_model.config.n_embd, ref_model.config.n_head)
-        source_shape = (info["source_n_layer"], *info.get("source_width", (model_args["n_embd"], model_args["n_head"])))
-        if ref_shape != source_shape:
-            fail(f"reference {reference or info['source']!r} (n_layer, n_embd, n_head) = {ref_shape} is not the one "
-                 f"this run was inherited from {source_shape}")
+        if inherit.source_shape(ref_model.config) != inherit.source_shape(raw_model.config, info):
+            fail(f"reference {reference or info['source']!r} (n_layer, n_embd, n_head) = "
+                 f"{inherit.source_shape(ref_model.config)} is not the one this run was inherited from "
+                 f"{inherit.source_shape(raw_model.config, info)}")
     if GROW_INIT.needs_reference and meta["vocab_size"] > ref_model.config.vocab_size:
         fail(f"{data_dir} has {meta['vocab_size']} token ids, more than the reference's {ref_model.config.vocab_size}")
     if GROW_INIT.needs_reference and ref_model.config.n_embd != model_args["n_embd"]:
@@ -341,9 +307,7 @@ if grow_every > 0:
     if growth["target_val_loss"] is None and info:  # the reference's loss on this run's own windows: all of it, once
         full_reference = ref_model.load() if isinstance(ref_model, inherit.Reference) else ref_model
         full_reference = procs.frozen(full_reference, compiled=False)
-        growth["target_val_loss"] = data.evaluate_loss(full_reference, val_tokens, eval_offsets["val"], block_size,
-                                                       batch_size, device, procs.autocast, procs.rank,
-                                                       procs.world_size)
+        growth["target_val_loss"] = eval_loss(full_reference, val_tokens, eval_offsets["val"])
         del full_reference
         info["reference_val_loss"], info["reference_eval"] = growth["target_val_loss"], this_eval
     checkpoint_extras["growth"] = growth
@@ -403,13 +367,7 @@ if resuming:
         load_optimizer_state(raw_model, optimizer, ckpt["optimizer"])
     if "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
-    if "rng" in ckpt:
-        if len(ckpt["sampler"]) == procs.world_size:
-            run.set_rng_state(ckpt["rng"][procs.rank], device_type)
-            train_batches.load_state_dict(ckpt["sampler"][procs.rank])
-        elif master_process:
-            print(f"note: the checkpoint was written by {len(ckpt['sampler'])} process(es), this run has "
-                  f"{procs.world_size}: batches are drawn afresh, so this run does not replay an uninterrupted one")
+    run.restore_random_state(ckpt, procs, train_batches)
 rundir.start_log(config, resuming, ckpt.get("log_size") if resuming else None)
 del ckpt  # free the weights and optimizer state it held
 gpu_name, peak_flops = perf.gpu_peak_flops(device)
@@ -454,22 +412,17 @@ def distillation_loss(student_logits, teacher_logits):
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
-def eval_loss(tokens, offsets, loss_fn=None):
-    return data.evaluate_loss(model, tokens, offsets, block_size, batch_size, device, procs.autocast, procs.rank,
-                              procs.world_size, loss_fn=loss_fn)
-
-
 def split_losses():
     """Mean cross-entropy on the fixed train and val windows, the same number on every rank."""
-    return {"train_loss": eval_loss(train_tokens, eval_offsets["train"]),
-            "val_loss": eval_loss(val_tokens, eval_offsets["val"])}
+    return {"train_loss": eval_loss(model, train_tokens, eval_offsets["train"]),
+            "val_loss": eval_loss(model, val_tokens, eval_offsets["val"])}
 
 
 def val_distillation():
     """With a teacher: val_kd, the KL term on the val windows (val_loss stays the plain cross-entropy)."""
     if teacher_model is None:
         return {}
-    return {"val_kd": eval_loss(val_tokens, eval_offsets["val"],
+    return {"val_kd": eval_loss(model, val_tokens, eval_offsets["val"],
                                 lambda m, x, y: distillation_loss(m(x)[0], teacher_model(x)[0]))}
 
 

@@ -39,7 +39,8 @@ import warnings
 
 import torch
 
-from inheritune.atomic import aside_name, atomic_write, restore_folder, stale_temporaries, swap_in_folder, temporary_name
+from inheritune.atomic import (aside_name, atomic_write, restore_folder, stale_temporaries, swap_in_folder,
+                               temporary_name)
 from model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
@@ -456,7 +457,8 @@ def fingerprint_tensors(named_tensors, sample=65536):
 
 
 # -----------------------------------------------------------------------------
-# conversion between the formats: python -m inheritune.checkpoint --to_single=OUT_DIR --out=... / --to_sharded=... --out=...
+# conversion between the formats:
+# python -m inheritune.checkpoint --to_single=OUT_DIR --out=... / --to_sharded=... --out=...
 
 def to_single(source, out):
     """Write source's sharded checkpoint as one file: out's ckpt.pt (out: a folder, or a .pt file)."""

@@ -78,6 +78,9 @@ class Processes:
         if dtype == "auto":
             cuda_bf16 = self.device_type == "cuda" and torch.cuda.is_bf16_supported()
             dtype = "bfloat16" if cuda_bf16 else "float16" if self.device_type == "cuda" else "float32"
+        if self.fsdp and dtype == "float16":
+            fail("dtype=auto is float16 on this GPU, which has no bfloat16, and fsdp=True cannot train in float16: "
+                 "pass --dtype=float32")
         self.dtype, self.ptdtype = dtype, getattr(torch, dtype)
         self.mesh = None
         if self.fsdp:  # the processes FSDP shards over: all of them (1-D), or groups replicated (2-D: HSDP)
@@ -102,7 +105,8 @@ class Processes:
         no per-restart key prefix: a restarted group can read the dead group's addresses from it and fail to
         connect ("Connection refused", or a hang at start-up; pytorch/pytorch#135712). On one node every worker
         comes from one agent and sees the same TORCHELASTIC_RESTART_COUNT, which then names a key space of the
-        group's own. (Across nodes the counts can differ; there, run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.)
+        group's own. (Across nodes the counts can differ; there, run torchrun with
+        TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.)
         """
         timeout, env = timedelta(seconds=self.timeout_s), os.environ
         # gloo's connection set-up can wait past the timeout it is given (seen: minutes in Pair::waitUntilConnected
@@ -123,8 +127,10 @@ class Processes:
         faulthandler.cancel_dump_traceback_later()
 
     def describe(self):
-        mesh = f"; FSDP over a {' x '.join(map(str, self.mesh.shape))} mesh {self.mesh.mesh_dim_names}" if self.fsdp else ""
-        return f"{self.world_size} process(es){mesh}"
+        if not self.fsdp:
+            return f"{self.world_size} process(es)"
+        return f"{self.world_size} process(es); FSDP over a {' x '.join(map(str, self.mesh.shape))} mesh " \
+               f"{self.mesh.mesh_dim_names}"
 
     # -- models ------------------------------------------------------------------------------------------------
     def shapes_only(self):

@@ -7,9 +7,11 @@ optimizer and schedule, how it starts) agree, whatever else differs (max_iters, 
 A new run never replaces another run's checkpoint or log: it stops with an error unless given --overwrite=True.
 """
 
+import dataclasses
 import json
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -56,6 +58,9 @@ def open_run(out_dir, config, run_keys, weights=True):
     command again after a crash or preemption needs no edit) and otherwise stops: replacing another run's
     checkpoint takes --overwrite=True. weights=False: the checkpoint without its tensors (FSDP reads them later).
     """
+    if out_dir.endswith(".pt"):
+        fail(f"out_dir={out_dir!r} ends in .pt, but out_dir is a folder (train.py writes ckpt.pt and log.jsonl "
+             f"into it)")
     log_path, has_checkpoint = os.path.join(out_dir, "log.jsonl"), find_checkpoint(out_dir) is not None
     if config["init_from"] == "resume":
         if config["overwrite"]:
@@ -81,6 +86,35 @@ def open_run(out_dir, config, run_keys, weights=True):
     return previous
 
 
+def exit_if_complete(ckpt, cfg):
+    """A requeued job of a finished run succeeds without work. Stopping before the checkpoint's iteration cannot be
+    done (training is not undone): refused, so that a script that meant to extend the run notices."""
+    done_iters, growth_end = ckpt.get("iter_num", 0), (ckpt.get("growth") or {}).get("end")
+    if cfg["max_iters"] < done_iters:
+        fail(f"max_iters={cfg['max_iters']} is below the iteration of the checkpoint in {cfg['out_dir']} "
+             f"({done_iters}): pass --max_iters above {done_iters} to train on")
+    evaluated = (ckpt.get("last_eval") or {"iter": done_iters})["iter"] == done_iters
+    at_target = growth_end == "target reached" and cfg["stop_at_target"]
+    if (done_iters == cfg["max_iters"] and evaluated) or at_target:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"nothing to do: the run in {cfg['out_dir']} is complete at iter {done_iters} ("
+                  + ("it reached its target val loss; --stop_at_target=False trains on" if at_target
+                     else f"max_iters={cfg['max_iters']}; a larger --max_iters trains on") + ")")
+        sys.exit(0)
+
+
+def check_model_flags(given, model_config, what, recorded=None, inherited=False):
+    """A model flag given for a model that brings its own shape (pretrained, inherited, resumed) must agree with it,
+    or resuming with the run's recorded setting (a grown run's n_layer): refused in one line, never dropped. dropout
+    always applies, a shorter block_size crops; inherited: n_layer picks the blocks, n_embd / n_head narrow them."""
+    exempt = ("dropout", "block_size") + (("n_layer", "n_embd", "n_head") if inherited else ())
+    for f in dataclasses.fields(model_config):
+        ours = getattr(model_config, f.name)
+        if f.name in given and f.name not in exempt and given[f.name] not in (ours, (recorded or {}).get(f.name, ours)):
+            fail(f"{f.name}={given[f.name]!r} disagrees with {what}, whose {f.name} is {ours!r}: drop the flag (the "
+                 f"model keeps its shape) or train a model from scratch")
+
+
 def check_settings(cfg, new_model, grow_inits):
     """Refuse settings that cannot work, naming the key (ConfigError), before any work; return warnings about
     settings that work but are likely mistakes. grow_inits: inherit.GROW_INITS."""
@@ -91,6 +125,11 @@ def check_settings(cfg, new_model, grow_inits):
     for key in positive:
         if not cfg[key] > 0:
             raise ConfigError(f"{key}={cfg[key]!r} must be positive")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg["fsdp"] and cfg["fsdp_shard_size"] and world_size % cfg["fsdp_shard_size"]:
+        raise ConfigError(f"fsdp_shard_size={cfg['fsdp_shard_size']} does not divide the {world_size} processes: "
+                          f"shard groups of that size cannot tile them (e.g. the GPUs per node, with a multiple of it "
+                          f"in processes)")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "grad_clip", "vocab_size",
                 "grow_every", "max_layers", "target_val_loss", "fsdp_shard_size"):
         if cfg[key] < 0:
@@ -241,6 +280,19 @@ def set_rng_state(state, device_type):
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def restore_random_state(ckpt, procs, batches):
+    """This process's random state and batch sampler as the checkpoint left them (for an exact resume), when it was
+    written by as many processes as this run has."""
+    if "rng" not in ckpt:
+        return
+    if len(ckpt["sampler"]) == procs.world_size:
+        set_rng_state(ckpt["rng"][procs.rank], procs.device_type)
+        batches.load_state_dict(ckpt["sampler"][procs.rank])
+    elif procs.master:
+        print(f"note: the checkpoint was written by {len(ckpt['sampler'])} process(es), this run has "
+              f"{procs.world_size}: batches are drawn afresh, so this run does not replay an uninterrupted one")
 
 
 def seed_everything(seed):

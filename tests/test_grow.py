@@ -152,7 +152,8 @@ def test_resume_after_growth_is_exact(char_data, reference, tmp_path):
     train(char_data, tmp_path / "straight", *args, "--max_iters=16")
     train(char_data, tmp_path / "stopped", *args, "--max_iters=13")
     train(char_data, tmp_path / "stopped", *args[1:], "--max_iters=16", "--init_from=resume")
-    losses = [{r["iter"]: r["loss"] for r in read_log(tmp_path / run) if "loss" in r} for run in ("straight", "stopped")]
+    losses = [{r["iter"]: r["loss"] for r in read_log(tmp_path / run) if "loss" in r}
+              for run in ("straight", "stopped")]
     assert losses[0] == losses[1] and len(losses[0]) == 16
     assert torch.load(tmp_path / "stopped" / "ckpt.pt", weights_only=True)["model_args"]["n_layer"] == 4
 

@@ -280,9 +280,21 @@ WIDTH_AXES = {
 } | {f"{norm}.{p}": ("embd",) for norm in ("ln_1", "ln_2", "transformer.ln_f") for p in ("weight", "bias")}
 
 
+# The GPTConfig fields whose meaning under narrowing width_config knows (the widths it scales, the rest it keeps): a
+# field model.py gains is refused, when set, until it is added here (and its parameters' axes to WIDTH_AXES).
+WIDTH_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "norm", "norm_eps", "mlp",
+                "scale_attn_by_inverse_layer_idx", "intermediate_size", "pos_emb", "rope_theta", "rope_scaling",
+                "n_kv_head", "head_dim", "tie_embeddings", "qkv_bias")
+
+
 def width_config(config, n_embd=None, n_head=None):
     """config narrowed to n_embd dimensions and n_head attention heads of the same head size (either may be None:
     derived from the other through the head size); kv heads and MLP units shrink in the same proportion."""
+    unknown = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+               if f.name not in WIDTH_FIELDS and getattr(config, f.name) != f.default]
+    if unknown:
+        raise InheritError(f"cannot narrow a model with {', '.join(unknown)}: inherit.width_config does not know how "
+                           f"that field narrows; add it to inherit.WIDTH_FIELDS (and its parameters to WIDTH_AXES)")
     hd, kv = config.head_size, config.kv_heads
     if n_embd is None and n_head is None:
         raise InheritError("give n_embd or n_head (or both) for the narrower model")
@@ -326,7 +338,9 @@ def shrink_width(model, n_embd=None, n_head=None):
             "qkv": torch.cat([q, old.n_head * hd + kv, (old.n_head + old.kv_heads) * hd + kv])}
     narrowed = {}
     for name, tensor in model.state_dict().items():
-        axes = WIDTH_AXES[name.split(".", 3)[3] if name.startswith("transformer.h.") else name]
+        axes = WIDTH_AXES.get(name.split(".", 3)[3] if name.startswith("transformer.h.") else name)
+        if axes is None:
+            raise InheritError(f"cannot narrow {name}: inherit.WIDTH_AXES does not say what its dimensions index")
         for dim, axis in enumerate(axes):
             if kept[axis] is not None:
                 tensor = tensor.index_select(dim, kept[axis].to(tensor.device))

@@ -108,6 +108,21 @@ def run_inherit(*args):
                           text=True, timeout=120)
 
 
+def test_half_width_refuses_a_model_field_it_does_not_know():
+    # a fork's new GPTConfig field (here a QK-norm flag and its weights): refused when set, never narrowed wrongly
+    @dataclasses.dataclass
+    class ForkConfig(GPTConfig):
+        qk_norm: bool = False
+
+    model = GPT(ForkConfig(n_layer=1, n_head=4, n_embd=32, block_size=8, vocab_size=16, qk_norm=True))
+    with pytest.raises(InheritError, match="cannot narrow a model with qk_norm=True: .*inherit.WIDTH_FIELDS"):
+        shrink_width(model, n_embd=16)
+    model = GPT(ForkConfig(n_layer=1, n_head=4, n_embd=32, block_size=8, vocab_size=16))
+    model.transformer.h[0].attn.register_parameter("q_norm", torch.nn.Parameter(torch.ones(8)))
+    with pytest.raises(InheritError, match="cannot narrow transformer.h.0.attn.q_norm: inherit.WIDTH_AXES"):
+        shrink_width(model, n_embd=16)
+
+
 def test_inherit_py_half_width(tmp_path):
     ref = tiny()
     source = save(ref, tmp_path / "ref.pt")

@@ -13,6 +13,7 @@ a run puts its checkpoint's config between the defaults and the command line).
 import ast
 import difflib
 import io
+import os
 import re
 import sys
 import tokenize
@@ -88,6 +89,22 @@ def help_text(defaults, source_file):
     return "\n".join(lines)
 
 
+def check_config_file(path, defaults):
+    """Raise ConfigError unless path is a .py file: a folder or a checkpoint as an argument is meant for a flag."""
+    keys = [k for k in ("init_from", "ckpt", "model", "out_dir") if k in defaults]  # the flags that take a path
+    if os.path.isdir(path):
+        flags = " or ".join(f"--{k}={path}" for k in keys) or f"--key={path}"
+        raise ConfigError(f"{path} is a folder, not a config file: flags are --key=value, e.g. {flags}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} not found (arguments are .py config files or --key=value flags)")
+    if path.endswith(".pt"):
+        flags = " or ".join(f"--{k}={path}" for k in keys if k != "out_dir") or f"--key={path}"
+        raise ConfigError(f"{path} is a checkpoint, not a config file: flags are --key=value, e.g. {flags}")
+    if not path.endswith(".py"):
+        raise ConfigError(f"{path} is not a Python config file: a config file is a .py of assignments, other "
+                          f"settings are --key=value flags")
+
+
 def overrides(defaults, argv=None, source_file=None):
     """{key: value} of what the config files and --key=value flags in argv set (later ones win), each checked
     against defaults. A script that layers other settings under them (train.py resuming a run: its checkpoint's
@@ -102,12 +119,10 @@ def overrides(defaults, argv=None, source_file=None):
     given = {}
     for arg in argv:
         if not arg.startswith("--"):
+            check_config_file(arg, defaults)
             namespace = {}
-            try:
-                with open(arg) as f:
-                    exec(compile(f.read(), arg, "exec"), namespace)
-            except FileNotFoundError:
-                raise ConfigError(f"config file {arg} not found (arguments are config files or --key=value)")
+            with open(arg) as f:
+                exec(compile(f.read(), arg, "exec"), namespace)
             for key, value in namespace.items():
                 if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
                     given[key] = _check(key, value, defaults, f"in {arg}")

@@ -9,7 +9,8 @@ import torch
 
 import sample
 from inheritune.checkpoint import save_checkpoint
-from conftest import REPO
+from conftest import REPO, assert_one_line_error
+from inheritune import configurator
 from inheritune.data import write_meta
 from export_hf import export
 from export_hf import main as export_main
@@ -235,3 +236,20 @@ def test_cuda_device_without_cuda_stops_sample_bench_and_bench_gpu_at_once(char_
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["error: bench_gpu.sh needs a CUDA GPU and a CUDA build of torch; "
                                                   "on a CPU run python bench.py"]
+
+
+def test_an_argument_that_is_not_a_python_config_file_is_one_line(char_run):
+    (char_run / "data" / "tiny_char" / "notes.txt").write_text("batch_size = 4\n")
+    for script, arg, message in (
+            ("sample.py", "out", "out is a folder, not a config file: flags are --key=value, e.g. --init_from=out"),
+            ("sample.py", "out/ckpt.pt", "out/ckpt.pt is a checkpoint, not a config file: flags are --key=value, "
+                                         "e.g. --init_from=out/ckpt.pt"),  # a binary file, never read as text
+            ("train.py", "data/tiny_char/meta.json", "data/tiny_char/meta.json is not a Python config file: a "
+                                                     "config file is a .py of assignments")):
+        assert_one_line_error(run_script(script, arg, cwd=char_run), f"error: {message}")
+    given = dict(init_from="scratch", out_dir="out", batch_size=1)
+    with pytest.raises(configurator.ConfigError, match="e.g. --init_from=out or --out_dir=out$"):
+        configurator.overrides(given, ["out"])  # train.py: a folder is a model to start from or the run's folder
+    with pytest.raises(configurator.ConfigError, match="data/tiny_char/notes.txt is not a Python config file"):
+        configurator.overrides(given, ["data/tiny_char/notes.txt"])  # Python inside, but not a .py: refused too
+

@@ -79,7 +79,11 @@ def key_comments(source_file):
 def help_text(defaults, source_file):
     """Usage and every key with its default and the comment beside it in the script."""
     parts = source_file.replace("\\", "/").split("/")
-    script = f"-m inheritune.{parts[-1][:-3]}" if parts[-2:-1] == ["inheritune"] else parts[-1]  # a module's CLI
+    script = os.path.relpath(source_file)
+    if parts[-2:-1] == ["inheritune"]:
+        script = f"-m inheritune.{parts[-1][:-3]}"  # a module's CLI
+    elif script.startswith(os.pardir + os.sep):
+        script = os.path.abspath(source_file)  # a script outside the current folder: its whole path
     comments = key_comments(source_file)
     width = max(len(k) for k in defaults) + 2
     lines = [f"usage: python {script} [config.py ...] [--key=value ...]",

@@ -253,3 +253,11 @@ def test_an_argument_that_is_not_a_python_config_file_is_one_line(char_run):
     with pytest.raises(configurator.ConfigError, match="data/tiny_char/notes.txt is not a Python config file"):
         configurator.overrides(given, ["data/tiny_char/notes.txt"])  # Python inside, but not a .py: refused too
 
+
+def test_usage_names_the_script_as_run_from_here(tmp_path, monkeypatch):
+    prepare = os.path.join(REPO, "data", "shakespeare", "prepare.py")
+    for cwd, shown in ((REPO, "data/shakespeare/prepare.py"), (os.path.dirname(prepare), "prepare.py"),
+                       (str(tmp_path), prepare)):  # outside the repository: the whole path
+        monkeypatch.chdir(cwd)
+        assert configurator.help_text({"out_dir": ""}, prepare).startswith(f"usage: python {shown} [config.py ...]")
+    assert configurator.help_text({"out": ""}, configurator.__file__).startswith("usage: python -m inheritune.")

@@ -261,3 +261,14 @@ def test_usage_names_the_script_as_run_from_here(tmp_path, monkeypatch):
         monkeypatch.chdir(cwd)
         assert configurator.help_text({"out_dir": ""}, prepare).startswith(f"usage: python {shown} [config.py ...]")
     assert configurator.help_text({"out": ""}, configurator.__file__).startswith("usage: python -m inheritune.")
+
+
+def test_evaluate_without_the_tasks_datasets_names_the_task_in_one_line(tmp_path):
+    pytest.importorskip("lm_eval")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))  # an empty cache; conftest sets HF_*_OFFLINE=1
+    result = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--model=no-such-run", "--tasks=paper",
+                             "--device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # refused at the first task's dataset, before the model is looked for
+    assert_one_line_error(result, "error: task arc_easy: ",  # then datasets' words, e.g. "Couldn't reach ..."
+                          "its dataset must be downloadable (network on, HF_DATASETS_OFFLINE and HF_HUB_OFFLINE unset) "
+                          "or already in the Hugging Face cache (HF_HOME)")

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -272,3 +273,27 @@ def test_evaluate_without_the_tasks_datasets_names_the_task_in_one_line(tmp_path
     assert_one_line_error(result, "error: task arc_easy: ",  # then datasets' words, e.g. "Couldn't reach ..."
                           "its dataset must be downloadable (network on, HF_DATASETS_OFFLINE and HF_HUB_OFFLINE unset) "
                           "or already in the Hugging Face cache (HF_HOME)")
+
+
+def test_analyze_rank_tokenizer_errors_say_it_once(char_run):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from analyze_rank import main as analyze_rank
+    from inheritune.data import write_tokens
+
+    (char_run / "data" / "gpt2").mkdir()
+    write_tokens(str(char_run / "data" / "gpt2" / "val.bin"), np.arange(2000) % 50257)
+    write_meta(str(char_run / "data" / "gpt2"), {"tokenizer": "gpt2", "vocab_size": 50257})
+    with pytest.raises(SystemExit) as e:
+        analyze_rank(["--model=out", "--data=data/gpt2/val.bin", "--num_samples=2", "--seq_len=8"])
+    assert e.value.code == ("error: data/gpt2 was tokenized with GPT-2 BPE, but out uses a character-level tokenizer: "
+                            "its token ids mean other words to the model; prepare the data with the model's tokenizer")
+    # a model that model.py does not implement, saved without tokenizer files: transformers makes a tokenizer of
+    # special tokens only, which must not tokenize a text into nothing
+    GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     vocab_size=96)).save_pretrained(char_run / "neox")
+    (char_run / "text.txt").write_text("To be, or not to be, that is the question. " * 20)
+    with pytest.raises(SystemExit) as e:
+        analyze_rank(["--model=neox", "--data=text.txt", "--num_samples=2", "--seq_len=8"])
+    assert e.value.code.startswith("error: cannot tokenize text.txt: neox has no tokenizer files")
+    assert e.value.code.count("tokenizer files") == 1

@@ -1,5 +1,6 @@
 """sample.py and export_hf.py on tiny checkpoints: deterministic samples, tokenizers, Hugging Face round trip."""
 
+import json
 import os
 import subprocess
 import sys
@@ -297,3 +298,23 @@ def test_analyze_rank_tokenizer_errors_say_it_once(char_run):
         analyze_rank(["--model=neox", "--data=text.txt", "--num_samples=2", "--seq_len=8"])
     assert e.value.code.startswith("error: cannot tokenize text.txt: neox has no tokenizer files")
     assert e.value.code.count("tokenizer files") == 1
+
+
+def test_demo_refusing_an_out_dir_names_the_flags_that_differ(tmp_path):
+    repo = tmp_path / "repo"  # the demo runs the train.py beside it: here one that fails at once
+    (repo / "data" / "shakespeare_char").mkdir(parents=True)
+    (repo / "data" / "shakespeare_char" / "meta.json").write_text("{}")
+    (repo / "train.py").write_text("raise SystemExit(1)\n")
+    (repo / "demo.py").symlink_to(os.path.join(REPO, "demo.py"))
+
+    def demo(*args):
+        return subprocess.run([sys.executable, str(repo / "demo.py"), "--out_dir=out-demo", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    first = demo("--n_embd=64")
+    command = next(line for line in first.stdout.splitlines() if line.startswith("== reference: "))
+    (tmp_path / "out-demo" / "reference").mkdir(parents=True)  # as if that reference stage had finished
+    (tmp_path / "out-demo" / "reference" / "done.json").write_text(json.dumps({"command": command[14:].split()}))
+    assert_one_line_error(demo("--n_embd=32"), "error: out-demo holds a demo run with other settings (its reference "
+                          "stage ran train.py with n_embd=64 there, 32 here): pass another --out_dir, or remove "
+                          "out-demo to start over")

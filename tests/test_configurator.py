@@ -9,7 +9,7 @@ from inheritune import configurator
 from conftest import REPO
 
 SCRIPTS = ["train.py", "inherit.py", "sample.py", "export_hf.py", "analyze_rank.py", "prepare_owt.py", "demo.py",
-           "data/shakespeare/prepare.py"]
+           "bench.py", "data/shakespeare/prepare.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

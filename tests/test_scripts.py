@@ -231,7 +231,7 @@ def test_cuda_device_without_cuda_stops_sample_bench_and_bench_gpu_at_once(char_
     with pytest.raises(SystemExit) as e:
         sample.main(["--init_from=out", "--device=cuda"])
     assert str(e.value.code).startswith("error: device='cuda' but ") and "--device=cpu" in str(e.value.code)
-    result = run_script("bench.py", "--device=cuda", "--quick", cwd=char_run)
+    result = run_script("bench.py", "--device=cuda", "--quick=True", cwd=char_run)
     assert result.returncode == 1 and result.stderr.startswith("error: device='cuda' but ")
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
     result = subprocess.run(["bash", os.path.join(REPO, "bench_gpu.sh")], capture_output=True, text=True, timeout=60)
@@ -318,3 +318,15 @@ def test_demo_refusing_an_out_dir_names_the_flags_that_differ(tmp_path):
     assert_one_line_error(demo("--n_embd=32"), "error: out-demo holds a demo run with other settings (its reference "
                           "stage ran train.py with n_embd=64 there, 32 here): pass another --out_dir, or remove "
                           "out-demo to start over")
+
+
+def test_bench_modes_take_key_value_flags(tmp_path):
+    result = run_script("bench.py", "--what=rank", "--quick=True", cwd=tmp_path)  # 4 x 4 heads, N=20, T=50: seconds
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("model: 4 layers x 4 heads, n_embd 128, random weights; N=20, T=50; ")
+    assert "k*/m* disagreements between the two: 0 of 640" in result.stdout
+    assert_one_line_error(run_script("bench.py", "--what=speed", cwd=tmp_path),
+                          "error: what='speed': use one of throughput, memory, rank")
+    assert_one_line_error(run_script("bench.py", "--what=memory", "--data_dir=nowhere", cwd=tmp_path),
+                          "error: no dataset at nowhere: run python data/shakespeare/prepare.py first")
+    assert_one_line_error(run_script("bench.py", "--quick", cwd=tmp_path), "--quick has no value: write --quick=VALUE")

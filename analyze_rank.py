@@ -340,8 +340,8 @@ def read_tokens(path, attention_model):
             text = f.read()
         try:
             ids = attention_model.tokenizer().encode(text)
-        except ValueError as e:  # e.g. characters outside a char-level vocabulary
-            raise AnalysisError(f"cannot tokenize {path} with the model's tokenizer: {e}") from None
+        except ValueError as e:  # no tokenizer for the model (e says why), or characters outside a char vocabulary
+            raise AnalysisError(f"cannot tokenize {path}: {e}") from None
         return np.asarray(ids, dtype=np.int64)
     raise AnalysisError(f"--data={path}: expected a .bin of token ids or a .txt file")
 

@@ -1,68 +1,102 @@
 """
-Training throughput of model.py against Hugging Face transformers' GPT2LMHeadModel (--arch=gpt2) or
-LlamaForCausalLM (--arch=llama: RMSNorm, SwiGLU, rotary embeddings, grouped-query attention, untied head) of the
-identical shape.
+Benchmarks, one measurement per --what; every flag is --key=value (python bench.py --help lists them):
 
-Both sides run the same training step on the same batches: forward, the same cross-entropy on the same
-targets, backward, and the same AdamW set-up (model.configure_optimizers), eager and under torch.compile.
-Timings alternate between the models in rounds and keep each model's best round, so a machine that is
-busy now and then slows both sides alike.
-
-    python bench.py                  # the CPU setting: 8 layers, 128 wide, T=128, B=32, vocab 96
-    python bench.py --quick          # a tiny shape and few steps: checks that it runs
+    python bench.py                  # throughput, the CPU setting: 8 layers, 128 wide, T=128, B=32, vocab 96
+    python bench.py --quick=True     # a tiny shape and few steps (any --what): checks that it runs
     python bench.py --arch=llama     # the same shape as Llama: 2 key/value heads, SwiGLU width 352
     python bench.py --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --batch_size=16 \\
         --vocab_size=50304           # GPT-2 124M (bench_gpu.sh runs this and the 350M shape)
+    python bench.py --what=memory    # 2 processes; a 12-layer, 768-wide model (85M parameters)
+    python bench.py --what=memory --malloc_mmap_threshold=65536   # glibc: every allocation above 64 KiB mmapped
+    python bench.py --what=memory --nproc=4 --n_layer=24 --fsdp_cpu_offload=True
+    python bench.py --what=rank      # the full size (a few minutes: the numpy loop is the slow part)
+
+--what=throughput: training throughput of model.py against Hugging Face transformers' GPT2LMHeadModel (--arch=gpt2)
+or LlamaForCausalLM (--arch=llama: RMSNorm, SwiGLU, rotary embeddings, grouped-query attention, untied head) of the
+identical shape. Both sides run the same training step on the same batches: forward, the same cross-entropy on the
+same targets, backward, and the same AdamW set-up (model.configure_optimizers), eager and under torch.compile.
+Timings alternate between the models in rounds and keep each model's best round, so a machine that is busy now and
+then slows both sides alike.
+
+--what=memory: peak memory per process of train.py under DDP and under FSDP (--fsdp=True) for the same model, on CPU
+with gloo: each torchrun worker's peak resident set size (VmHWM in /proc/PID/status, read until the worker exits), so
+the figure is the whole run's peak: start-up, training steps, evaluation and the checkpoint save. Linux only (it reads
+/proc). The expected state per process, fp32: DDP holds weights, gradients, DDP's gradient buckets and AdamW's two
+moments, 20 bytes a parameter; FSDP holds 16 bytes a parameter / processes, plus one block's gathered parameters and
+gradients at a time. Rank 0 under FSDP also builds the whole model in CPU memory at start-up (4 bytes a parameter),
+before sharding it. glibc's malloc raises its mmap threshold (up to 32 MiB) after large blocks are freed, and then
+serves FSDP's per-block gather and gradient buffers, allocated and freed at every block of every step, from its heap,
+which fragments and keeps the peak RSS up; --malloc_mmap_threshold sets MALLOC_MMAP_THRESHOLD_ for the workers (a
+fixed threshold: freed buffers go back to the system). GPUs have their own caching allocator and no such effect.
+
+--what=rank: analyze_rank.py on CPU, a GPT-2-medium-shaped model (24 layers x 16 heads, n_embd 1024, random weights,
+a small vocabulary since the LM head is never used) at N = 100 sequences of T = 100 tokens. It times, in one run:
+  1. the whole analysis as a user runs it (analyze_rank.analyze: forward passes + batched metrics);
+  2. on the same attention matrices, layer by layer: our batched metrics vs a straightforward loop over
+     samples and heads with np.linalg.svd per matrix (float64, numpy's default full SVD), checking that
+     both give the same k* and m*. np.linalg.svd(compute_uv=False), a stronger baseline, is timed on the
+     first batch and reported per matrix as well.
 """
 
-import argparse
 import importlib.util
 import math
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import nullcontext
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
+from analyze_rank import GPTAttentions, analyze, layer_metrics
 from inheritune import perf
-from inheritune.configurator import ConfigError, check_device
+from inheritune.configurator import ConfigError, check_device, overrides_or_exit
 from model import GPT, GPTConfig
 
+REPO = os.path.dirname(os.path.abspath(__file__))
+DEFAULTS = dict(
+    what="throughput",  # throughput: model.py vs transformers | memory: train.py, DDP vs FSDP | rank: analyze_rank.py
+    quick=False,  # a tiny shape and few steps: checks that it runs
+    n_layer=8,  # the shape, throughput's here; memory: 12 x 12 heads, 768 wide, T=256, B=2; rank: 24 x 16, 1024
+    n_head=4,
+    n_embd=128,
+    block_size=128,  # T; rank: the tokens of each sequence
+    batch_size=32,  # B; rank: sequences per forward pass (10)
+    vocab_size=96,  # throughput and rank (512); memory: the dataset's
+    steps=10,  # throughput: timed steps per round; memory: train.py's iterations (3)
+    arch="gpt2",  # throughput: gpt2 | llama
+    n_kv_head=0,  # llama: key/value heads; 0: n_head // 2
+    intermediate_size=0,  # llama: SwiGLU width; 0: 8/3 n_embd rounded up to a multiple of 32 (Llama's rule)
+    bias=True,  # gpt2: transformers' GPT-2 always has biases, so only True is like for like
+    device="cuda" if torch.cuda.is_available() else "cpu",  # throughput (memory and rank run on the CPU)
+    dtype="auto",  # throughput's autocast dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16
+    modes="eager,compile",  # throughput, comma-separated: eager, compile, or a torch.compile mode (max-autotune, ...)
+    rounds=5,  # throughput: timing rounds; each model's best round counts
+    warmup=3,  # throughput: untimed steps first (compilation happens here)
+    threads=0,  # throughput: torch.set_num_threads on CPU; 0 keeps torch's default
+    hf=True,  # throughput: False times only model.py
+    nproc=2,  # memory: torchrun processes
+    fsdp_cpu_offload=False,  # memory: train.py's --fsdp_cpu_offload under FSDP
+    malloc_mmap_threshold=0,  # memory: MALLOC_MMAP_THRESHOLD_ for the workers in bytes; 0: glibc's default (dynamic)
+    data_dir=os.path.join(REPO, "data", "shakespeare_char"),  # memory: the dataset train.py trains on
+    num_samples=100,  # rank: N, the sequences analyzed
+)
+MODE_DEFAULTS = {  # each measurement's own defaults over DEFAULTS, then what --quick=True changes
+    "throughput": ({}, dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, steps=3, rounds=2, warmup=2)),
+    "memory": (dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=2, steps=3),
+               dict(n_layer=1, n_head=1, n_embd=64)),
+    "rank": (dict(n_layer=24, n_head=16, n_embd=1024, block_size=100, batch_size=10, vocab_size=512),
+             dict(n_layer=4, n_head=4, n_embd=128, block_size=50, num_samples=20)),
+}
+CHOICES = dict(what=tuple(MODE_DEFAULTS), arch=("gpt2", "llama"), dtype=("auto", "float32", "bfloat16", "float16"))
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="gpt2", choices=["gpt2", "llama"])
-    p.add_argument("--n_layer", type=int, default=8)
-    p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--n_embd", type=int, default=128)
-    p.add_argument("--block_size", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--vocab_size", type=int, default=96)
-    p.add_argument("--n_kv_head", type=int, default=0, help="llama: key/value heads; 0: n_head // 2")
-    p.add_argument("--intermediate_size", type=int, default=0,
-                   help="llama: SwiGLU width; 0: 8/3 n_embd rounded up to a multiple of 32 (Llama's rule)")
-    p.add_argument("--bias", type=lambda s: s == "True", default=True,
-                   help="gpt2: True/False; transformers' GPT-2 always has biases, so only True is like for like")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast dtype; auto: bfloat16 on CUDA, float32 elsewhere")
-    p.add_argument("--modes", default="eager,compile",
-                   help="comma-separated: eager, compile, or a torch.compile mode (max-autotune, ...)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=5, help="timing rounds; each model's best round counts")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 keeps torch's default")
-    p.add_argument("--hf", type=lambda s: s == "True", default=True, help="False: time only model.py")
-    p.add_argument("--quick", action="store_true", help="tiny shape, few steps: a smoke test")
-    args = p.parse_args()
-    if args.quick:
-        args.n_layer, args.n_head, args.n_embd, args.block_size, args.batch_size = 2, 2, 64, 64, 8
-        args.steps, args.rounds, args.warmup = 3, 2, 2
-    try:
-        check_device(args.device)
-    except ConfigError as e:
-        p.exit(1, f"error: {e}\n")
-    return args
+
+# ----------------------------------------------------------------------------------------------------------
+# --what=throughput
 
 
 def ours_forward(model, x, y):
@@ -136,8 +170,11 @@ class Runner:
             self.peak_mem = torch.cuda.max_memory_allocated() - others
 
 
-def main():
-    args = parse_args()
+def throughput(args):
+    try:
+        check_device(args.device)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     device_type = "cuda" if args.device.startswith("cuda") else "mps" if args.device.startswith("mps") else "cpu"
     dtype = args.dtype if args.dtype != "auto" else "bfloat16" if device_type == "cuda" else "float32"
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -197,6 +234,155 @@ def main():
         best_mode = min(args.modes.split(","), key=lambda m: by_key[("model.py", m)])
         print(f"ours at best ({best_mode}) / transformers eager: "
               f"{by_key[('transformers', 'eager')] / by_key[('model.py', best_mode)]:.2f}x")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --what=memory
+
+
+def worker_peaks(parent):
+    """{RANK: VmHWM in kB} of the torchrun workers that are children of pid parent."""
+    peaks = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            with open(f"/proc/{entry}/status") as f:
+                hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue  # gone, or not ours to read
+        if b"RANK" in env:
+            peaks[int(env[b"RANK"])] = hwm
+    return peaks
+
+
+def train_peaks(args, fsdp, out_dir):
+    """Peak RSS in MiB of each rank of one train.py run."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "train.py",
+           f"--data_dir={args.data_dir}", f"--out_dir={out_dir}", "--device=cpu", "--compile=False",
+           f"--n_layer={args.n_layer}", f"--n_head={args.n_head}", f"--n_embd={args.n_embd}",
+           f"--block_size={args.block_size}", f"--batch_size={args.batch_size}", f"--max_iters={args.steps}",
+           f"--eval_interval={args.steps}", "--eval_iters=1", "--warmup_iters=1", f"--lr_decay_iters={args.steps + 1}",
+           f"--gradient_accumulation_steps={args.nproc}", f"--fsdp={fsdp}",
+           f"--fsdp_cpu_offload={args.fsdp_cpu_offload}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if args.malloc_mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peaks = {}
+    while proc.poll() is None:
+        for rank, hwm in worker_peaks(proc.pid).items():
+            peaks[rank] = max(peaks.get(rank, 0), hwm)
+        time.sleep(0.05)
+    output = proc.stdout.read()
+    if proc.returncode != 0:
+        sys.exit(f"error: train.py failed:\n{output[-3000:]}")
+    params = next(line for line in output.splitlines() if line.startswith("model: ")).rsplit(", ", 1)[1]
+    return {rank: kb / 1024 for rank, kb in sorted(peaks.items())}, params
+
+
+def memory(args):
+    if not os.path.isfile(os.path.join(args.data_dir, "meta.json")):
+        sys.exit(f"error: no dataset at {args.data_dir}: run python data/shakespeare/prepare.py first")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("DDP", "FSDP"):
+            results[mode], params = train_peaks(args, mode == "FSDP", os.path.join(tmp, mode))
+    malloc = (f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}" if args.malloc_mmap_threshold
+              else "glibc's default malloc")
+    print(f"train.py, {args.nproc} processes on CPU (gloo), {params}, {args.steps} steps, {malloc}; peak RSS per "
+          f"process:")
+    print(f"{'mode':<6} {'rank':>4} {'peak RSS MiB':>13}")
+    for mode, peaks in results.items():
+        for rank, mib in peaks.items():
+            print(f"{mode:<6} {rank:>4} {mib:>13,.0f}")
+    for rank in results["DDP"]:
+        print(f"rank {rank}: FSDP / DDP = {results['FSDP'][rank] / results['DDP'][rank]:.2f}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --what=rank
+
+
+def numpy_loop_metrics(att, tau, eta, compute_uv=True):
+    """k*, m* of every (sample, head) matrix of att (B, H, T, T), one np.linalg.svd call each."""
+    att = att.numpy().astype(np.float64)
+    B, H, T, _ = att.shape
+    k_star = np.zeros((B, H), dtype=np.int64)
+    m_star = np.zeros((B, H), dtype=np.int64)
+    for b in range(B):
+        for h in range(H):
+            A = att[b, h]
+            s = np.linalg.svd(A)[1] if compute_uv else np.linalg.svd(A, compute_uv=False)
+            energy = np.cumsum(s ** 2) / np.sum(s ** 2)
+            k_star[b, h] = np.argmax(energy >= tau) + 1
+            p = np.sort((A ** 2).sum(0))[::-1] / (A ** 2).sum()
+            m_star[b, h] = np.argmax(np.cumsum(p) >= eta) + 1
+    return k_star, m_star
+
+
+def rank(args):
+    n_layer, n_head, n_embd, N, T = args.n_layer, args.n_head, args.n_embd, args.num_samples, args.block_size
+    tau = eta = 0.9
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=T, vocab_size=args.vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+    attention_model = GPTAttentions(model, None, "random GPT")
+    windows = torch.randint(0, args.vocab_size, (N, T)).numpy()
+    n_matrices = n_layer * n_head * N
+    print(f"model: {n_layer} layers x {n_head} heads, n_embd {n_embd}, random weights; N={N}, T={T}; "
+          f"{n_matrices} attention matrices; torch threads {torch.get_num_threads()}")
+
+    t0 = time.perf_counter()
+    analyze(attention_model, windows, tau, eta, batch_size=args.batch_size)
+    t_analysis = time.perf_counter() - t0
+    print(f"whole analysis (forward + metrics): {t_analysis:.1f} s")
+
+    t_forward = t_ours = t_numpy = 0.0
+    mismatches = 0
+    per_matrix_values_only = None
+    for start in range(0, N, args.batch_size):
+        idx = torch.from_numpy(windows[start:start + args.batch_size])
+        layers = attention_model.layers(idx)
+        while True:
+            t0 = time.perf_counter()
+            att = next(layers, None)
+            t_forward += time.perf_counter() - t0
+            if att is None:
+                break
+            t0 = time.perf_counter()
+            k_star, m_star, _ = layer_metrics(att, tau, eta)
+            t_ours += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            k_ref, m_ref = numpy_loop_metrics(att, tau, eta)
+            t_numpy += time.perf_counter() - t0
+            mismatches += int((k_star.numpy() != k_ref).sum() + (m_star.numpy() != m_ref).sum())
+            if per_matrix_values_only is None:
+                t0 = time.perf_counter()
+                numpy_loop_metrics(att, tau, eta, compute_uv=False)
+                per_matrix_values_only = (time.perf_counter() - t0) / att[..., 0, 0].numel()
+    print(f"forward passes alone:                {t_forward:.1f} s")
+    print(f"batched metrics (ours):              {t_ours:.2f} s  ({t_ours / n_matrices * 1e3:.3f} ms per matrix)")
+    print(f"numpy loop, np.linalg.svd per matrix: {t_numpy:.1f} s  ({t_numpy / n_matrices * 1e3:.3f} ms per matrix)")
+    print(f"  np.linalg.svd(compute_uv=False) loop, first layer of the first batch: "
+          f"{per_matrix_values_only * 1e3:.3f} ms per matrix")
+    print(f"speed-up on the metrics (numpy loop / ours):   {t_numpy / t_ours:.1f}x")
+    print(f"speed-up end to end ((forward + numpy loop) / whole analysis): {(t_forward + t_numpy) / t_analysis:.1f}x")
+    print(f"k*/m* disagreements between the two: {mismatches} of {2 * n_matrices}")
+
+
+def main(argv=None):
+    given = overrides_or_exit(DEFAULTS, argv)
+    chosen = DEFAULTS | given
+    for key, choices in CHOICES.items():
+        if chosen[key] not in choices:
+            sys.exit(f"error: {key}={chosen[key]!r}: use one of {', '.join(choices)}")
+    own, quick = MODE_DEFAULTS[chosen["what"]]  # the flags given win over both
+    args = SimpleNamespace(**(DEFAULTS | own | (quick if chosen["quick"] else {}) | given))
+    {"throughput": throughput, "memory": memory, "rank": rank}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 # train.py under FSDP against DDP on the one card (tokens/s, MFU), with a sharded checkpoint resumed.
 set -uo pipefail
 cd "$(dirname "$0")"
-python -c "import configurator; configurator.check_device('cuda')" 2>/dev/null || {
+python -c "from inheritune import configurator; configurator.check_device('cuda')" 2>/dev/null || {
   echo "error: bench_gpu.sh needs a CUDA GPU and a CUDA build of torch; on a CPU run python bench.py" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"

@@ -78,8 +78,12 @@ def run(script, args, stage):
         with open(done) as f:
             earlier = json.load(f)["command"]
         if earlier != cmd[1:]:
-            sys.exit(f"error: {cfg['out_dir']} holds a demo run with other settings (its {stage} stage ran "
-                     f"{' '.join(earlier[1:])}): pass another --out_dir, or remove {cfg['out_dir']} to start over")
+            # the flags that differ, not the whole command (hundreds of characters)
+            there, here = ({"script": c[0]} | dict(a[2:].split("=", 1) for a in c[1:]) for c in (earlier, cmd[1:]))
+            diff = ", ".join(f"{k}={there.get(k)} there, {here.get(k)} here" for k in here | there
+                             if there.get(k) != here.get(k))
+            sys.exit(f"error: {cfg['out_dir']} holds a demo run with other settings (its {stage} stage ran {script} "
+                     f"with {diff}): pass another --out_dir, or remove {cfg['out_dir']} to start over")
         print(f"== {stage}: done earlier, reusing {os.path.dirname(done)}")
         return
     print(f"== {stage}: {' '.join(cmd[1:])}", flush=True)

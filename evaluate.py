@@ -171,6 +171,13 @@ def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewsh
         raise EvalError(f"include_path={include_path!r} is not a folder: pass the folder that holds your task YAMLs")
     task_manager = TaskManager(include_path=include_path or None)
     check_tasks(names, task_manager.all_tasks)
+    load_task = getattr(task_manager, "load", None) or task_manager.load_task_or_group  # older lm-eval: only the latter
+    for name in names:  # each task's dataset, before the model: unreachable and not cached is one line, not a traceback
+        try:
+            load_task(name)
+        except ConnectionError as e:
+            raise EvalError(f"task {name}: {e}: its dataset must be downloadable (network on, HF_DATASETS_OFFLINE and "
+                            f"HF_HUB_OFFLINE unset) or already in the Hugging Face cache (HF_HOME)") from None
     with tempfile.TemporaryDirectory(prefix="evaluate-") as workdir:
         folder = hf_folder(model, workdir)
         check_tokenizer(folder, model, hflm_args)

@@ -80,7 +80,11 @@ def help_text(defaults, source_file, comment_files=(), notes=None):
     """Usage and every key with its default and the comment beside it in the script (or, for keys the script does
     not comment, in comment_files beside it, e.g. model.py for GPTConfig's fields), and notes[key] after it."""
     parts = source_file.replace("\\", "/").split("/")
-    script = f"-m inheritune.{parts[-1][:-3]}" if parts[-2:-1] == ["inheritune"] else parts[-1]  # a module's CLI
+    script = os.path.relpath(source_file)
+    if parts[-2:-1] == ["inheritune"]:
+        script = f"-m inheritune.{parts[-1][:-3]}"  # a module's CLI
+    elif script.startswith(os.pardir + os.sep):
+        script = os.path.abspath(source_file)  # a script outside the current folder: its whole path
     comments = {}
     for path in [source_file, *(os.path.join(os.path.dirname(source_file), f) for f in comment_files)]:
         comments = key_comments(path) | comments  # the script's own comment wins
@@ -92,6 +96,22 @@ def help_text(defaults, source_file, comment_files=(), notes=None):
     for key, value in defaults.items():
         lines.append(f"  --{key:<{width}} {value!r:<24} {comments.get(key, '')}".rstrip())
     return "\n".join(lines)
+
+
+def check_config_file(path, defaults):
+    """Raise ConfigError unless path is a .py file: a folder or a checkpoint as an argument is meant for a flag."""
+    keys = [k for k in ("init_from", "ckpt", "model", "out_dir") if k in defaults]  # the flags that take a path
+    if os.path.isdir(path):
+        flags = " or ".join(f"--{k}={path}" for k in keys) or f"--key={path}"
+        raise ConfigError(f"{path} is a folder, not a config file: flags are --key=value, e.g. {flags}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} not found (arguments are .py config files or --key=value flags)")
+    if path.endswith(".pt"):
+        flags = " or ".join(f"--{k}={path}" for k in keys if k != "out_dir") or f"--key={path}"
+        raise ConfigError(f"{path} is a checkpoint, not a config file: flags are --key=value, e.g. {flags}")
+    if not path.endswith(".py"):
+        raise ConfigError(f"{path} is not a Python config file: a config file is a .py of assignments, other "
+                          f"settings are --key=value flags")
 
 
 def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=None):
@@ -108,12 +128,10 @@ def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=Non
     given = {}
     for arg in argv:
         if not arg.startswith("--"):
+            check_config_file(arg, defaults)
             namespace = {}
-            try:
-                with open(arg) as f:
-                    exec(compile(f.read(), arg, "exec"), namespace)
-            except FileNotFoundError:
-                raise ConfigError(f"config file {arg} not found (arguments are config files or --key=value)")
+            with open(arg) as f:
+                exec(compile(f.read(), arg, "exec"), namespace)
             for key, value in namespace.items():
                 if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
                     given[key] = _check(key, value, defaults, f"in {arg}")

@@ -132,11 +132,10 @@ def check_data_tokenizer(meta, data_dir, model_meta, model_source):
 
     if model_meta is None or meta_fingerprint(meta) == meta_fingerprint(model_meta):
         return
-    how = (f"python prepare_owt.py --tokenizer={model_meta['tokenizer_source']}" if model_meta["tokenizer"] == "hf"
-           else "prepare it with that tokenizer")
+    how = {"hf": f" (python prepare_owt.py --tokenizer={model_meta.get('tokenizer_source')})",
+           "gpt2": " (python prepare_owt.py --tokenizer=gpt2)"}.get(model_meta["tokenizer"], "")
     raise DataError(f"{data_dir} was tokenized with {describe(meta)}, but {model_source} uses {describe(model_meta)}: "
-                    f"its token ids mean other words to the model; prepare the data with the model's tokenizer "
-                    f"({how})")
+                    f"its token ids mean other words to the model; prepare the data with the model's tokenizer{how}")
 
 
 def run_tokenizer_meta(run_config, vocab_size):

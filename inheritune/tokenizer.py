@@ -90,9 +90,9 @@ def load_hf_tokenizer(source):
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise TokenizerError(f"cannot load the Hugging Face tokenizer of {source} ({type(e).__name__}: {first}): "
                              f"pass a model folder with its tokenizer files (tokenizer.json, ...)") from None
-    if not tok.get_vocab():
+    if len(tok.get_vocab()) <= len(set(tok.all_special_tokens)):  # transformers 5 makes one of special tokens only
         raise TokenizerError(f"{source} has no tokenizer files (transformers made an empty tokenizer): pass a "
-                             f"model folder with its tokenizer files (tokenizer.json, ...)")
+                             f"model folder that holds them (tokenizer.json, ...)")
     return tok
 
 

@@ -86,6 +86,15 @@ def make_hf_family(tmp_path):
     return make
 
 
+def assert_one_line_error(result, *texts):
+    """A finished subprocess refused with exit status 1 and one line on stderr, `error: ...`, holding each text."""
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for text in texts:
+        assert text in lines[0], lines[0]
+
+
 # -- train.py runs on tiny models --------------------------------------------------------------
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_iters=4",
         "--log_interval=1", "--device=cpu", "--compile=False", "--warmup_iters=5", "--lr_decay_iters=100"]

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, read_log, train, train_cmd
+from conftest import REPO, assert_one_line_error, read_log, train, train_cmd
 
 FAST = ["--gradient_accumulation_steps=1"]
 
@@ -31,14 +31,6 @@ def weights(out_dir):
 def assert_same_weights(a, b):
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def assert_one_line_error(result, *texts):
-    assert result.returncode == 1, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    for text in texts:
-        assert text in lines[0], lines[0]
 
 
 # -- the same command again continues; another run is refused -----------------------------------------------

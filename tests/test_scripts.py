@@ -1,15 +1,18 @@
 """sample.py and export_hf.py on tiny checkpoints: deterministic samples, tokenizers, Hugging Face round trip."""
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import sample
 from inheritune.checkpoint import save_checkpoint
-from conftest import REPO
+from conftest import REPO, assert_one_line_error
+from inheritune import configurator
 from inheritune.data import write_meta
 from export_hf import export
 from export_hf import main as export_main
@@ -228,10 +231,102 @@ def test_cuda_device_without_cuda_stops_sample_bench_and_bench_gpu_at_once(char_
     with pytest.raises(SystemExit) as e:
         sample.main(["--init_from=out", "--device=cuda"])
     assert str(e.value.code).startswith("error: device='cuda' but ") and "--device=cpu" in str(e.value.code)
-    result = run_script("bench.py", "--device=cuda", "--quick", cwd=char_run)
+    result = run_script("bench.py", "--device=cuda", "--quick=True", cwd=char_run)
     assert result.returncode == 1 and result.stderr.startswith("error: device='cuda' but ")
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
     result = subprocess.run(["bash", os.path.join(REPO, "bench_gpu.sh")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["error: bench_gpu.sh needs a CUDA GPU and a CUDA build of torch; "
                                                   "on a CPU run python bench.py"]
+
+
+def test_an_argument_that_is_not_a_python_config_file_is_one_line(char_run):
+    (char_run / "data" / "tiny_char" / "notes.txt").write_text("batch_size = 4\n")
+    for script, arg, message in (
+            ("sample.py", "out", "out is a folder, not a config file: flags are --key=value, e.g. --init_from=out"),
+            ("sample.py", "out/ckpt.pt", "out/ckpt.pt is a checkpoint, not a config file: flags are --key=value, "
+                                         "e.g. --init_from=out/ckpt.pt"),  # a binary file, never read as text
+            ("train.py", "data/tiny_char/meta.json", "data/tiny_char/meta.json is not a Python config file: a "
+                                                     "config file is a .py of assignments")):
+        assert_one_line_error(run_script(script, arg, cwd=char_run), f"error: {message}")
+    given = dict(init_from="scratch", out_dir="out", batch_size=1)
+    with pytest.raises(configurator.ConfigError, match="e.g. --init_from=out or --out_dir=out$"):
+        configurator.overrides(given, ["out"])  # train.py: a folder is a model to start from or the run's folder
+    with pytest.raises(configurator.ConfigError, match="data/tiny_char/notes.txt is not a Python config file"):
+        configurator.overrides(given, ["data/tiny_char/notes.txt"])  # Python inside, but not a .py: refused too
+
+
+def test_usage_names_the_script_as_run_from_here(tmp_path, monkeypatch):
+    prepare = os.path.join(REPO, "data", "shakespeare", "prepare.py")
+    for cwd, shown in ((REPO, "data/shakespeare/prepare.py"), (os.path.dirname(prepare), "prepare.py"),
+                       (str(tmp_path), prepare)):  # outside the repository: the whole path
+        monkeypatch.chdir(cwd)
+        assert configurator.help_text({"out_dir": ""}, prepare).startswith(f"usage: python {shown} [config.py ...]")
+    assert configurator.help_text({"out": ""}, configurator.__file__).startswith("usage: python -m inheritune.")
+
+
+def test_evaluate_without_the_tasks_datasets_names_the_task_in_one_line(tmp_path):
+    pytest.importorskip("lm_eval")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))  # an empty cache; conftest sets HF_*_OFFLINE=1
+    result = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--model=no-such-run", "--tasks=paper",
+                             "--device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # refused at the first task's dataset, before the model is looked for
+    assert_one_line_error(result, "error: task arc_easy: ",  # then datasets' words, e.g. "Couldn't reach ..."
+                          "its dataset must be downloadable (network on, HF_DATASETS_OFFLINE and HF_HUB_OFFLINE unset) "
+                          "or already in the Hugging Face cache (HF_HOME)")
+
+
+def test_analyze_rank_tokenizer_errors_say_it_once(char_run):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from analyze_rank import main as analyze_rank
+    from inheritune.data import write_tokens
+
+    (char_run / "data" / "gpt2").mkdir()
+    write_tokens(str(char_run / "data" / "gpt2" / "val.bin"), np.arange(2000) % 50257)
+    write_meta(str(char_run / "data" / "gpt2"), {"tokenizer": "gpt2", "vocab_size": 50257})
+    with pytest.raises(SystemExit) as e:
+        analyze_rank(["--model=out", "--data=data/gpt2/val.bin", "--num_samples=2", "--seq_len=8"])
+    assert e.value.code == ("error: data/gpt2 was tokenized with GPT-2 BPE, but out uses a character-level tokenizer: "
+                            "its token ids mean other words to the model; prepare the data with the model's tokenizer")
+    # a model that model.py does not implement, saved without tokenizer files: transformers makes a tokenizer of
+    # special tokens only, which must not tokenize a text into nothing
+    GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     vocab_size=96)).save_pretrained(char_run / "neox")
+    (char_run / "text.txt").write_text("To be, or not to be, that is the question. " * 20)
+    with pytest.raises(SystemExit) as e:
+        analyze_rank(["--model=neox", "--data=text.txt", "--num_samples=2", "--seq_len=8"])
+    assert e.value.code.startswith("error: cannot tokenize text.txt: neox has no tokenizer files")
+    assert e.value.code.count("tokenizer files") == 1
+
+
+def test_demo_refusing_an_out_dir_names_the_flags_that_differ(tmp_path):
+    repo = tmp_path / "repo"  # the demo runs the train.py beside it: here one that fails at once
+    (repo / "data" / "shakespeare_char").mkdir(parents=True)
+    (repo / "data" / "shakespeare_char" / "meta.json").write_text("{}")
+    (repo / "train.py").write_text("raise SystemExit(1)\n")
+    (repo / "demo.py").symlink_to(os.path.join(REPO, "demo.py"))
+
+    def demo(*args):
+        return subprocess.run([sys.executable, str(repo / "demo.py"), "--out_dir=out-demo", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    first = demo("--n_embd=64")
+    command = next(line for line in first.stdout.splitlines() if line.startswith("== reference: "))
+    (tmp_path / "out-demo" / "reference").mkdir(parents=True)  # as if that reference stage had finished
+    (tmp_path / "out-demo" / "reference" / "done.json").write_text(json.dumps({"command": command[14:].split()}))
+    assert_one_line_error(demo("--n_embd=32"), "error: out-demo holds a demo run with other settings (its reference "
+                          "stage ran train.py with n_embd=64 there, 32 here): pass another --out_dir, or remove "
+                          "out-demo to start over")
+
+
+def test_bench_modes_take_key_value_flags(tmp_path):
+    result = run_script("bench.py", "--what=rank", "--quick=True", cwd=tmp_path)  # 4 x 4 heads, N=20, T=50: seconds
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("model: 4 layers x 4 heads, n_embd 128, random weights; N=20, T=50; ")
+    assert "k*/m* disagreements between the two: 0 of 640" in result.stdout
+    assert_one_line_error(run_script("bench.py", "--what=speed", cwd=tmp_path),
+                          "error: what='speed': use one of throughput, memory, rank")
+    assert_one_line_error(run_script("bench.py", "--what=memory", "--data_dir=nowhere", cwd=tmp_path),
+                          "error: no dataset at nowhere: run python data/shakespeare/prepare.py first")
+    assert_one_line_error(run_script("bench.py", "--quick", cwd=tmp_path), "--quick has no value: write --quick=VALUE")

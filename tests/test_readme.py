@@ -527,9 +527,10 @@ def test_open_model_commands(user_repo, smol, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from inheritune.checkpoint import load_model
+    from inheritune.data import shakespeare_works
 
     repo = user_repo
-    text = "".join(t for _, t in __import__("data").shakespeare_works()[:2])
+    text = "".join(t for _, t in shakespeare_works()[:2])
     fineweb = str(tmp_path / "fineweb-like")
     datasets.Dataset.from_dict({"text": [text[i:i + 2000] for i in range(0, 120_000, 2000)]}).save_to_disk(fineweb)
     places = {"smol": smol, "fineweb": fineweb}

@@ -1,9 +1,9 @@
 # Inheritune from Llama-3.1-8B with FSDP: inherit its first 16 of 32 blocks (a 4.5B student: 16 blocks of 218M
 # parameters, 1.05B in the untied embedding and head), train, grow by 2 blocks per 100K-step round.
 # DDP cannot hold it on 80 GB cards: fp32 weights, gradients and AdamW state are 16 bytes a parameter, 73 GB,
-# before DDP's gradient buckets and any activation. FSDP over 8 GPUs keeps 9 GB of that state per GPU (README,
-# "Past one GPU: FSDP"). One 100K-step round of the 16-block student is ~3.3e20 FLOPs (flops_per_token 2.5e10 x
-# 131K tokens x 100K steps): ~29 hours on 8 H100s at an assumed 40% MFU.
+# before DDP's gradient buckets and any activation. FSDP over 8 GPUs keeps 9 GB of that state per GPU
+# (docs/training.md, "FSDP: past one GPU"). One 100K-step round of the 16-block student is ~3.3e20 FLOPs
+# (flops_per_token 2.5e10 x 131K tokens x 100K steps): ~29 hours on 8 H100s at an assumed 40% MFU.
 #
 #   hf download meta-llama/Llama-3.1-8B --local-dir /models/Llama-3.1-8B       # gated: accept its license first
 #   python prepare_owt.py --tokenizer=/models/Llama-3.1-8B --dataset=HuggingFaceFW/fineweb-edu \

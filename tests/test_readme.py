@@ -1,12 +1,14 @@
-"""README.md is a tested script: every command in its ```sh blocks is either run here, from a fresh copy of the
-repository with output folders that do not exist yet and shrunk in size only, or has a reason it cannot run here.
+"""README.md and docs/*.md are tested scripts: every command in their ```sh blocks is either run here, from a fresh
+copy of the repository with output folders that do not exist yet and shrunk in size only, or has a reason it cannot
+run here.
 
-TABLE maps each README command (verbatim, without its trailing comment) to Run (the test that runs it, the
+TABLE maps each documented command (verbatim, without its trailing comment) to Run (the test that runs it, the
 size-shrinking flags appended per script, substitutions of local stand-ins for Hub names) or Cannot (why not).
-A README command that is added or changed fails test_every_readme_command_is_in_the_table until TABLE says how
-it is tested.
+A command that is added or changed in README.md or docs/*.md fails test_every_readme_command_is_in_the_table until
+TABLE says how it is tested. A command appears once across all these files.
 """
 
+import glob
 import json
 import os
 import pathlib
@@ -36,13 +38,40 @@ GROW_SHRINK = ["--grow_every=10", "--max_iters=20", "--lr_decay_iters=10", "--wa
                "--eval_iters=2", "--log_interval=5", "--batch_size=4", "--gradient_accumulation_steps=1"]
 
 TABLE = {
-    # Quickstart
-    "pip install torch==2.13.0 && pip install -r requirements.txt": Cannot(f"{NETWORK} (PyPI); .ci/run installs the same"),
+    # README.md: Quickstart
+    "pip install torch==2.13.0 && pip install -r requirements.txt":
+        Cannot(f"{NETWORK} (PyPI); .ci/run installs the same"),
     "python demo.py": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     "python demo.py --baselines=True": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     "python -m pytest tests": Cannot("the test suite itself: .ci/run runs exactly this"),
-    # Data
+    # README.md: Walkthrough
     "python data/shakespeare/prepare.py": Run("test_user_chain"),
+    "python train.py config/train_shakespeare_char.py": Run("test_user_chain", {"train.py": REF_SHRINK}),
+    "python analyze_rank.py --model=out-shakespeare-char --data=data/shakespeare_char/val.bin":
+        Run("test_user_chain", {"analyze_rank.py": ["--num_samples=20"]}),
+    "python inherit.py --init_from=out-shakespeare-char --n_layer=auto --analysis=out-analysis/analysis.json "
+    "--dataset=shakespeare_char --out_dir=out-inherit": Run("test_user_chain", {"inherit.py": ["--eval_iters=2"]}),
+    "python train.py --init_from=resume --out_dir=out-inherit --grow_every=500 --lr_decay_iters=500":
+        Run("test_user_chain", {"train.py": GROW_SHRINK}),
+    'python sample.py --init_from=out-inherit --start="ROMEO:" --num_samples=3 --max_new_tokens=300':
+        Run("test_user_chain", {"sample.py": ["--max_new_tokens=20"]}),
+    "python export_hf.py --ckpt=out-inherit --out=hf-inherit": Run("test_user_chain"),
+    "python compare.py out-inherit out-shakespeare-char --out=compare.png --json=compare.json":
+        Run("test_user_chain"),
+    # README.md: The GPU recipe
+    "python prepare_owt.py": Cannot(f"{NETWORK}: downloads OpenWebText (~54 GB)"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py":
+        Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2-medium and OpenWebText"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py "
+    "--reference=out-scratch-gpt2-medium":
+        Cannot(f"{GPU}: 8 of them, a GPT-2-medium reference trained for days and OpenWebText"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py --reference=/models/gpt2-medium":
+        Cannot(f"{GPU}: 8 of them, and OpenWebText"),
+    # README.md: The scripts
+    "python sample.py --init_from=gpt2 --start=FILE:prompt.txt --temperature=0.7 --top_k=50 --seed=1":
+        Run("test_hub_model_commands_on_local_folders", {"sample.py": ["--max_new_tokens=8", "--num_samples=1"]},
+            subs={"--init_from=gpt2": "--init_from={gpt2_folder}"}),
+    # docs/data.md
     "python data/shakespeare/prepare.py --tokenizer=gpt2": Run("test_data_preparation"),
     "python prepare_owt.py --num_proc=16": Cannot(f"{NETWORK}: downloads OpenWebText (~54 GB)"),
     "python prepare_owt.py --dataset=HuggingFaceFW/fineweb-edu --subset=sample-10BT --out_dir=data/fineweb_edu":
@@ -50,16 +79,13 @@ TABLE = {
     "python prepare_owt.py --input=my_corpus/ --out_dir=data/my_corpus": Run("test_data_preparation"),
     "python prepare_owt.py --max_docs=2000 --out_dir=data/owt_tiny":
         Run("test_data_preparation", subs={"--max_docs=2000": "--max_docs=2000 --dataset={saved_dataset}"}),
-    # Training
-    "python data/shakespeare/prepare.py && python train.py config/train_shakespeare_char.py":
-        Run("test_user_chain", {"train.py": REF_SHRINK}),
+    # docs/training.md
     "python train.py config/SOME_CONFIG.py --device=cuda": Cannot(GPU),
     "torchrun --standalone --nproc_per_node=8 train.py config/SOME_CONFIG.py": Cannot(f"{GPU}: 8 of them"),
     "torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py "
     "config/SOME_CONFIG.py": Cannot("needs two nodes of 8 GPUs"),
     "torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py "
     "config/SOME_CONFIG.py": Cannot("needs two nodes of 8 GPUs"),
-    # Past one GPU: FSDP
     "torchrun --standalone --nproc_per_node=8 train.py config/inherit_llama3_8b_fsdp.py":
         Cannot(f"{GPU}: 8 of them, and {NETWORK} for Llama-3.1-8B and data tokenized with its tokenizer"),
     "torchrun --nnodes=4 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py "
@@ -67,17 +93,19 @@ TABLE = {
                                                                    "2 CPU processes runs in tests/test_fsdp.py)"),
     "torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --fsdp=True "
     "--gradient_accumulation_steps=2 --out_dir=out-shakespeare-fsdp": Run("test_fsdp_chain", {"train.py": REF_SHRINK}),
-    "python -m inheritune.checkpoint --to_single=out-shakespeare-fsdp --out=out-shakespeare-single": Run("test_fsdp_chain"),
-    "python -m inheritune.checkpoint --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded": Run("test_fsdp_chain"),
-    # Inheritune
-    "python prepare_owt.py": Cannot(f"{NETWORK}: downloads OpenWebText (~54 GB)"),
-    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py":
-        Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2-medium and OpenWebText"),
-    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py --reference=out-scratch-gpt2-medium":
-        Cannot(f"{GPU}: 8 of them, a GPT-2-medium reference trained for days and OpenWebText"),
-    "torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py --reference=/models/gpt2-medium":
-        Cannot(f"{GPU}: 8 of them, and OpenWebText"),
-    # The paper's baselines
+    # docs/checkpoints.md
+    "python -m inheritune.checkpoint --to_single=out-shakespeare-fsdp --out=out-shakespeare-single":
+        Run("test_fsdp_chain"),
+    "python -m inheritune.checkpoint --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded":
+        Run("test_fsdp_chain"),
+    # docs/inheritune.md
+    "python inherit.py --init_from=gpt2-medium --out_dir=out-gpt2m-half":
+        Run("test_hub_model_commands_on_local_folders", subs={"--init_from=gpt2-medium": "--init_from={gpt2_folder}"}),
+    "python inherit.py --init_from=gpt2 --layers=0,1,2,3,0,1,2,3 --out_dir=out-hybrid":
+        Run("test_hub_model_commands_on_local_folders", subs={"--init_from=gpt2": "--init_from={gpt2_folder}"}),
+    "python inherit.py --init_from=out-shakespeare-char --n_layer=2 --dataset=shakespeare_char "
+    "--out_dir=out-inherit-2l": Run("test_user_chain", {"inherit.py": ["--eval_iters=2"]}),
+    # docs/baselines.md
     "torchrun --standalone --nproc_per_node=8 train.py config/stack_gpt2_large.py":
         Cannot(f"{GPU}: 8 of them, and OpenWebText (stacking on tiny models: tests/test_baselines.py, test_demo)"),
     "torchrun --standalone --nproc_per_node=8 train.py config/hybrid_stack_gpt2_large.py":
@@ -89,22 +117,13 @@ TABLE = {
     "torchrun --standalone --nproc_per_node=8 train.py config/scratch_gpt2_large_18l_2x.py":
         Cannot(f"{GPU}: 8 of them, and OpenWebText"),
     "python inherit.py --init_from=gpt2-medium --n_embd=512 --n_head=8 --out_dir=out-gpt2m-half-width":
-        Run("test_hub_model_commands_on_local_folders", subs={"--init_from=gpt2-medium": "--init_from={gpt2_folder}",
-                                                              "--n_embd=512": "--n_embd=8", "--n_head=8": "--n_head=1"}),
+        Run("test_hub_model_commands_on_local_folders",
+            subs={"--init_from=gpt2-medium": "--init_from={gpt2_folder}", "--n_embd=512": "--n_embd=8",
+                  "--n_head=8": "--n_head=1"}),
     "python compare.py out-inherit-gpt2-large out-scratch-gpt2-large-18l out-scratch-gpt2-large-18l-2x "
-    "out-stack-gpt2-large --out=large.png": Cannot("needs the GPT-2 large runs above (compare.py runs in test_user_chain "
-                                                   "and test_demo)"),
-    "python inherit.py --init_from=gpt2-medium --out_dir=out-gpt2m-half":
-        Run("test_hub_model_commands_on_local_folders", subs={"--init_from=gpt2-medium": "--init_from={gpt2_folder}"}),
-    "python inherit.py --init_from=gpt2 --layers=0,1,2,3,0,1,2,3 --out_dir=out-hybrid":
-        Run("test_hub_model_commands_on_local_folders", subs={"--init_from=gpt2": "--init_from={gpt2_folder}"}),
-    "python inherit.py --init_from=out-shakespeare-char --n_layer=2 --dataset=shakespeare_char --out_dir=out-inherit":
-        Run("test_user_chain", {"inherit.py": ["--eval_iters=2"]}),
-    "python inherit.py --init_from=out-shakespeare-char --n_layer=auto --analysis=out-analysis/analysis.json "
-    "--out_dir=out-inherit-auto": Run("test_user_chain"),
-    "python train.py --init_from=resume --out_dir=out-inherit --dataset=shakespeare_char --grow_every=500":
-        Run("test_user_chain", {"train.py": GROW_SHRINK}),
-    # Open models: a tiny Llama folder with a tokenizer trained on Shakespeare stands in for SmolLM2-1.7B
+    "out-stack-gpt2-large --out=large.png":
+        Cannot("needs the GPT-2 large runs above (compare.py runs in test_user_chain and test_demo)"),
+    # docs/open_models.md: a tiny Llama folder with a tokenizer trained on Shakespeare stands in for SmolLM2-1.7B
     "hf download HuggingFaceTB/SmolLM2-1.7B --local-dir /models/SmolLM2-1.7B":
         Cannot(f"{NETWORK}: the Hugging Face Hub"),
     "python prepare_owt.py --tokenizer=/models/SmolLM2-1.7B --dataset=HuggingFaceFW/fineweb-edu --subset=sample-10BT "
@@ -128,44 +147,30 @@ TABLE = {
         Cannot(f"{GPU}: 8 of them, and SmolLM2-1.7B (tests/test_open_models.py runs the config on a tiny stand-in)"),
     "torchrun --standalone --nproc_per_node=8 train.py config/inherit_openllama_3b_v1.py":
         Cannot(f"{GPU}: 8 of them, and OpenLLaMA-3B (tests/test_open_models.py runs the config on a tiny stand-in)"),
-    # Benchmarks
-    "python bench.py": Cannot("the full CPU benchmark (minutes); `python bench.py --quick` runs the same code"),
-    "python bench.py --quick": Run("test_bench_quick", {"bench.py": ["--modes=eager"]}),  # no CPU compile (30 s)
-    "bash bench_gpu.sh": Cannot(f"{GPU} (without one it stops at once: tests/test_scripts.py)"),
-    # Sampling
-    'python sample.py --init_from=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=300':
-        Run("test_user_chain", {"sample.py": ["--max_new_tokens=20"]}),
-    "python sample.py --init_from=gpt2 --start=FILE:prompt.txt --temperature=0.7 --top_k=50 --seed=1":
-        Run("test_hub_model_commands_on_local_folders", {"sample.py": ["--max_new_tokens=8", "--num_samples=1"]},
-            subs={"--init_from=gpt2": "--init_from={gpt2_folder}"}),
-    # Analyzing attention collapse
-    "python analyze_rank.py --model=out-shakespeare-char --data=data/shakespeare_char/val.bin":
-        Run("test_user_chain", {"analyze_rank.py": ["--num_samples=20"]}),
+    "hf download openai-community/gpt2-medium --local-dir gpt2-medium": Cannot(f"{NETWORK}: the Hugging Face Hub"),
+    # docs/analysis.md
     "python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m":
         Cannot(f"{NETWORK}: gpt2-medium from the Hub and OpenWebText"),
     "python analyze_rank.py --model=path/to/Qwen2.5-0.5B --data=some_text.txt --device=cuda":
         Cannot(f"{GPU} and a downloaded Qwen folder (test_open_model_commands analyzes a tiny local Llama folder)"),
-    # Export
-    "python export_hf.py --ckpt=out-inherit --out=hf-inherit": Run("test_user_chain"),
+    # docs/evaluation.md
     "python export_hf.py --ckpt=out-gpt2m-half --out=hf-gpt2m-half": Run("test_hub_model_commands_on_local_folders"),
     "lm_eval --model hf --model_args pretrained=hf-gpt2m-half --tasks lambada_openai,hellaswag,arc_easy":
         Cannot(f"{NETWORK}: the tasks' datasets (test_hub_model_commands_on_local_folders runs lm_eval's HFLM with "
                f"these --model_args on a local request)"),
-    # Zero-shot evaluation
     "python evaluate.py --model=out-gpt2m-half --tasks=paper": Cannot(f"{NETWORK}: the tasks' datasets"),
     "python evaluate.py --model=gpt2-medium --tasks=paper_xl --device=cuda --batch_size=auto "
     "--out=eval-gpt2-medium.json": Cannot(f"{GPU}, and {NETWORK} for gpt2-medium and the tasks' datasets"),
     "python evaluate.py --model=out-inherit --tasks=my_task --include_path=my_tasks --model_args=prefix_token_id=0 "
     "--limit=100 --out=eval.json": Run("test_user_chain", subs={"--tasks=my_task": "--tasks=hamlet_mc,hamlet_ppl"}),
-    # Compute-matched comparison
-    "python compare.py out-inherit out-shakespeare-char --out=compare.png --json=compare.json":
-        Run("test_user_chain"),
-    # Using GPT-2 weights offline
-    "hf download openai-community/gpt2-medium --local-dir gpt2-medium": Cannot(f"{NETWORK}: the Hugging Face Hub"),
+    # docs/benchmarks.md
+    "python bench.py": Cannot("the full CPU benchmark (minutes); `python bench.py --quick` runs the same code"),
+    "python bench.py --quick": Run("test_bench_quick", {"bench.py": ["--modes=eager"]}),  # no CPU compile (30 s)
+    "bash bench_gpu.sh": Cannot(f"{GPU} (without one it stops at once: tests/test_scripts.py)"),
 }
 
 # ------------------------------------------------------------------------------------------------------------
-# reading the README and running its commands
+# reading README.md and docs/*.md, and running their commands
 
 
 def strip_comment(line):
@@ -181,19 +186,31 @@ def strip_comment(line):
     return line.rstrip()
 
 
-def readme_blocks():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        return re.findall(r"^```(\w*)\n(.*?)^```", f.read(), flags=re.S | re.M)
+def doc_files():
+    """README.md and docs/*.md: the files whose commands TABLE covers, as paths relative to the repository."""
+    return ["README.md", *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))]
 
 
-def readme_lines():
-    """[(command, its trailing comment)] of every command line in README.md's code blocks, in order."""
+def doc_text(name):
+    with open(os.path.join(REPO, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def readme_blocks(name="README.md"):
+    """[(language, body)] of the code blocks of one documentation file."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", doc_text(name), flags=re.S | re.M)
+
+
+def readme_lines(names=None):
+    """[(command, its trailing comment)] of every command line in the code blocks of README.md and docs/*.md (or of
+    the files named), in order."""
     lines = []
-    for _, body in readme_blocks():
-        for line in body.splitlines():
-            command = strip_comment(line)
-            if command:
-                lines.append((command, line[len(command):].strip().lstrip("#").strip()))
+    for name in names or doc_files():
+        for _, body in readme_blocks(name):
+            for line in body.splitlines():
+                command = strip_comment(line)
+                if command:
+                    lines.append((command, line[len(command):].strip().lstrip("#").strip()))
     return lines
 
 
@@ -205,9 +222,9 @@ RAN = set()
 
 
 def run_readme(command, cwd, placeholders=None, timeout=300):
-    """Run a README command as TABLE says (each '&&' part in turn), in cwd; returns the last part's result."""
+    """Run a documented command as TABLE says (each '&&' part in turn), in cwd; returns the last part's result."""
     how = TABLE[command]
-    assert isinstance(how, Run), f"TABLE says this README command cannot run here: {command}"
+    assert isinstance(how, Run), f"TABLE says this documented command cannot run here: {command}"
     text = command
     for old, new in how.subs.items():
         text = re.sub(rf"(?<!\S){re.escape(old)}(?!\S)", new.format(**(placeholders or {})), text)
@@ -219,7 +236,7 @@ def run_readme(command, cwd, placeholders=None, timeout=300):
             argv[0], argv[:1])
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
-            raise AssertionError(f"README command failed ({result.returncode}): {shlex.join(argv)}\n"
+            raise AssertionError(f"documented command failed ({result.returncode}): {shlex.join(argv)}\n"
                                  f"{result.stderr[-3000:]}\n{result.stdout[-2000:]}")
     RAN.add(command)
     return result
@@ -243,12 +260,13 @@ def fresh_copy(dest):
 
 @pytest.fixture(scope="module")
 def user_repo(tmp_path_factory):
-    """A fresh copy where the README's first commands ran: the Shakespeare data and the trained reference."""
+    """A fresh copy where the README walkthrough's first commands ran: the Shakespeare data and the trained
+    reference."""
     repo = fresh_copy(str(tmp_path_factory.mktemp("fresh-clone")))
     assert not [name for name in os.listdir(repo) if name.startswith("out")]
     assert not os.path.exists(os.path.join(repo, "data", "shakespeare_char"))
-    run_readme("python data/shakespeare/prepare.py", repo)  # the Data section's, then the Training section's
-    run_readme("python data/shakespeare/prepare.py && python train.py config/train_shakespeare_char.py", repo)
+    run_readme("python data/shakespeare/prepare.py", repo)
+    run_readme("python train.py config/train_shakespeare_char.py", repo)
     return repo
 
 
@@ -303,41 +321,43 @@ def read_log(path):
 
 
 def test_every_readme_command_is_in_the_table():
-    assert [lang for lang, _ in readme_blocks()] == ["sh"] * len(readme_blocks()), "README code blocks are ```sh"
+    """Every command of README.md and of docs/*.md is in TABLE, once, and every TABLE entry is in one of them."""
+    names = doc_files()
+    assert "docs/training.md" in names and "docs/reliability.md" in names  # docs/*.md are scanned, not just README
+    for name in names:
+        langs = [lang for lang, _ in readme_blocks(name)]
+        assert langs == ["sh"] * len(langs), f"{name}: code blocks are ```sh"
+    assert readme_lines(["README.md"]), "README.md shows commands"
     commands = [command for command, _ in readme_lines()]
-    assert len(commands) == len(set(commands)), "a README command appears twice"
+    twice = sorted({c for c in commands if commands.count(c) > 1})
+    assert not twice, f"commands shown twice in README.md / docs/*.md (show each once, link to it): {twice}"
     missing = [c for c in commands if c not in TABLE]
-    assert not missing, f"README commands that TABLE does not say how to test (add them): {missing}"
+    assert not missing, f"README.md / docs/*.md commands that TABLE does not say how to test (add them): {missing}"
     stale = [c for c in TABLE if c not in commands]
-    assert not stale, f"TABLE entries no longer in README.md (remove or update them): {stale}"
+    assert not stale, f"TABLE entries in neither README.md nor docs/*.md (remove or update them): {stale}"
     tests = {name for name in globals() if name.startswith("test_")}
     assert {how.test for how in TABLE.values() if isinstance(how, Run)} <= tests
     assert all(how.reason for how in TABLE.values() if isinstance(how, Cannot))
 
 
 def test_readme_names_the_current_tools():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    assert "huggingface-cli" not in text  # huggingface_hub 1.0 ships `hf` only
+    for name in doc_files():
+        assert "huggingface-cli" not in doc_text(name), name  # huggingface_hub 1.0 ships `hf` only
     with open(os.path.join(REPO, ".ci", "run")) as f:
         ci_command = f.read().strip().splitlines()[-1]
     assert ci_command == "python3 -m pytest tests" and "python -m pytest tests" in TABLE  # the Quickstart's
 
 
 def test_user_chain(user_repo):
-    """prepare -> train a reference -> sample -> analyze_rank -> inherit (2 blocks; auto) -> train with growth
-    -> export -> transformers and lm_eval on the export, as the README says, in one fresh copy."""
+    """The README's walkthrough in one fresh copy: prepare -> train a reference -> analyze_rank -> inherit (the
+    suggested depth; also a fixed 2 blocks, docs/inheritune.md) -> train with growth -> sample -> export -> transformers
+    and lm_eval on the export -> evaluate (docs/evaluation.md) -> compare."""
     repo = user_repo
     meta = load_json(os.path.join(repo, "data", "shakespeare_char", "meta.json"))
     assert (f"({meta['vocab_size']} characters, {meta['train_tokens'] / 1e6:.2f}M / {meta['val_tokens'] / 1e6:.2f}M "
             f"tokens)") in readme_comment("python data/shakespeare/prepare.py")
     ref_log = read_log(os.path.join(repo, "out-shakespeare-char", "log.jsonl"))
     assert [r["iter"] for r in ref_log if "val_loss" in r] == [0, 10, 20]
-
-    result = run_readme('python sample.py --init_from=out-shakespeare-char --start="ROMEO:" --num_samples=3 '
-                        '--max_new_tokens=300', repo)
-    samples = result.stdout.split("---------------\n")[:-1]
-    assert len(samples) == 3 and all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 20 + 1 for s in samples)
 
     result = run_readme("python analyze_rank.py --model=out-shakespeare-char --data=data/shakespeare_char/val.bin",
                         repo)
@@ -347,30 +367,36 @@ def test_user_chain(user_repo):
 
     from inheritune.checkpoint import load_model
 
-    run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=2 --dataset=shakespeare_char "
-               "--out_dir=out-inherit", repo)
-    student, ckpt = load_model(os.path.join(repo, "out-inherit"))
+    run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=auto "
+               "--analysis=out-analysis/analysis.json --dataset=shakespeare_char --out_dir=out-inherit", repo)
+    auto, ckpt = load_model(os.path.join(repo, "out-inherit"))
     reference, _ = load_model(os.path.join(repo, "out-shakespeare-char"))
+    assert auto.config.n_layer == analysis["suggested_n_layer"]
+    assert ckpt["inherit"]["layers"] == list(range(analysis["suggested_n_layer"]))
+    assert ckpt["inherit"]["reference_val_loss"] > 0
+
+    run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=2 --dataset=shakespeare_char "
+               "--out_dir=out-inherit-2l", repo)
+    student, ckpt = load_model(os.path.join(repo, "out-inherit-2l"))
     assert student.config.n_layer == 2 and ckpt["inherit"]["layers"] == [0, 1]
     assert torch.equal(student.transformer.h[1].attn.c_attn.weight, reference.transformer.h[1].attn.c_attn.weight)
     assert ckpt["inherit"]["reference_val_loss"] > 0
 
-    run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=auto "
-               "--analysis=out-analysis/analysis.json --out_dir=out-inherit-auto", repo)
-    auto, _ = load_model(os.path.join(repo, "out-inherit-auto"))
-    assert auto.config.n_layer == analysis["suggested_n_layer"]
-
-    command = "python train.py --init_from=resume --out_dir=out-inherit --dataset=shakespeare_char --grow_every=500"
-    run_readme(command, repo)
+    run_readme("python train.py --init_from=resume --out_dir=out-inherit --grow_every=500 --lr_decay_iters=500", repo)
     log = read_log(os.path.join(repo, "out-inherit", "log.jsonl"))
     rounds = [r for r in log if r.get("event") == "round_end"]
     grows = [r for r in log if r.get("event") == "grow"]
     assert rounds and rounds[0]["iter"] == 10
     grown, _ = load_model(os.path.join(repo, "out-inherit"))
-    assert grown.config.n_layer == 2 + 2 * len(grows) <= 4
+    assert grown.config.n_layer == auto.config.n_layer + 2 * len(grows) <= 4
+
+    result = run_readme('python sample.py --init_from=out-inherit --start="ROMEO:" --num_samples=3 '
+                        '--max_new_tokens=300', repo)
+    samples = result.stdout.split("---------------\n")[:-1]
+    assert len(samples) == 3 and all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 20 + 1 for s in samples)
 
     result = run_readme("python export_hf.py --ckpt=out-inherit --out=hf-inherit", repo)
-    assert "--model_args pretrained=hf-inherit,prefix_token_id=0 (the id of '\\n')" in result.stdout  # as the README
+    assert "--model_args pretrained=hf-inherit,prefix_token_id=0 (the id of '\\n')" in result.stdout  # as the docs
     hf_dir = os.path.join(repo, "hf-inherit")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -388,9 +414,8 @@ def test_user_chain(user_repo):
         theirs = hf_model(idx).logits
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
 
-    # the README's lm_eval --model_args for it, through lm_eval's HFLM on a local request
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        assert "`--model_args pretrained=hf-inherit,prefix_token_id=0`" in f.read()
+    # docs/evaluation.md's lm_eval --model_args for it, through lm_eval's HFLM on a local request
+    assert "`--model_args pretrained=hf-inherit,prefix_token_id=0`" in doc_text("docs/evaluation.md")
     check_lm_eval("pretrained=hf-inherit,prefix_token_id=0", repo, grown, CharTokenizer(meta["chars"]).encode)
 
     from test_evaluate import write_tasks  # the local multiple-choice and rolling-perplexity tasks
@@ -494,7 +519,8 @@ def test_fsdp_chain(user_repo):
                "--gradient_accumulation_steps=2 --out_dir=out-shakespeare-fsdp", repo)
     assert sorted(os.listdir(os.path.join(repo, "out-shakespeare-fsdp"))) == ["ckpt.dcp", "log.jsonl"]
     run_readme("python -m inheritune.checkpoint --to_single=out-shakespeare-fsdp --out=out-shakespeare-single", repo)
-    run_readme("python -m inheritune.checkpoint --to_sharded=out-shakespeare-single --out=out-shakespeare-resharded", repo)
+    run_readme("python -m inheritune.checkpoint --to_sharded=out-shakespeare-single "
+               "--out=out-shakespeare-resharded", repo)
     assert os.listdir(os.path.join(repo, "out-shakespeare-single")) == ["ckpt.pt"]
     sharded, back = (load_checkpoint(os.path.join(repo, out)) for out in ("out-shakespeare-fsdp",
                                                                           "out-shakespeare-resharded"))
@@ -527,9 +553,10 @@ def test_open_model_commands(user_repo, smol, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from inheritune.checkpoint import load_model
+    from inheritune.data import shakespeare_works
 
     repo = user_repo
-    text = "".join(t for _, t in __import__("data").shakespeare_works()[:2])
+    text = "".join(t for _, t in shakespeare_works()[:2])
     fineweb = str(tmp_path / "fineweb-like")
     datasets.Dataset.from_dict({"text": [text[i:i + 2000] for i in range(0, 120_000, 2000)]}).save_to_disk(fineweb)
     places = {"smol": smol, "fineweb": fineweb}

@@ -193,10 +193,10 @@ def suggested_depth(analysis_json_path):
 
 class GPTAttentions:
     """Our GPT (checkpoints, GPT-2 / Llama / Qwen2 / Mistral names and folders): attentions stream one layer at a
-    time."""
+    time. source: the source.ModelSource it was loaded from (its tokenizer); None for a model made here, called name."""
 
-    def __init__(self, model, ckpt, source):
-        self.model, self.ckpt, self.source = model.eval(), ckpt, source
+    def __init__(self, model, source, name=None):
+        self.model, self.source, self.name = model.eval(), source, name or str(source)
         self.kind = "gpt"
         self.context = model.config.block_size
         self.vocab_size = model.config.vocab_size
@@ -207,26 +207,25 @@ class GPTAttentions:
         yield from self.model.iter_attentions(idx)
 
     def tokenizer_meta(self):
-        """The model's known tokenizer (data.known_model_tokenizer_meta), or None."""
-        from inheritune.data import known_model_tokenizer_meta
-
-        return known_model_tokenizer_meta(self.source, self.ckpt)
+        """The model's known tokenizer (ModelSource.known_tokenizer_meta), or None."""
+        return self.source.known_tokenizer_meta()
 
     def tokenizer(self):
-        from inheritune.data import DataError, model_tokenizer_meta
+        from inheritune.data import DataError
         from inheritune.tokenizer import tokenizer_from_meta
 
         try:
-            return tokenizer_from_meta(model_tokenizer_meta(self.source, self.ckpt, self.vocab_size))
+            return tokenizer_from_meta(self.source.tokenizer_meta())
         except DataError as e:
             raise AnalysisError(f"{e}; or pass a .bin of token ids from its data preparation instead") from None
 
 
 class HFAttentions:
-    """Any Hugging Face causal LM with eager attention; one batch's attentions of all layers at a time."""
+    """Any Hugging Face causal LM with eager attention; one batch's attentions of all layers at a time. source: the
+    source.ModelSource it was loaded from (its tokenizer)."""
 
     def __init__(self, model, source):
-        self.model, self.source = model.eval(), source
+        self.model, self.source, self.name = model.eval(), source, str(source)
         self.kind = "hf"
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.context = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
@@ -236,10 +235,16 @@ class HFAttentions:
 
     @classmethod
     def load(cls, source, device):
+        """source: a source.ModelSource or its name."""
         from transformers import AutoModelForCausalLM
 
+        from inheritune.source import open_source
+
+        source = open_source(source)
+        # a Hub id by its name: transformers fetches the weight files a download of ours leaves out (.bin)
+        where = source.path if source.kind == "hf_folder" else source.name
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(where, attn_implementation="eager", dtype=torch.float32)
         except Exception as e:  # unknown architecture, no eager attention, missing files: all end here
             raise AnalysisError(f"could not load {source} with transformers as a causal LM with "
                                 f"attn_implementation='eager' ({type(e).__name__}: {str(e)[:300]})") from None
@@ -251,71 +256,45 @@ class HFAttentions:
         attentions = getattr(out, "attentions", None)
         if not attentions or any(a is None for a in attentions):
             raise AnalysisError(
-                f"{self.source} returned no attention probabilities (attn implementation "
+                f"{self.name} returned no attention probabilities (attn implementation "
                 f"'{getattr(self.model.config, '_attn_implementation', '?')}'). Load it with "
                 f"AutoModelForCausalLM.from_pretrained(..., attn_implementation='eager') and call it with "
                 f"output_attentions=True; sdpa / flash attention never materialize them")
         rows = attentions[0].sum(-1)
         if not torch.allclose(rows, torch.ones_like(rows), atol=1e-3):
-            raise AnalysisError(f"{self.source}'s attentions are not softmax probabilities (rows sum to "
+            raise AnalysisError(f"{self.name}'s attentions are not softmax probabilities (rows sum to "
                                 f"{rows.min().item():.3g}..{rows.max().item():.3g}); this model cannot be analyzed")
         yield from attentions
 
     def tokenizer_meta(self):
-        from inheritune.data import known_model_tokenizer_meta
-
-        return known_model_tokenizer_meta(self.source)
+        return self.source.known_tokenizer_meta()
 
     def tokenizer(self):
         from inheritune.tokenizer import HFTokenizer, TokenizerError, hf_tokenizer_meta
 
         try:
-            return HFTokenizer(hf_tokenizer_meta(self.source))
+            return HFTokenizer(hf_tokenizer_meta(self.source.path))
         except TokenizerError as e:
             raise AnalysisError(f"{e}; or pass a .bin of token ids instead of a .txt file") from None
 
 
-def load_attention_model(source, device):
+def load_attention_model(name, device):
     """GPTAttentions for our checkpoints and the families model.py implements (GPT-2 names, GPT-2 / Llama / Qwen2 /
     Mistral folders and Hub ids), else HFAttentions."""
-    from inheritune.checkpoint import is_checkpoint, load_model
-    from inheritune.hf import ARCHITECTURES, HUB_GPT2_NAMES, ModelLoadError, looks_like_path, read_hf_config
+    from inheritune.hf import ARCHITECTURES, ModelLoadError, read_hf_config
+    from inheritune.source import HF_KINDS, open_source
 
-    if not source:
+    if not name:
         raise AnalysisError("no --model: pass an out_dir or .pt checkpoint, a GPT-2 name, or a Hugging Face folder")
-    if is_checkpoint(source):
-        model, ckpt = load_model(source, device)
-        return GPTAttentions(model, ckpt, source)
-    if os.path.isdir(source):
-        if not os.path.isfile(os.path.join(source, "config.json")):
-            raise AnalysisError(f"{source} holds neither ckpt.pt nor a Hugging Face config.json")
-        if read_hf_config(source).get("model_type") in ARCHITECTURES.values():
-            try:
-                model, ckpt = load_model(source, device)
-                return GPTAttentions(model, ckpt, source)
-            except ModelLoadError as e:  # a variant model.py does not implement: transformers still can
-                print(f"note: {e}; analyzing it with transformers instead")
-        return HFAttentions.load(source, device)
-    if os.path.exists(source):
-        raise AnalysisError(f"{source} is a file but not a .pt checkpoint: pass an out_dir, a .pt or a model folder")
-    if looks_like_path(source):
-        raise AnalysisError(f"no such folder: {source} (pass an out_dir or .pt of ours, a Hugging Face model "
-                            f"folder, or a Hub name)")
-    if source.split("/")[-1] in HUB_GPT2_NAMES or hub_model_type(source) in ARCHITECTURES.values():
-        model, ckpt = load_model(source, device)
-        return GPTAttentions(model, ckpt, source)
-    return HFAttentions.load(source, device)  # a Hub id of another model (needs network or the HF cache)
-
-
-def hub_model_type(repo_id):
-    """The model_type of a Hub model's config.json (downloaded alone, or from the HF cache), or None."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        with open(hf_hub_download(repo_id, "config.json")) as f:
-            return json.load(f).get("model_type")
-    except Exception:  # offline, unknown or gated repo: transformers' loading says why
-        return None
+    source = open_source(name)
+    if source.kind not in HF_KINDS:
+        return GPTAttentions(source.load(device=device), source)
+    if read_hf_config(source.path).get("model_type") in ARCHITECTURES.values():
+        try:
+            return GPTAttentions(source.load(device=device), source)
+        except ModelLoadError as e:  # a variant model.py does not implement: transformers still can
+            print(f"note: {e}; analyzing it with transformers instead")
+    return HFAttentions.load(source, device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,7 +312,7 @@ def read_tokens(path, attention_model):
         data_dir = os.path.dirname(path) or "."
         if os.path.isfile(os.path.join(data_dir, "meta.json")):
             check_data_tokenizer(load_meta(data_dir), data_dir, attention_model.tokenizer_meta(),
-                                 attention_model.source)
+                                 attention_model.name)
         return open_tokens(data_dir, os.path.basename(path)[:-len(".bin")])
     if path.endswith(".txt"):
         with open(path, encoding="utf-8") as f:

@@ -23,10 +23,11 @@ import sys
 import tempfile
 
 from inheritune.atomic import atomic_write
-from inheritune.checkpoint import CheckpointError, is_checkpoint
+from inheritune.checkpoint import CheckpointError
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
 from inheritune.data import DataError
-from inheritune.hf import ModelLoadError, resolve_hf_folder
+from inheritune.hf import ModelLoadError
+from inheritune.source import HF_KINDS, open_source
 
 PAPER_TASKS = ("arc_easy", "piqa", "sciq", "hellaswag", "lambada_openai")
 PAPER_XL_TASKS = PAPER_TASKS + ("winogrande", "boolq", "wikitext")
@@ -93,16 +94,15 @@ def limit_arg(limit):
 
 def hf_folder(source, workdir):
     """A Hugging Face folder for source: our checkpoint exported into workdir (as export_hf.py writes it), an HF
-    folder as it is, a GPT-2 name from the Hub (or its cache)."""
+    folder as it is, a Hub model from the Hub (or its cache)."""
     from export_hf import export
 
-    if is_checkpoint(source):
-        folder = os.path.join(workdir, "hf")
-        export(source, folder)
-        return folder
-    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
-        raise EvalError(f"{source} holds neither ckpt.pt nor a Hugging Face config.json")
-    return resolve_hf_folder(source)
+    source = open_source(source)
+    if source.kind in HF_KINDS:
+        return source.path
+    folder = os.path.join(workdir, "hf")
+    export(source, folder)
+    return folder
 
 
 def check_tokenizer(folder, source, hflm_args):

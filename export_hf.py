@@ -20,11 +20,11 @@ else; any other folder (a checkpoint's out_dir, a downloaded model) is refused.
 import os
 import sys
 
-from inheritune.checkpoint import CheckpointError, load_model
+from inheritune.checkpoint import CheckpointError
 from inheritune.configurator import configure_or_exit
-from inheritune.checkpoint import is_checkpoint
-from inheritune.data import DataError, model_tokenizer_meta
-from inheritune.hf import TOKENIZER_FILES, ModelLoadError, export_hf, local_hf_folder
+from inheritune.data import DataError
+from inheritune.hf import TOKENIZER_FILES, ModelLoadError, export_hf
+from inheritune.source import HF_KINDS, open_source
 from inheritune.tokenizer import TokenizerError
 
 DEFAULTS = dict(
@@ -50,28 +50,28 @@ def check_out(out):
                           f"earlier export: pass a new folder (it is replaced whole)")
 
 
-def hf_source(ckpt, checkpoint):
-    """The local Hugging Face folder a Llama-family model came from (ckpt itself, or the reference it was inherited
+def hf_origin(source):
+    """The local Hugging Face folder a Llama-family model came from (source itself, or the reference it was inherited
     from), whose architecture and special tokens the export keeps; None for others or when it is not here."""
-    source = (checkpoint.get("inherit") or {}).get("source") if checkpoint else ckpt
-    if not source or is_checkpoint(source):
+    try:
+        origin = source if source.kind in HF_KINDS else source.origin()
+    except ModelLoadError as e:
+        print(f"note: {e}: its architecture name and special token ids are not copied (the weights and tokenizer "
+              f"are written all the same)", file=sys.stderr)
         return None
-    folder = local_hf_folder(source)
-    if folder is None:
-        print(f"note: {source}, which the model was inherited from, is not here: its architecture name and special "
-              f"token ids are not copied (the weights and tokenizer are written all the same)", file=sys.stderr)
-    return folder
+    return origin.path if origin is not None and origin.kind in HF_KINDS else None
 
 
 def export(ckpt, out):
-    """Write the model at ckpt and its tokenizer as the Hugging Face folder out; returns the meta.json-like dict
-    that says the tokenizer."""
+    """Write the model at ckpt (a name, or a source.ModelSource) and its tokenizer as the Hugging Face folder out;
+    returns the meta.json-like dict that says the tokenizer."""
     check_out(out)
-    model, checkpoint = load_model(ckpt)
-    meta = model_tokenizer_meta(ckpt, checkpoint, model.config.vocab_size)
-    source = hf_source(ckpt, checkpoint) if model.config.pos_emb == "rope" else None
+    source = open_source(ckpt)
+    model = source.load()
+    meta = source.tokenizer_meta()
+    origin = hf_origin(source) if model.config.pos_emb == "rope" else None
     try:
-        export_hf(model, out, tokenizer_meta=meta, source=source)
+        export_hf(model, out, tokenizer_meta=meta, source=origin)
     except OSError as e:  # a full disk, a read-only folder: the staging folder is gone, out untouched
         raise ExportError(f"could not write {out} ({e.strerror or e}); nothing was written") from None
     return meta

@@ -35,8 +35,8 @@ import sys
 import torch
 import torch.nn as nn
 
-from inheritune.checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint, fingerprint_tensors, load_model,
-                        load_model_config, save_checkpoint, strip_wrapper_prefixes)
+from inheritune.checkpoint import BLOCK_NAME, checkpoint_path, find_checkpoint, save_checkpoint
+from inheritune.source import open_source
 from model import GPT, norm_layer
 
 FRESH_PARTS = ("wpe", "ln_f")  # parts that can be left at fresh init (the paper's released code did)
@@ -53,64 +53,35 @@ class InheritError(ValueError):
 
 
 class Reference:
-    """A reference model on disk, read as needed: its config (full depth) at once, blocks when asked for.
+    """A reference model on disk (a source.ModelSource), read as needed: its config (full depth) at once, blocks when
+    asked for.
 
     inherit() and grow() take one wherever they take a GPT, and then read only the blocks they copy, so a
     student of 16 blocks of an 8B model, or the 2 blocks a growth step adds, never needs the whole model.
     """
 
     def __init__(self, source):
-        from inheritune import hf
-        self.source = source
-        self.config, self.checkpoint = load_model_config(source)  # checkpoint: ours (tensors mapped), or None
-        # ours: its ckpt.pt, or its sharded ckpt.dcp/ folder (a new folder, a new inode, at each save)
-        self.path = find_checkpoint(source)[1] if self.checkpoint is not None else hf.resolve_hf_folder(source)
-        self.stamp = self.files_stamp()
-
-    def files_stamp(self):
-        """(name, inode, size, mtime) of the files the weights are read from: a reference replaced on disk (a
-        reference run that saved again) must not lend a growing student blocks of another model."""
-        from inheritune import hf
-        paths = [self.path] if self.checkpoint is not None else sorted(
-            os.path.join(self.path, f) for f in os.listdir(self.path)
-            if f.endswith((".safetensors", ".bin")) or f == hf.SAFETENSORS_INDEX)
-        stats = [(path, os.stat(path)) for path in paths if os.path.exists(path)]
-        return [(path, st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats]
+        self.source, self.opened = source, open_source(source)
+        # checkpoint: ours (tensors mapped), or None; path: ckpt.pt, ckpt.dcp/ or the Hugging Face folder
+        self.config, self.checkpoint, self.path = self.opened.config, self.opened.checkpoint, self.opened.path
+        # a reference replaced on disk (a reference run that saved again) must not lend a student blocks of another
+        self.stamp = self.opened.files_stamp()
 
     def load(self, layers=None):
         """A GPT of the embeddings, blocks[layers] (renumbered in that order; None: every block), final norm and
         head, on the CPU."""
-        if self.files_stamp() != self.stamp:
+        if self.opened.files_stamp() != self.stamp:
             raise InheritError(f"the reference {self.source} changed on disk since it was opened: its blocks would "
                                f"come from another model; restore it, or start the run again")
-        return load_model(self.path, layers=layers)[0].eval()  # the folder found at the start: no Hub look-up
+        return self.opened.load(layers).eval()
 
     def named_tensors(self):
         """(name, tensor) of the whole model in name order, one block in memory at a time."""
-        if self.checkpoint is not None and "model" not in self.checkpoint:  # sharded: read whole, in this process
-            yield from sorted(load_model(self.path)[0].state_dict().items())
-            return
-        if self.checkpoint is not None:  # memory-mapped: a tensor is read when it is used
-            yield from sorted(strip_wrapper_prefixes(self.checkpoint["model"]).items())
-            return
-        from inheritune import hf
-        rest = hf.our_state_dict(self.path, self.config, [], self.source)  # embeddings, final norm, head
-        with torch.device("meta"):
-            names = sorted(GPT(self.config).state_dict())
-        block, block_index = {}, None
-        for name in names:  # a block's tensors are contiguous in name order
-            match = BLOCK_NAME.match(name)
-            if match is None:
-                yield name, rest[name]
-                continue
-            i, part = int(match.group(1)), match.group(2)
-            if i != block_index:
-                block, block_index = hf.our_state_dict(self.path, self.config, [i], self.source, rest=False), i
-            yield name, block[f"transformer.h.0.{part}"]
+        return self.opened.named_tensors()
 
     def fingerprint(self):
         """checkpoint.model_fingerprint of the reference (what analyze_rank.py records), read block by block."""
-        return fingerprint_tensors(self.named_tensors())
+        return self.opened.fingerprint()
 
 
 def parse_layers(layers, n_layer, source_n_layer):

@@ -17,10 +17,11 @@ from contextlib import nullcontext
 
 import torch
 
-from inheritune.checkpoint import CheckpointError, load_model
+from inheritune.checkpoint import CheckpointError
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
-from inheritune.data import DataError, model_tokenizer_meta
+from inheritune.data import DataError
 from inheritune.hf import ModelLoadError
+from inheritune.source import open_source
 from inheritune.tokenizer import TokenizerError, tokenizer_from_meta
 
 DEFAULTS = dict(
@@ -78,9 +79,9 @@ def sample(init_from, start, num_samples, max_new_tokens, temperature, top_k, se
     if dtype not in ("float32", "bfloat16", "float16"):
         raise SampleError(f"dtype={dtype} must be float32, bfloat16 or float16")
     check_device(device)
-    model, ckpt = load_model(init_from, device)
-    model.eval()
-    tokenizer = tokenizer_from_meta(model_tokenizer_meta(init_from, ckpt, model.config.vocab_size))
+    source = open_source(init_from)
+    model = source.load(device=device).eval()
+    tokenizer = tokenizer_from_meta(source.tokenizer_meta())
     never_sample_padding(model, tokenizer.n_vocab)
     x = torch.tensor([encode_start(tokenizer, read_start(start))], dtype=torch.long, device=device)
     device_type = "cuda" if "cuda" in device else "cpu"

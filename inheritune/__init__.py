@@ -1,7 +1,9 @@
 """The modules the scripts at the repository's top share: one home for each piece.
 
 checkpoint    the checkpoint format (its docstring), atomic save and load, sharded (FSDP) checkpoints
-hf            Hugging Face models in and out (GPT-2, Llama, Qwen2, Mistral), safetensors, the Hub
+source        what a model name means (our checkpoint, a Hugging Face folder or Hub id), decided once; its config,
+              weights (all or chosen blocks) and tokenizer
+hf            Hugging Face models in and out (GPT-2, Llama, Qwen2, Mistral), safetensors
 data          token files, meta.json, training batches and the fixed evaluation windows
 tokenizer     GPT-2 BPE (bundled), characters, Hugging Face tokenizers
 configurator  config files and --key=value flags, checked against a script's defaults

@@ -76,11 +76,6 @@ def find_checkpoint(path):
     return max(found, key=lambda kind_path: os.path.getmtime(kind_path[1]), default=None)
 
 
-def is_checkpoint(path):
-    """Whether path names one of our checkpoints: a .pt path (existing or not), or a folder holding one."""
-    return str(path).endswith(".pt") or find_checkpoint(path) is not None
-
-
 def save_checkpoint(obj, path):
     """Write atomically: a temporary file, flushed and fsynced, renamed over the old checkpoint.
 
@@ -382,7 +377,7 @@ def select_blocks(state_dict, layers):
 
 
 def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
-    """Our GPT of a checkpoint dict; layers: only these blocks (any order, repeats allowed), as hf.load_pretrained."""
+    """Our GPT of a checkpoint dict; layers: only these blocks (any order, repeats allowed), as hf.load_folder."""
     args, state_dict = ckpt["model_args"], strip_wrapper_prefixes(ckpt["model"])
     if layers is not None:
         layers = list(layers)
@@ -400,42 +395,21 @@ def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
 
 
 def load_model(source, device="cpu", layers=None):
-    """(model, checkpoint dict or None) for one of our checkpoints, a GPT-2 name or a Hugging Face folder.
+    """(model, checkpoint dict without weights or None) of a model source (source.open_source: one of our
+    checkpoints, a Hugging Face folder or Hub id): ModelSource.load's blocks[layers] (None: all), read without the
+    rest of the model."""
+    from inheritune.source import open_source  # source.py builds on this file
 
-    layers: only these blocks (any order, repeats allowed; renumbered in that order) with the embeddings, final norm
-    and head, read without the rest: a checkpoint is memory-mapped and only the chosen tensors are copied out of
-    it (a sharded one: only the chosen tensors are read from its shards), a Hugging Face folder's safetensors are
-    read tensor by tensor (hf.load_pretrained). A sharded checkpoint's dict has no model or optimizer tensors.
-    """
-    if is_checkpoint(source):
-        found = find_checkpoint(source)
-        if found is not None and found[0] == "sharded":
-            ckpt = load_checkpoint(source, weights=False)
-            return load_sharded_model(found[1], ckpt["model_args"], layers).to(device), ckpt
-        ckpt = load_checkpoint(source, mmap=layers is not None)
-        return model_from_checkpoint(ckpt, checkpoint_path(source), layers).to(device), ckpt
-    check_hf_folder(source)
-    return GPT.from_pretrained(source, layers=layers).to(device), None
-
-
-def check_hf_folder(source):
-    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
-        raise CheckpointError(f"{source} holds neither {CKPT_NAME} nor a Hugging Face config.json")
+    source = open_source(source)
+    return source.load(layers, device), source.checkpoint
 
 
 def load_model_config(source):
-    """(GPTConfig, checkpoint dict or None) of a model source without reading its weights: a checkpoint's
-    model_args (its tensors memory-mapped, not read), or a Hugging Face folder's config.json."""
-    if is_checkpoint(source):
-        ckpt = load_checkpoint(source, weights=False)
-        try:
-            return GPTConfig(**ckpt["model_args"]), ckpt
-        except (TypeError, ValueError) as e:
-            raise damaged(checkpoint_path(source), f"its model_args are not a model: {e}") from None
-    check_hf_folder(source)
-    from inheritune.hf import gpt_config_from_hf, resolve_hf_folder
+    """(GPTConfig, checkpoint dict without weights or None) of a model source, without reading its weights."""
+    from inheritune.source import open_source  # source.py builds on this file
 
-    return gpt_config_from_hf(resolve_hf_folder(source), source), None
+    source = open_source(source)
+    return source.config, source.checkpoint
 
 
 def model_fingerprint(model, sample=65536):

@@ -81,52 +81,21 @@ def run_dataset_meta(run_config):
 
 
 def known_model_tokenizer_meta(source, ckpt=None):
-    """The tokenizer a model was trained with, as a meta.json-like dict, when it is known: for our checkpoints,
-    the meta.json of the dataset it was trained on (else that of the model it was inherited from); for a Hugging
-    Face folder with tokenizer files, that tokenizer (GPT-2's own BPE stays "gpt2"). None when nothing says it."""
-    from inheritune.checkpoint import CheckpointError, find_checkpoint, is_checkpoint, load_checkpoint
-    from inheritune.hf import has_tokenizer, local_hf_folder
-    from inheritune.tokenizer import hf_tokenizer_meta, meta_fingerprint
+    """source.ModelSource.known_tokenizer_meta of a model name, opened from what is here (no download); None when
+    it is not here. ckpt: unused (the source's own is read again, without weights); train.py and inherit.py call this
+    until they hold an opened source."""
+    from inheritune.checkpoint import CheckpointError
+    from inheritune.hf import ModelLoadError
+    from inheritune.source import open_source  # source.py builds on this file
 
-    if ckpt is None and is_checkpoint(source):  # e.g. the recorded reference of a student
-        try:
-            ckpt = load_checkpoint(source, weights=False) if find_checkpoint(source) else None
-        except CheckpointError:
-            ckpt = None
-        if ckpt is None:
-            return None
-    if ckpt is not None:
-        meta, _ = run_dataset_meta(ckpt.get("config"))
-        inherited_from = (ckpt.get("inherit") or {}).get("source")
-        if meta is None and inherited_from and inherited_from != source:
-            meta = known_model_tokenizer_meta(inherited_from)
-        return meta
-    folder = local_hf_folder(source)
-    if folder is None or not has_tokenizer(folder):
+    try:
+        return open_source(source, download=False).known_tokenizer_meta()
+    except (CheckpointError, ModelLoadError):
         return None
-    meta = hf_tokenizer_meta(folder)
-    if meta["tokenizer_fingerprint"] == meta_fingerprint({"tokenizer": "gpt2"}):
-        return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}  # GPT-2's: tiktoken, bundled, as ever
-    return meta
-
-
-def model_tokenizer_meta(source, ckpt, vocab_size):
-    """The tokenizer to encode and decode a model's text with (tokenizer.tokenizer_from_meta makes it): the
-    known one (known_model_tokenizer_meta), else GPT-2 BPE for a GPT-2-sized vocabulary. Refused when there is
-    none, or when its ids do not fit the model's vocabulary."""
-    from inheritune.tokenizer import describe
-
-    meta = known_model_tokenizer_meta(source, ckpt)
-    if meta is None:
-        meta = run_tokenizer_meta(ckpt and ckpt.get("config"), vocab_size)
-    if meta["vocab_size"] > vocab_size:
-        raise DataError(f"{describe(meta)} has {meta['vocab_size']} ids but the model {source} only "
-                        f"{vocab_size}: it is not this model's tokenizer")
-    return meta
 
 
 def check_data_tokenizer(meta, data_dir, model_meta, model_source):
-    """Refuse a dataset tokenized otherwise than the model (model_meta: known_model_tokenizer_meta; None: unknown,
+    """Refuse a dataset tokenized otherwise than the model (model_meta: ModelSource.known_tokenizer_meta; None: unknown,
     nothing to compare), by their vocabulary fingerprints."""
     from inheritune.tokenizer import describe, meta_fingerprint
 

@@ -1,6 +1,7 @@
 """
-Hugging Face interop: load a Hub id or local folder into our GPT (all blocks, or only chosen ones), and export
-ours as a Hub folder of the same architecture.
+Hugging Face interop: load a Hugging Face model folder into our GPT (all blocks, or only chosen ones), and export
+ours as a Hub folder of the same architecture. Which folder a name means (a local one, or a Hub id's download) is
+source.py's decision.
 
 Architectures: GPT2LMHeadModel; LlamaForCausalLM (Llama 2, Llama 3.x, SmolLM, SmolLM2, OpenLLaMA),
 Qwen2ForCausalLM (Qwen2, Qwen2.5) and MistralForCausalLM, the "Llama family" below.
@@ -29,7 +30,6 @@ from safetensors import SafetensorError, safe_open
 from model import GPT, GPTConfig
 from inheritune.tokenizer import GPT2_BPE_DIR
 
-HUB_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
                  "MistralForCausalLM": "mistral"}
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -56,64 +56,6 @@ LLAMA_BLOCK_NAMES = (
 
 class ModelLoadError(ValueError):
     """A model source that cannot be loaded; the message says what to do instead."""
-
-
-def hub_repo_id(name):
-    """openai-community/gpt2 for gpt2 (the Hub moved OpenAI's models there); other names are kept."""
-    return f"openai-community/{name}" if name in HUB_GPT2_NAMES[:4] else name
-
-
-def looks_like_path(name):
-    """True for a name that can only mean a local folder: absolute, ./ ../ ~, two or more '/', or a name
-    under a folder that exists here; such a name is never sent to the Hub."""
-    if name.startswith(("./", "../", "~")) or os.path.isabs(name) or name.count("/") > 1:
-        return True
-    parent = os.path.dirname(name)
-    return bool(parent) and os.path.isdir(parent)
-
-
-def resolve_hf_folder(name_or_path):
-    """A local folder for a Hub name or folder path; downloads (or finds in the HF cache) Hub names."""
-    if os.path.isdir(os.path.expanduser(name_or_path)):
-        return os.path.expanduser(name_or_path)
-    if os.path.exists(name_or_path):
-        raise ModelLoadError(f"{name_or_path} is a file, not a Hugging Face model folder (config.json + weights)")
-    if looks_like_path(name_or_path):
-        raise ModelLoadError(f"no such folder: {name_or_path} (pass an existing folder with config.json and "
-                             f"the weights, an out_dir of ours, or a Hub name)")
-    short = name_or_path.split("/")[-1]
-    if short not in HUB_GPT2_NAMES and "/" not in name_or_path:
-        raise ModelLoadError(f"unknown model '{name_or_path}': no such folder here, and not one of "
-                             f"{', '.join(HUB_GPT2_NAMES)} (or an 'org/name' Hub id)")
-    from huggingface_hub import snapshot_download
-
-    repo_id = hub_repo_id(name_or_path)
-    # config, safetensors weights (sharded too) and tokenizer files; not the .bin / .pth copies some repos carry
-    patterns = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "*.jinja"]
-    try:
-        return snapshot_download(repo_id, allow_patterns=patterns)
-    except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
-        raise ModelLoadError(
-            f"could not get '{repo_id}' from the Hugging Face Hub ({type(e).__name__}). On a machine without "
-            f"network, download it elsewhere (`hf download {repo_id} --local-dir {short}`), "
-            f"copy the folder here and pass its path instead of the name."
-        ) from None
-
-
-def local_hf_folder(name_or_path):
-    """The local folder of a model folder path or Hub id (its copy in the Hugging Face cache) without any
-    download, or None when there is none here."""
-    path = os.path.expanduser(name_or_path)
-    if os.path.isdir(path):
-        return path
-    if looks_like_path(name_or_path) or os.path.exists(path):
-        return None
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(hub_repo_id(name_or_path), local_files_only=True)
-    except Exception:  # not in the cache (or not a valid id): nothing here
-        return None
 
 
 def has_tokenizer(folder):
@@ -366,32 +308,43 @@ def llama_state_dict_from_hf(hf_sd, config, source, rest=True):
 
 
 def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.float32):
-    """Our GPT from a Hugging Face GPT-2, Llama, Qwen2 or Mistral model: a GPT-2 name, Hub id or local folder.
+    """Our GPT from a Hugging Face GPT-2, Llama, Qwen2 or Mistral model: a GPT-2 name, Hub id or local folder
+    (source.open_source finds it); see load_folder. override_args may set dropout."""
+    from inheritune.source import HF_KINDS, open_source  # source.py builds on this file
 
-    layers: source block indices (any order, repeats allowed). Only those blocks are read from the weight
-    files, with the embeddings, final norm and head, and the model has len(layers) blocks in that order.
-    None: every block. Weights become dtype (bf16 checkpoints load as float32). override_args may set dropout.
-    With GPT-2's scale_attn_by_inverse_layer_idx a block's attention scale follows its new position (as inherit.py).
-    """
-    folder = resolve_hf_folder(name_or_path)
-    config = gpt_config_from_hf(folder, name_or_path)
+    source = open_source(name_or_path)
+    if source.kind not in HF_KINDS:
+        raise ModelLoadError(f"{name_or_path} is one of our checkpoints, not a Hugging Face model: load it with "
+                             f"checkpoint.load_model")
+    config = source.config
     for k, v in (override_args or {}).items():
         if k != "dropout":
             raise ValueError(f"only dropout can be overridden when loading pretrained weights, not {k}")
-        config.dropout = v
+        config = dataclasses.replace(config, dropout=v)
+    return load_folder(source.path, config, name_or_path, layers, dtype)
+
+
+def load_folder(folder, config, source, layers=None, dtype=torch.float32):
+    """Our GPT of the Hugging Face model in folder (config: its gpt_config_from_hf; source: its name, for errors).
+
+    layers: source block indices (any order, repeats allowed). Only those blocks are read from the weight
+    files, with the embeddings, final norm and head, and the model has len(layers) blocks in that order.
+    None: every block. Weights become dtype (bf16 checkpoints load as float32).
+    With GPT-2's scale_attn_by_inverse_layer_idx a block's attention scale follows its new position (as inherit.py).
+    """
     layers = list(range(config.n_layer)) if layers is None else list(layers)
     bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < config.n_layer)]
     if bad or not layers:
-        raise ModelLoadError(f"layers {bad or layers} are not block indices of {name_or_path} "
+        raise ModelLoadError(f"layers {bad or layers} are not block indices of {source} "
                              f"({config.n_layer} blocks, 0..{config.n_layer - 1})")
-    sd = our_state_dict(folder, config, layers, name_or_path, dtype)
+    sd = our_state_dict(folder, config, layers, source, dtype)
     config = dataclasses.replace(config, n_layer=len(layers))
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = GPT(config)
     try:
         model.load_state_dict(sd, assign=True)
     except RuntimeError as e:  # missing, unexpected or wrongly shaped tensors
-        raise ModelLoadError(f"{name_or_path}: weights do not match a model of its config.json "
+        raise ModelLoadError(f"{source}: weights do not match a model of its config.json "
                              f"({' '.join(str(e).split())[:300]})") from None
     if config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
@@ -555,15 +508,19 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
 
     tokenizer_meta: a dataset's meta.json, whose tokenizer is written (GPT-2's files, a character-level
     tokenizer.json, or for "hf" the files of its tokenizer_source, with its BOS/EOS ids in config.json).
-    source: the Hugging Face model (folder or Hub id) the model came from: its architecture (Mistral stays Mistral)
-    and special token ids are written, and its tokenizer files copied unless tokenizer_meta names one.
+    source: the local Hugging Face folder the model came from: its architecture (Mistral stays Mistral) and special
+    token ids are written, and its tokenizer files copied unless tokenizer_meta names one.
     """
     from safetensors.torch import save_file
 
-    source_folder = resolve_hf_folder(source) if source else None
-    source_config = read_hf_config(source_folder) if source_folder else None
+    from inheritune.source import open_source  # source.py builds on this file
+
+    source_config = read_hf_config(source) if source else None
     kind = (tokenizer_meta or {}).get("tokenizer")
-    tokenizer_folder = resolve_hf_folder(tokenizer_meta["tokenizer_source"]) if kind == "hf" else source_folder
+    tokenizer_folder = source
+    if kind == "hf":  # meta.json records a folder by its absolute path (tokenizer files alone will do), else a Hub id
+        name = tokenizer_meta["tokenizer_source"]
+        tokenizer_folder = name if os.path.isdir(name) else open_source(name).path
     if kind == "hf" and source_config is None:
         source_config = {k: tokenizer_meta[k] for k in ("bos_token_id", "eos_token_id")}
     hf_config = hf_config_from_gpt(model.config, source_config)  # refuses a model no architecture computes

@@ -15,6 +15,7 @@ from analyze_rank import (AnalysisError, GPTAttentions, HFAttentions, analyze, a
                           layer_metrics, load_attention_model, main, recommend_depth, suggested_depth)
 from inheritune.checkpoint import save_checkpoint
 from inheritune.data import write_tokens
+from inheritune.source import open_source
 from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +120,8 @@ def test_our_attention_matches_transformers_eager(make_hf_gpt2):
 
     folder = make_hf_gpt2(n_layer=3, n_head=4, n_embd=32, vocab_size=96, n_positions=64)
     ours = load_attention_model(folder, "cpu")
-    theirs = HFAttentions(AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager"), folder)
+    eager = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    theirs = HFAttentions(eager, open_source(folder))
     assert isinstance(ours, GPTAttentions) and ours.context == theirs.context == 64
     windows = torch.randint(0, 96, (5, 48), generator=torch.Generator().manual_seed(0)).numpy()
     idx = torch.from_numpy(windows)
@@ -149,7 +151,8 @@ def test_model_without_attention_probabilities_is_refused(make_hf_gpt2):
     from transformers import AutoModelForCausalLM
 
     folder = make_hf_gpt2()
-    sdpa = HFAttentions(AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa"), folder)
+    sdpa = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+    sdpa = HFAttentions(sdpa, open_source(folder))
     with pytest.raises(AnalysisError, match="attn_implementation='eager'"):
         analyze(sdpa, np.zeros((2, 8), dtype=np.int64), progress=False)
 
@@ -299,7 +302,8 @@ def small_run(tmp_path):
     (["--eta=1.5"], r"eta=1.5 is outside \(0, 1\]"),
     (["--num_samples=0"], "at least 1"),
     (["--data=missing.bin"], "no such file"),
-    (["--model=nowhere/really-not-a-model-dir"], "could not load"),  # an org/name Hub id, offline
+    (["--model=nowhere/really-not-a-model-dir"],  # an org/name Hub id, offline
+     "could not get 'nowhere/really-not-a-model-dir' from the Hugging Face Hub"),
     (["--model=/models/Qwen2.5-0.5B"], "no such folder: /models/Qwen2.5-0.5B"),
     (["--model=./qwen-folder"], "no such folder: ./qwen-folder"),
     (["--model=path/to/Qwen2.5-0.5B"], "no such folder: path/to/Qwen2.5-0.5B"),

@@ -179,7 +179,7 @@ def test_models_lm_eval_cannot_run(tmp_path, make_hf_gpt2):
     with pytest.raises(evaluate.ModelLoadError, match="no-such-run"):
         evaluate.hf_folder(str(tmp_path / "no-such-run"), str(tmp_path))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(evaluate.EvalError, match="holds neither ckpt.pt nor a Hugging Face config.json"):
+    with pytest.raises(evaluate.CheckpointError, match="holds neither ckpt.pt nor a Hugging Face config.json"):
         evaluate.hf_folder(str(tmp_path / "empty"), str(tmp_path))
     folder = make_hf_gpt2()  # weights and config, no tokenizer files
     with pytest.raises(evaluate.EvalError, match="has no tokenizer that transformers can load"):

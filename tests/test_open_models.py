@@ -163,16 +163,16 @@ def test_inherit_py_reads_only_the_chosen_blocks(llama, tmp_path, monkeypatch):
     assert config["n_layer"] == 2 and student.config.n_layer == 2
 
     # one of our checkpoints of that shape: memory-mapped, the chosen tensors copied out
-    from inheritune import checkpoint
+    from inheritune import source
     save_checkpoint({"model": load_pretrained(llama).state_dict(), "model_args": vars(student.config) | {"n_layer": 4}},
                     str(tmp_path / "llama.pt"))
-    mapped, real_load = [], checkpoint.load_checkpoint
+    mapped, real_load = [], source.load_checkpoint
 
     def recording_load(path, **kwargs):
         mapped.append(kwargs.get("mmap") or kwargs.get("weights") is False)  # weights=False maps ckpt.pt too
         return real_load(path, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "load_checkpoint", recording_load)
+    monkeypatch.setattr(source, "load_checkpoint", recording_load)
     path, _ = inherit.main(inherit_cfg(init_from=str(tmp_path / "llama.pt"), layers="3,1",
                                        out_dir=str(tmp_path / "from-ckpt")))
     assert mapped and all(mapped)
@@ -278,10 +278,10 @@ def test_export_round_trip_keeps_the_source_tokenizer_and_sample_uses_it(llama, 
     samples = sample.sample(**config)
     assert len(samples) == 2 and all(s.startswith("ROMEO:") for s in samples)
     assert sample.sample(**config) == samples  # the same seed, the same text
-    from inheritune.data import model_tokenizer_meta
+    from inheritune.source import open_source
     from inheritune.tokenizer import tokenizer_from_meta
 
-    tok = tokenizer_from_meta(model_tokenizer_meta(llama, None, 320))
+    tok = tokenizer_from_meta(open_source(llama).tokenizer_meta())
     assert sample.encode_start(tok, "ROMEO:") == [0] + tokenizer("ROMEO:", add_special_tokens=False)["input_ids"]
 
 

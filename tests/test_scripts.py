@@ -204,21 +204,23 @@ def test_export_hf_errors(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["/models/gpt2-medium", "./gpt2-folder", "../gpt2-folder", "models/gpt2",
                                   "path/to/gpt2-medium", "~/gpt2-medium-missing"])
 def test_missing_local_folder_is_no_such_folder_not_a_hub_download(tmp_path, monkeypatch, name):
-    from inheritune.hf import ModelLoadError, resolve_hf_folder
+    from inheritune.hf import ModelLoadError
+    from inheritune.source import open_source
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()  # "models/gpt2" is under an existing folder: a path, not an org/name Hub id
     with pytest.raises(ModelLoadError) as e:
-        resolve_hf_folder(name)
+        open_source(name)
     assert str(e.value).startswith(f"no such folder: {name} ")
 
 
 def test_hub_name_offline_says_how_to_download_with_hf(tmp_path, monkeypatch):
-    from inheritune.hf import ModelLoadError, resolve_hf_folder
+    from inheritune.hf import ModelLoadError
+    from inheritune.source import open_source
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelLoadError) as e:
-        resolve_hf_folder("gpt2-medium")  # HF_HUB_OFFLINE=1 in the tests and nothing in the cache
+        open_source("gpt2-medium")  # HF_HUB_OFFLINE=1 in the tests and nothing in the cache
     assert "`hf download openai-community/gpt2-medium --local-dir gpt2-medium`" in str(e.value)
     assert "huggingface-cli" not in str(e.value)
     with pytest.raises(SystemExit) as e:  # through a script: one line

@@ -419,8 +419,7 @@ def main(cfg):
     import contextlib
 
     from inheritune.configurator import check_device
-    from inheritune.data import (check_data_tokenizer, eval_offsets, evaluate_loss, known_model_tokenizer_meta,
-                                 load_meta, open_tokens)
+    from inheritune.data import check_data_tokenizer, eval_offsets, evaluate_loss, load_meta, open_tokens
 
     check_device(cfg["device"])
     out_path = checkpoint_path(cfg["out_dir"])
@@ -449,7 +448,7 @@ def main(cfg):
         raise InheritError(f"the dataset's vocabulary ({meta['vocab_size']} ids) does not fit the reference's "
                            f"({reference.config.vocab_size}): use data tokenized like the reference")
     if meta:
-        check_data_tokenizer(meta, data_dir, known_model_tokenizer_meta(cfg["init_from"], reference.checkpoint),
+        check_data_tokenizer(meta, data_dir, reference.opened.known_tokenizer_meta(),
                              cfg["init_from"])
     block_size = cfg["block_size"] or reference.config.block_size
     student = inherit(reference, layers, fresh, block_size=block_size)

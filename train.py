@@ -262,8 +262,7 @@ if meta["vocab_size"] > model_args["vocab_size"]:
 if not resuming and init_from != "scratch":  # a pretrained model's data must be tokenized as it was trained
     try:
         model_source = reference if init_from == "inherit" else init_from
-        opened = ref_model.checkpoint if isinstance(ref_model, inherit.Reference) else None  # (FSDP: on rank 0)
-        data.check_data_tokenizer(meta, data_dir, data.known_model_tokenizer_meta(model_source, opened), model_source)
+        data.check_data_tokenizer(meta, data_dir, data.known_model_tokenizer_meta(model_source), model_source)
     except ValueError as e:  # DataError, or a TokenizerError: the model's tokenizer files cannot be read
         fail(e)
 if master_process:

@@ -80,10 +80,9 @@ def run_dataset_meta(run_config):
     return find_dataset_meta(dataset) if dataset else (None, [])
 
 
-def known_model_tokenizer_meta(source, ckpt=None):
+def known_model_tokenizer_meta(source):
     """source.ModelSource.known_tokenizer_meta of a model name, opened from what is here (no download); None when
-    it is not here. ckpt: unused (the source's own is read again, without weights); train.py and inherit.py call this
-    until they hold an opened source."""
+    it is not here (train.py checks its data on every rank, where under FSDP only rank 0 opened the model)."""
     from inheritune.checkpoint import CheckpointError
     from inheritune.hf import ModelLoadError
     from inheritune.source import open_source  # source.py builds on this file

@@ -389,10 +389,23 @@ def hf_architecture(config, source_config=None):
     return arch
 
 
+# The GPTConfig fields hf_config_from_gpt writes into a Hugging Face config (or derives the architecture from): a
+# field model.py gains is refused, when set, until the export says what it becomes (never silently dropped).
+EXPORT_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "norm", "norm_eps", "mlp",
+                 "scale_attn_by_inverse_layer_idx", "intermediate_size", "pos_emb", "rope_theta", "rope_scaling",
+                 "n_kv_head", "head_dim", "tie_embeddings", "qkv_bias")
+
+
 def hf_config_from_gpt(config, source_config=None):
     """transformers' config object for our config; source_config (a config.json dict) gives the architecture
     and the special token ids."""
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    unknown = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+               if f.name not in EXPORT_FIELDS and getattr(config, f.name) != f.default]
+    if unknown:
+        raise ModelLoadError(f"cannot export a model with {', '.join(unknown)}: the Hugging Face export does not know "
+                             f"that field; teach hf.hf_config_from_gpt (and hf.EXPORT_FIELDS) what it becomes")
 
     arch = hf_architecture(config, source_config)
     token_ids = {k: (source_config or {}).get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}

@@ -194,3 +194,17 @@ def test_llama_shape_trains_with_dropout():
 def test_bad_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GPTConfig(**kwargs)
+
+
+def test_export_refuses_a_model_field_it_does_not_know(tmp_path):
+    # a fork's new GPTConfig field, set: the export says it cannot write it instead of dropping it
+    import dataclasses
+
+    @dataclasses.dataclass
+    class ForkConfig(GPTConfig):
+        qk_norm: bool = False
+
+    model = GPT(ForkConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32, qk_norm=True))
+    with pytest.raises(ModelLoadError, match="cannot export a model with qk_norm=True: .*hf.EXPORT_FIELDS"):
+        export_hf(model, str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()

@@ -164,8 +164,8 @@ TABLE = {
     "python evaluate.py --model=out-inherit --tasks=my_task --include_path=my_tasks --model_args=prefix_token_id=0 "
     "--limit=100 --out=eval.json": Run("test_user_chain", subs={"--tasks=my_task": "--tasks=hamlet_mc,hamlet_ppl"}),
     # docs/benchmarks.md
-    "python bench.py": Cannot("the full CPU benchmark (minutes); `python bench.py --quick` runs the same code"),
-    "python bench.py --quick": Run("test_bench_quick", {"bench.py": ["--modes=eager"]}),  # no CPU compile (30 s)
+    "python bench.py": Cannot("the full CPU benchmark (minutes); `python bench.py --quick=True` runs the same code"),
+    "python bench.py --quick=True": Run("test_bench_quick", {"bench.py": ["--modes=eager"]}),  # no CPU compile (30 s)
     "bash bench_gpu.sh": Cannot(f"{GPU} (without one it stops at once: tests/test_scripts.py)"),
 }
 
@@ -594,7 +594,7 @@ def test_open_model_commands(user_repo, smol, tmp_path):
 
 
 def test_bench_quick(user_repo):
-    result = run_readme("python bench.py --quick", user_repo)
+    result = run_readme("python bench.py --quick=True", user_repo)
     assert re.search(r"^model\.py +eager +[\d,]+ ", result.stdout, flags=re.M)
     assert re.search(r"^transformers +eager +[\d,]+ ", result.stdout, flags=re.M)
     check_all_ran("test_bench_quick")

@@ -348,6 +348,14 @@ def test_readme_names_the_current_tools():
     assert ci_command == "python3 -m pytest tests" and "python -m pytest tests" in TABLE  # the Quickstart's
 
 
+def test_docs_list_every_growth_init_of_the_table():
+    import inherit
+
+    row = next(line for line in doc_text("docs/inheritune.md").splitlines() if line.startswith("| `grow_init` |"))
+    assert all(f"`{name}`" in row for name in inherit.GROW_INITS), row  # a new entry fails here until documented
+    assert "inherit.GROW_INITS" in row and "--help" in row
+
+
 def test_user_chain(user_repo):
     """The README's walkthrough in one fresh copy: prepare -> train a reference -> analyze_rank -> inherit (the
     suggested depth; also a fixed 2 blocks, docs/inheritune.md) -> train with growth -> sample -> export -> transformers

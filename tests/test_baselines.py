@@ -205,7 +205,8 @@ def test_stacking_needs_no_reference_and_no_target(char_data, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--grow_init=reference"], "grow_init='reference' needs a model inherited from a reference"),
-    (["--grow_init=copy"], "grow_init='copy' adds blocks to the trained ones"),
+    (["--grow_init=copy"], "grow_init='copy' (the top grow_by trained blocks again) works in grow_mode 'continue', "
+                           "not 'restart'"),
     (["--grow_init=stack", "--max_layers=0"], "growing without a reference needs max_layers"),
 ])
 def test_bad_fixed_schedules(char_data, tmp_path, args, message):
@@ -269,7 +270,7 @@ def test_kd_loss_equals_a_hand_computed_one(char_data, kd_models, tmp_path):
 def test_student_equal_to_teacher_has_zero_kd(char_data, kd_models, tmp_path):
     teacher_path, _ = kd_models
     kd_train(char_data, tmp_path / "kd", f"--init_from={teacher_path}", f"--teacher={teacher_path}", "--max_iters=1",
-             "--eval_interval=1")
+             "--eval_interval=1", "--n_layer=3")  # the teacher's depth: the TINY flags' n_layer=2 would be refused
     first = next(r for r in read_log(tmp_path / "kd") if "loss" in r)
     first_eval = next(r for r in read_log(tmp_path / "kd") if "val_kd" in r)
     assert abs(first["kd"]) <= 1e-7 and abs(first_eval["val_kd"]) <= 1e-7

@@ -18,11 +18,15 @@ os.environ.update(
     OMP_NUM_THREADS="1",
 )
 
+import contextlib  # noqa: E402
 import copy  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
+import runpy  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -115,9 +119,37 @@ def train_cmd(char_data, out_dir, *args):
 
 
 def train(char_data, out_dir, *args, expect_rc=0):
-    result = subprocess.run(train_cmd(char_data, out_dir, *args), cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_in_process("train.py", train_cmd(char_data, out_dir, *args)[2:])
     assert result.returncode == expect_rc, result.stderr[-3000:] + result.stdout[-3000:]
     return result
+
+
+def run_in_process(script, args, cwd=REPO):
+    """python REPO/SCRIPT ARGS in the folder cwd, run in this process (as __main__) and answered as subprocess.run
+    would: its exit status, stdout and stderr (an uncaught exception: status 1 and its traceback). It saves each run
+    the second a new process takes to import torch; argv, the working directory and the signal handlers the script
+    sets are restored after it."""
+    saved = sys.argv, os.getcwd(), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    out, err, returncode = io.StringIO(), io.StringIO(), 0
+    sys.argv = [script, *map(str, args)]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(os.path.join(REPO, script), run_name="__main__")
+            except SystemExit as e:  # sys.exit(): None or a status, or a message that Python prints and exits 1 on
+                returncode = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                if not isinstance(e.code, int) and e.code is not None:
+                    print(e.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        signal.signal(signal.SIGTERM, saved[2])
+        signal.signal(signal.SIGINT, saved[3])
+    return subprocess.CompletedProcess([script, *args], returncode, out.getvalue(), err.getvalue())
 
 
 def read_log(out_dir):

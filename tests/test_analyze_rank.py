@@ -3,13 +3,13 @@ end-to-end runs (a tiny Llama, a GPT built with lazy top layers), the JSON schem
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import run_in_process
 
 from analyze_rank import (AnalysisError, GPTAttentions, HFAttentions, analyze, attention_metrics, draw_windows,
                           layer_metrics, load_attention_model, main, recommend_depth, suggested_depth)
@@ -204,8 +204,7 @@ def check_schema(report, n_layer, n_head):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "analyze_rank.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return run_in_process("analyze_rank.py", args)
 
 
 def test_lazy_top_layers_end_to_end(tmp_path):

@@ -5,8 +5,6 @@ their bad inputs."""
 import dataclasses
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ import torch.nn.functional as F
 
 import compare
 from inheritune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from conftest import REPO, read_log, train
+from conftest import REPO, read_log, run_in_process, train
 from inheritune.data import TrainBatches, eval_offsets, load_meta, open_tokens, windows_to_batch
 from inherit import DEFAULTS as INHERIT_DEFAULTS
 from inherit import InheritError, grow, parse_layers, shrink_width, width_config
@@ -104,8 +102,7 @@ def test_half_width_sizes_that_do_not_divide(shape, kw, message):
 
 
 def run_inherit(*args):
-    return subprocess.run([sys.executable, "inherit.py", *args, "--device=cpu"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return run_in_process("inherit.py", [*args, "--device=cpu"])
 
 
 def test_half_width_refuses_a_model_field_it_does_not_know():

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, read_log, train, train_cmd
+from conftest import REPO, assert_one_line_error, read_log, run_in_process, train, train_cmd
 
 FAST = ["--gradient_accumulation_steps=1"]
 
@@ -128,7 +128,7 @@ def test_damaged_checkpoint_is_named(char_data, trained, tmp_path, script, how):
         "analyze_rank.py": [f"--model={out}", f"--data={char_data}/val.bin", f"--out_dir={tmp_path / 'analysis'}",
                             "--device=cpu"],
     }[name]
-    r = subprocess.run([sys.executable, name, *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = run_in_process(name, [*args, *extra])
     assert_one_line_error(r, f"{out / 'ckpt.pt'} is damaged", "No earlier checkpoint is kept")
     if how == "truncated":
         assert "ckpt.pt.tmp.4242 beside it is an unfinished save" in r.stderr

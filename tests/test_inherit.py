@@ -2,15 +2,13 @@
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from inheritune.checkpoint import load_checkpoint, model_fingerprint, model_from_checkpoint, save_checkpoint
-from conftest import REPO
+from conftest import run_in_process
 from inheritune.data import write_meta, write_tokens
 from inherit import InheritError, grow, inherit, parse_layers
 from model import GPT, GPTConfig
@@ -128,8 +126,7 @@ def test_default_is_half_depth():
 # -- the command line ----------------------------------------------------------------------------
 
 def run_inherit(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "inherit.py"), *args],
-                          capture_output=True, text=True, cwd=REPO, env=os.environ.copy())
+    return run_in_process("inherit.py", args)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import torch
 from inheritune import hf
 import inherit
 from inheritune.checkpoint import load_checkpoint, load_model, model_fingerprint, save_checkpoint
-from conftest import REPO, TINY, read_log
+from conftest import REPO, TINY, read_log, run_in_process
 from inheritune.data import eval_offsets, evaluate_loss, load_meta, open_tokens, prepare_shakespeare, shakespeare_works
 from inheritune.hf import ModelLoadError, load_pretrained
 from test_families import RecordingSafeOpen, reference_through
@@ -99,7 +99,8 @@ def llama_data(llama, docs, tmp_path):
 
 
 def run(*argv, expect_rc=0, timeout=300):
-    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    result = (run_in_process(argv[0], argv[1:]) if argv[0].endswith(".py") else
+              subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout))
     assert result.returncode == expect_rc, result.stderr[-3000:] + result.stdout[-3000:]
     return result
 

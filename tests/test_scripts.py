@@ -11,7 +11,7 @@ import torch
 
 import sample
 from inheritune.checkpoint import save_checkpoint
-from conftest import REPO, assert_one_line_error
+from conftest import REPO, assert_one_line_error, run_in_process
 from inheritune import configurator
 from inheritune.data import write_meta
 from export_hf import export
@@ -22,8 +22,10 @@ CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def run_script(script, *args, cwd):
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    if script == "bench.py":  # it sets torch's thread count, which would stay set in this process
+        return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, capture_output=True,
+                              text=True, timeout=120)
+    return run_in_process(script, args, cwd)
 
 
 def save_tiny_checkpoint(path, vocab_size, dataset=None, seed=0, **config):

@@ -22,6 +22,7 @@ heads. Layer l is lazy when MaxRank(l) == 1: every head is rank one on every sam
 """
 
 import csv
+import functools
 import json
 import os
 import sys
@@ -70,21 +71,21 @@ def smallest_count_reaching(shares_desc, level):
     return (below.sum(-1) + 1).clamp_max(shares_desc.size(-1))
 
 
-_eig_pool = None
+@functools.lru_cache(maxsize=1)
+def eig_pool(workers):
+    """One thread pool for the process (a new one if the thread count changed)."""
+    return ThreadPoolExecutor(workers)
 
 
 def squared_singular_values(A):
     """s_i^2, largest first, of each matrix of A (..., T, T): the eigenvalues of A A^T, batched."""
-    global _eig_pool
     G = A @ A.mT
     flat = G.reshape(-1, *G.shape[-2:])
     workers = torch.get_num_threads()
     if G.device.type == "cpu" and workers > 1 and flat.size(0) >= 2 * workers:
         # LAPACK's own threads on many small matrices are slow, and stall badly when other processes share
         # the cores; one call per core, each on a slice of the stack, is faster and steady
-        if _eig_pool is None or _eig_pool._max_workers != workers:
-            _eig_pool = ThreadPoolExecutor(workers)
-        eig = torch.cat(list(_eig_pool.map(torch.linalg.eigvalsh, flat.chunk(workers))))
+        eig = torch.cat(list(eig_pool(workers).map(torch.linalg.eigvalsh, flat.chunk(workers))))
     else:
         eig = torch.linalg.eigvalsh(flat)
     return eig.reshape(G.shape[:-1]).flip(-1).clamp_min(0)

@@ -394,7 +394,8 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
 
 
 def build_report(layers, settings, attention_model):
-    from inheritune.checkpoint import model_fingerprint  # inherit.py --n_layer=auto checks the analysis is of its reference
+    # inherit.py --n_layer=auto checks the analysis is of its reference
+    from inheritune.checkpoint import model_fingerprint
 
     suggested, paper_default, reason = recommend_depth(layers)
     return dict(
@@ -423,7 +424,8 @@ def print_table(report):
               f"{rec['sink_share']:>6.3f}  {'yes' if rec['lazy'] else 'no':>4}  {near}")
     lazy = report["lazy_layers"]
     print(f"lazy layers (MaxRank == 1): {lazy if lazy else 'none'}")
-    print(f"suggested depth for inherit.py: n_layer={report['suggested_n_layer']} ({report['suggested_n_layer_reason']}); "
+    print(f"suggested depth for inherit.py: n_layer={report['suggested_n_layer']} "
+          f"({report['suggested_n_layer_reason']}); "
           f"the paper's default L/2 = {report['paper_default_n_layer']}")
 
 
@@ -435,7 +437,8 @@ def write_outputs(report, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     tables = {
         "heads.csv": [["layer", "head", "rank", "mass", "sink_share"]]
-        + [[rec["layer"], h["head"], h["rank"], h["mass"], h["sink_share"]] for rec in report["layers"] for h in rec["heads"]],
+        + [[rec["layer"], h["head"], h["rank"], h["mass"], h["sink_share"]]
+           for rec in report["layers"] for h in rec["heads"]],
         "layers.csv": [["layer", "max_rank", "mean_rank", "avg_mass", "sink_share", "lazy"]]
         + [[rec["layer"], rec["max_rank"], rec["mean_rank"], rec["avg_mass"], rec["sink_share"], rec["lazy"]]
            for rec in report["layers"]],
@@ -502,7 +505,8 @@ def plot(report, out_dir):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, [rec["avg_mass"] for rec in layers], "o-", color="tab:blue")
-    ax.set(xlabel="layer", ylabel=f"AvgMass (m*, eta={report['settings']['eta']})", title=f"{name}: column mass and sink share")
+    ax.set(xlabel="layer", ylabel=f"AvgMass (m*, eta={report['settings']['eta']})",
+           title=f"{name}: column mass and sink share")
     ax2 = ax.twinx()
     ax2.plot(x, [rec["sink_share"] for rec in layers], "s--", color="tab:orange")
     ax2.set(ylabel="sink share p_0", ylim=(0, 1.05))
@@ -529,7 +533,8 @@ def main(argv=None):
         check_threshold("tau", cfg["tau"])
         check_threshold("eta", cfg["eta"])
         if not cfg["data"]:
-            raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt file")
+            raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt "
+                                "file")
         if not os.path.isfile(cfg["data"]):  # before loading what may be a large model
             raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file")
         if os.path.isfile(cfg["out_dir"]):

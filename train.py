@@ -228,8 +228,9 @@ try:
         checkpoint_extras["inherit"] = inherit.inherit_metadata(reference, layers, ref_model, fresh)
         if raw_model.config.n_embd != ref_model.config.n_embd:  # narrowed
             checkpoint_extras["inherit"]["source_width"] = [ref_model.config.n_embd, ref_model.config.n_head]
-        print(f"inherited blocks {layers} of {reference} ({ref_model.config.n_layer} layers): {raw_model.config.n_embd}"
-              f" wide with {raw_model.config.n_head} heads")
+        if master_process:  # (under DDP every rank inherits)
+            print(f"inherited blocks {layers} of {reference} ({ref_model.config.n_layer} layers): "
+                  f"{raw_model.config.n_embd} wide with {raw_model.config.n_head} heads")
     else:
         pretrained = load_model(init_from)[0]
         run.check_model_flags(given, pretrained.config, f"init_from={init_from}")

@@ -391,8 +391,8 @@ def hf_architecture(config, source_config=None):
 
 # The GPTConfig fields hf_config_from_gpt writes into a Hugging Face config (or derives the architecture from): a
 # field model.py gains is refused, when set, until the export says what it becomes (never silently dropped).
-EXPORT_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "norm", "norm_eps", "mlp",
-                 "scale_attn_by_inverse_layer_idx", "intermediate_size", "pos_emb", "rope_theta", "rope_scaling",
+EXPORT_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "norm", "norm_eps",
+                 "mlp", "scale_attn_by_inverse_layer_idx", "intermediate_size", "pos_emb", "rope_theta", "rope_scaling",
                  "n_kv_head", "head_dim", "tie_embeddings", "qkv_bias")
 
 

@@ -187,7 +187,8 @@ def lazy_top_gpt(n_layer=4, n_lazy=2, n_head=2, n_embd=32, vocab_size=64, block_
 
 def save_as_checkpoint(model, out_dir, config=None):
     os.makedirs(out_dir)
-    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "config": config or {}}, str(out_dir))
+    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "config": config or {}},
+                    str(out_dir))
 
 
 def check_schema(report, n_layer, n_head):

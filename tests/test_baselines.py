@@ -207,7 +207,8 @@ def test_stacking_needs_no_reference_and_no_target(char_data, tmp_path):
     (["--grow_init=stack", "--max_layers=0"], "growing without a reference needs max_layers"),
 ])
 def test_bad_fixed_schedules(char_data, tmp_path, args, message):
-    r = train(char_data, tmp_path / "never", "--grow_every=4", "--warmup_iters=1", "--max_iters=8", "--max_layers=4", *args,
+    r = train(char_data, tmp_path / "never", "--grow_every=4", "--warmup_iters=1", "--max_iters=8", "--max_layers=4",
+              *args,
               expect_rc=1)
     assert message in r.stderr and not (tmp_path / "never").exists()
 
@@ -254,7 +255,8 @@ def test_kd_loss_equals_a_hand_computed_one(char_data, kd_models, tmp_path):
         s_val, t_val = student(xv)[0].double(), teacher(xv)[0].double()
     pv, qv = torch.softmax(t_val[..., :v] / 2, -1), torch.softmax(s_val[..., :v] / 2, -1)
     assert evals[0]["iter"] == 0
-    assert evals[0]["val_loss"] == pytest.approx(F.cross_entropy(s_val.reshape(-1, 90), yv.reshape(-1)).item(), rel=1e-5)
+    expected = F.cross_entropy(s_val.reshape(-1, 90), yv.reshape(-1)).item()
+    assert evals[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
     assert evals[0]["val_kd"] == pytest.approx((pv * (pv.log() - qv.log())).sum(-1).mean().item(), rel=1e-4)
     # a KD step's FLOPs count the teacher's forward pass (a third of its training FLOPs), and compare.py shows the
     # teacher's own training cost apart, as a reference's

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from inheritune import checkpoint
-from inheritune.checkpoint import find_checkpoint, load_checkpoint, load_model, save_sharded_checkpoint, to_sharded, to_single
+from inheritune.checkpoint import (find_checkpoint, load_checkpoint, load_model, save_sharded_checkpoint, to_sharded,
+                                   to_single)
 from conftest import REPO, kill_when_writing, read_log, train, train_cmd
 
 RUN = ["--max_iters=20", "--eval_interval=10", "--gradient_accumulation_steps=4", "--grad_clip=0.5"]

@@ -117,29 +117,43 @@ def attention_metrics(att, tau=0.9, eta=0.9):
     return k_star, m_star
 
 
+def entropy_and_eps(att):
+    """(each row's attention entropy in nats, averaged over rows; eps of the paper's Thm H.1) of att (..., T, T).
+    A head is eps-sink-collapsed when every row puts at least 1 - eps on one column; in causal attention the only
+    column every row sees is the first, so eps = 1 - the least mass a row puts on it."""
+    A = att.detach().to(torch.float64)
+    entropy = -(A * A.clamp_min(1e-30).log()).sum(-1).mean(-1)
+    return entropy, 1 - A[..., :, 0].amin(-1)
+
+
 class HeadStats:
-    """Running sums of k*, m* and p_0 per (layer, head) over the samples seen so far."""
+    """Running sums of k*, m*, p_0 and the entropy, and the largest eps, per (layer, head) over the samples seen."""
 
     def __init__(self):
-        self.sums = {}  # layer -> (3, n_head) float64: k*, m*, p_0
+        self.sums = {}  # layer -> (4, n_head) float64: k*, m*, p_0, entropy
+        self.eps = {}  # layer -> (n_head,) float64: the largest eps of any sample
         self.count = {}
 
     def add(self, layer, att, tau, eta):
         k_star, m_star, sink = layer_metrics(att, tau, eta)  # (B, n_head) each
-        batch = torch.stack([k_star.double(), m_star.double(), sink]).sum(1).cpu()
+        entropy, eps = entropy_and_eps(att)
+        batch = torch.stack([k_star.double(), m_star.double(), sink, entropy]).sum(1).cpu()
         self.sums[layer] = self.sums.get(layer, 0) + batch
+        self.eps[layer] = torch.maximum(self.eps.get(layer, eps.amax(0).cpu()), eps.amax(0).cpu())
         self.count[layer] = self.count.get(layer, 0) + att.size(0)
 
     def means(self, layer):
-        return (self.sums[layer] / self.count[layer]).tolist()  # [ranks, masses, sinks], one value per head
+        return (self.sums[layer] / self.count[layer]).tolist()  # [ranks, masses, sinks, entropies], per head
 
 
 def summarize(stats, near_rank_one):
     """The per-layer records of analysis.json from the running sums."""
     layers = []
     for layer in sorted(stats.sums):
-        ranks, masses, sinks = stats.means(layer)
-        heads = [dict(head=h, rank=r, mass=m, sink_share=s) for h, (r, m, s) in enumerate(zip(ranks, masses, sinks))]
+        ranks, masses, sinks, entropies = stats.means(layer)
+        eps = stats.eps[layer].tolist()
+        heads = [dict(head=h, rank=r, mass=m, sink_share=s, entropy=e, eps=x)
+                 for h, (r, m, s, e, x) in enumerate(zip(ranks, masses, sinks, entropies, eps))]
         max_rank = max(ranks)
         layers.append(dict(
             layer=layer,
@@ -147,6 +161,8 @@ def summarize(stats, near_rank_one):
             mean_rank=sum(ranks) / len(ranks),
             avg_mass=sum(masses) / len(masses),
             sink_share=sum(sinks) / len(sinks),
+            entropy=sum(entropies) / len(entropies),
+            eps=max(eps),  # the layer is eps-sink-collapsed only when every head is
             lazy=max_rank == 1.0,  # k* >= 1 always, so the mean is exactly 1 only when every k* is 1
             near_rank_one_heads=[h for h, r in enumerate(ranks) if r < near_rank_one],
             heads=heads,
@@ -391,6 +407,21 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
             del att  # free this layer before the next one is computed
     bar.close()
     return summarize(stats, near_rank_one)
+
+
+COLLAPSE_KEYS = ("max_rank", "mean_rank", "avg_mass", "sink_share", "entropy", "eps")
+
+
+def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu"):
+    """What train.py logs every collapse_every iterations: analyze() of a GPT (in eval mode, without gradients) on
+    windows (N, T), each layer's COLLAPSE_KEYS."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        layers = analyze(GPTAttentions(model, None, "the model in training"), windows, tau, eta,
+                         batch_size=batch_size, device=device, progress=False)
+    model.train(was_training)
+    return [{"layer": rec["layer"], **{k: rec[k] for k in COLLAPSE_KEYS}} for rec in layers]
 
 
 def build_report(layers, settings, attention_model):

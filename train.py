@@ -1,15 +1,13 @@
 """
-Train a GPT, nanoGPT-style: one process on CPU / CUDA / MPS, DDP under torchrun, or FSDP2 (--fsdp=True) for models
-whose weights, gradients and AdamW state do not fit one GPU.
+Train a GPT, nanoGPT-style: one process on CPU / CUDA / MPS, DDP under torchrun, or FSDP2 (--fsdp=True).
 
     python train.py config/train_shakespeare_char.py --device=cpu --compile=False
     torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py
 
 Inheritune: --init_from=inherit starts from the first blocks of --reference; --grow_every=N evaluates every N
 iterations and, below the reference's val loss, adds blocks (inherit.GROW_INITS says how) until it reaches it.
-Logs go to out_dir/log.jsonl; checkpoints (out_dir/ckpt.pt, or FSDP's sharded ckpt.dcp/: inheritune/checkpoint.py)
-continue a run exactly, and the same command again continues its run (inheritune/run.py). SIGTERM / SIGINT save at
-the next log step (within log_interval steps) and exit 0.
+Logs go to out_dir/log.jsonl; checkpoints (out_dir/ckpt.pt, or FSDP's ckpt.dcp/) continue a run exactly, and the same
+command again continues its run (inheritune/run.py). SIGTERM / SIGINT save within log_interval steps and exit 0.
 """
 
 import json
@@ -22,6 +20,7 @@ from dataclasses import asdict, fields
 import torch
 import torch.nn.functional as F
 
+import analyze_rank
 import inherit
 from inheritune import configurator, data, perf, run
 from inheritune.checkpoint import (CheckpointError, find_checkpoint, load_model, load_optimizer_state, load_shards,
@@ -41,6 +40,9 @@ log_interval = 1  # also how often the loss is read back from the device (NaN ch
 eval_iters = 200  # validation batches per eval: eval_iters * batch_size fixed windows
 eval_only = False  # evaluate once, print the losses and exit (writes nothing)
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
+collapse_every = 0  # log analyze_rank.py's attention-collapse metrics per layer every N iterations (0: off)
+collapse_windows = 20  # ... on this many fixed non-overlapping val windows (analyze_rank.py --num_samples; --seed=seed)
+collapse_seq_len = 128  # ... of this many tokens (analyze_rank.py --seq_len; at most block_size)
 # wandb logging
 wandb_log = False
 wandb_project = "inheritune"
@@ -168,7 +170,9 @@ try:
     train_batches = data.TrainBatches(train_tokens, block_size, batch_size, seed + 1000 * procs.rank)
     eval_offsets = {split: data.eval_offsets(tokens, block_size, eval_iters, batch_size, seed)
                     for split, tokens in (("train", train_tokens), ("val", val_tokens))}
-except data.DataError as e:
+    collapse_windows_ids = analyze_rank.draw_windows(val_tokens, collapse_windows, collapse_seq_len, seed) \
+        if collapse_every else None
+except ValueError as e:  # a DataError, or an AnalysisError: too few val windows for the collapse metrics
     fail(e)
 
 
@@ -189,8 +193,9 @@ def get_batch():
 # model: rank 0 builds it (under FSDP in CPU memory, the other ranks its shape; wrap() shards it)
 MODEL_SHAPE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "dropout")
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
-                       "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute")
+                       "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute", "last_collapse")
 iter_num, round_start_iter, best_val_loss, checkpoint_extras = 0, 0, float("inf"), {}
+last_collapse = None  # the iteration of the last collapse record (a resume does not log it twice)
 last_eval = None  # {iter, train_loss, val_loss} of the last evaluation
 compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
 ref_model = None  # the reference of init_from='inherit' and of growth: an inherit.Reference, read block by block
@@ -198,8 +203,7 @@ try:
     if fsdp and not master_process:
         pass  # rank 0 reads and builds the model alone; this rank gets its shape below and its shards from wrap()
     elif resuming:  # (checkpoints written before a GPTConfig field existed get GPT-2's default for it)
-        model_args = {k: ckpt["model_args"][k] for k in MODEL_SHAPE_KEYS if k in ckpt["model_args"]}
-        model_args["dropout"] = dropout
+        model_args = {k: v for k, v in ckpt["model_args"].items() if k in MODEL_SHAPE_KEYS} | {"dropout": dropout}
         # under FSDP a sharded checkpoint's weights are read into the sharded model (every rank its own shards)
         raw_model = GPT(GPTConfig(**model_args)) if "model" in ckpt else shape_of(GPTConfig(**model_args))
         if "model" in ckpt:
@@ -207,6 +211,7 @@ try:
         run.check_model_flags(given, raw_model.config, f"the checkpoint in {out_dir}", ckpt.get("config"))
         iter_num, round_start_iter = ckpt.get("iter_num", 0), ckpt.get("round_start_iter", 0)
         best_val_loss, last_eval = ckpt.get("best_val_loss", float("inf")), ckpt.get("last_eval")
+        last_collapse = ckpt.get("last_collapse")
         compute = ckpt.get("compute", compute if iter_num == 0 else None)  # None: saved before they were counted
         checkpoint_extras = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
     elif init_from == "scratch":
@@ -246,9 +251,9 @@ except ValueError as e:  # an InheritError, or a model option GPTConfig refuses
     fail(e)
 if fsdp:  # the other ranks take what rank 0 built: shapes (meta device) and the run's state
     model_config, ref_config, model_args, iter_num, round_start_iter, best_val_loss, last_eval, compute, \
-        checkpoint_extras = procs.share_from_rank0((raw_model.config, ref_model and ref_model.config, model_args,
-                                                    iter_num, round_start_iter, best_val_loss, last_eval, compute,
-                                                    checkpoint_extras) if master_process else None)
+        checkpoint_extras, last_collapse = procs.share_from_rank0(
+            (raw_model.config, ref_model and ref_model.config, model_args, iter_num, round_start_iter, best_val_loss,
+             last_eval, compute, checkpoint_extras, last_collapse) if master_process else None)
     if not master_process:
         raw_model, ref_model = shape_of(model_config), ref_config and shape_of(ref_config)
 if block_size > raw_model.config.block_size:
@@ -357,8 +362,7 @@ from_shards = resuming and "model" not in ckpt  # FSDP resuming a sharded checkp
 model = procs.wrap(raw_model, weights=not from_shards)
 raw_model = procs.unwrapped(model, raw_model)
 optimizer = make_optimizer(raw_model)
-rundir = run.RunDir(out_dir, procs, eval_only, wandb_log)
-rundir.checkpoint_iter = iter_num
+rundir = run.RunDir(out_dir, procs, eval_only, wandb_log and (wandb_project, wandb_run_name), checkpoint_iter=iter_num)
 if resuming:
     if from_shards:
         load_shards(find_checkpoint(out_dir)[1], raw_model, optimizer)
@@ -372,12 +376,7 @@ del ckpt  # free the weights and optimizer state it held
 gpu_name, peak_flops = perf.gpu_peak_flops(device)
 flops_per_token = raw_model.flops_per_token(block_size) + teacher_flops_per_token  # a KD step runs the teacher too
 if master_process:
-    print(f"MFU against {gpu_name}'s bf16 dense peak of {peak_flops / 1e12:.0f} TFLOP/s" if peak_flops else
-          f"MFU not reported: no known bf16 peak for {gpu_name or device_type}")
-if wandb_log and master_process:
-    import wandb
-
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    print(perf.describe_peak(gpu_name, peak_flops, device_type))
 log = rundir.log
 stop = {"signal": None}  # preemption: the handler only notes the signal; the loop saves and exits at a log step
 signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signal.Signals(signum).name))
@@ -437,6 +436,7 @@ def training_state():
     """What a checkpoint holds besides the weights and the optimizer: everything needed to continue exactly."""
     return dict(checkpoint_extras, model_args=model_args, config=config, scaler=scaler.state_dict(),
                 iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss, compute=compute,
+                last_collapse=last_collapse,
                 rng=procs.gather(run.rng_state(device_type)), sampler=procs.gather(train_batches.state_dict()),
                 last_eval=last_eval)
 
@@ -510,6 +510,12 @@ while True:
             if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
                 save_checkpoint()
         t_last_log, iters_since_log = time.time(), 0  # eval time is not training time
+    if collapse_every and iter_num % collapse_every == 0 and last_collapse != iter_num and not eval_only:
+        # rank 0 alone analyzes (every rank holds the same weights; no collective) and logs
+        layers = analyze_rank.collapse_record(raw_model, collapse_windows_ids, device=device) if master_process else 0
+        log({"iter": iter_num, "event": "collapse", "round": growth["round"] if growth else 0,
+             "n_layer": raw_model.config.n_layer, "layers": layers})
+        last_collapse, t_last_log, iters_since_log = iter_num, time.time(), 0  # analysis time is not training time
     if round_end:
         decision = round_decision(losses["val_loss"])
         if decision == "target reached" and stop_at_target:
@@ -590,6 +596,5 @@ while True:
             print(f"to continue, run the same command again (or: train.py --init_from=resume --out_dir={out_dir})")
         break
 
-if wandb_log and master_process:
-    wandb.finish()
+rundir.finish()
 procs.finish()

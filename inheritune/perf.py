@@ -43,6 +43,13 @@ def gpu_peak_flops(device):
     return name, None
 
 
+def describe_peak(gpu_name, peak_flops, device_type):
+    """The line train.py prints about what MFU is measured against."""
+    if peak_flops:
+        return f"MFU against {gpu_name}'s bf16 dense peak of {peak_flops / 1e12:.0f} TFLOP/s"
+    return f"MFU not reported: no known bf16 peak for {gpu_name or device_type}"
+
+
 def mfu(flops_per_token, tokens_per_s, peak_flops, n_gpus=1):
     """Fraction of the GPUs' peak that tokens_per_s (all GPUs together) reaches; None if the peak is unknown."""
     if peak_flops is None:

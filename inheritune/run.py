@@ -122,6 +122,7 @@ def check_settings(cfg, new_model, grow_inits):
                 "eval_interval", "log_interval", "dist_timeout_s"]
     positive += ["n_layer", "n_head", "n_embd"] if new_model else []
     positive += ["grow_by"] if cfg["grow_every"] else []
+    positive += ["collapse_windows", "collapse_seq_len"] if cfg["collapse_every"] else []
     for key in positive:
         if not cfg[key] > 0:
             raise ConfigError(f"{key}={cfg[key]!r} must be positive")
@@ -131,7 +132,7 @@ def check_settings(cfg, new_model, grow_inits):
                           f"shard groups of that size cannot tile them (e.g. the GPUs per node, with a multiple of it "
                           f"in processes)")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "grad_clip", "vocab_size",
-                "grow_every", "max_layers", "target_val_loss", "fsdp_shard_size"):
+                "grow_every", "max_layers", "target_val_loss", "fsdp_shard_size", "collapse_every"):
         if cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]!r} must not be negative"
                               + (" (0 evaluates the model once and exits)" if key == "max_iters" else ""))
@@ -142,6 +143,11 @@ def check_settings(cfg, new_model, grow_inits):
                          ("grow_mode", ("restart", "continue")), ("grow_init", tuple(grow_inits))):
         if cfg[key] not in allowed:
             raise ConfigError(f"{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    if cfg["collapse_every"] and cfg["fsdp"]:
+        raise ConfigError("collapse_every is not available under fsdp=True yet (the analysis runs on rank 0's whole "
+                          "model): run it without FSDP, or analyze checkpoints with analyze_rank.py")
+    if cfg["collapse_every"] and cfg["collapse_seq_len"] > cfg["block_size"]:
+        raise ConfigError(f"collapse_seq_len={cfg['collapse_seq_len']} is longer than block_size={cfg['block_size']}")
     if cfg["fsdp"] and cfg["dtype"] == "float16":
         raise ConfigError("dtype='float16' cannot train under fsdp=True (its loss scaling would have to span the "
                           "shards): use bfloat16 (or float32)")
@@ -188,15 +194,20 @@ class RunDir:
     """out_dir as a run writes it: log.jsonl (also printed, and sent to wandb) and the checkpoint (rank 0 writes
     both; under FSDP every rank writes its own shards). eval_only: print only."""
 
-    def __init__(self, out_dir, procs, eval_only=False, wandb_log=False):
-        self.out_dir, self.procs, self.eval_only, self.wandb_log = out_dir, procs, eval_only, wandb_log
+    def __init__(self, out_dir, procs, eval_only=False, wandb=None, checkpoint_iter=None):
+        """wandb: (project, run name) to log to Weights & Biases as well (rank 0, from start_log on), or None."""
+        self.out_dir, self.procs, self.eval_only, self.wandb = out_dir, procs, eval_only, wandb
         self.log_path, self.ckpt_path = os.path.join(out_dir, "log.jsonl"), checkpoint_path(out_dir)
         self.log_size = 0  # log.jsonl's length, recorded in each checkpoint (a resume truncates to it)
-        self.checkpoint_iter = None  # the iteration of the checkpoint on disk (for messages)
+        self.checkpoint_iter = checkpoint_iter  # the iteration of the checkpoint on disk (for messages)
 
     def start_log(self, config, resuming, checkpoint_log_size=None):
         """A resumed run drops the records written after its checkpoint (it writes them again); a new run starts the
         log with a run_start record holding its config (what a re-run compares with, if no checkpoint comes)."""
+        if self.wandb and self.procs.master:
+            import wandb
+
+            wandb.init(project=self.wandb[0], name=self.wandb[1], config=config)
         if not self.procs.master or self.eval_only:
             return
         if resuming and os.path.isfile(self.log_path):
@@ -217,10 +228,16 @@ class RunDir:
         if self.eval_only:
             return
         self.append(record)
-        if self.wandb_log:
+        if self.wandb:
             import wandb
 
             wandb.log({k: v for k, v in record.items() if v is not None}, step=record["iter"])
+
+    def finish(self):
+        if self.wandb and self.procs.master:
+            import wandb
+
+            wandb.finish()
 
     def append(self, record):
         os.makedirs(self.out_dir, exist_ok=True)  # out_dir appears with the first thing written into it

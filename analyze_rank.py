@@ -18,12 +18,14 @@ Metrics, for one head's T x T post-softmax attention matrix A of one sequence:
   m*(eta)  smallest number of columns, largest p_j first, whose p_j = ||A[:, j]||^2 / ||A||_F^2 sum to >= eta
   p_0      the first column's share ||A[:, 0]||^2 / ||A||_F^2 (the attention sink)
 Rank(h) = mean k* over the samples, MaxRank(l) = max over heads, Mass(h) = mean m*, AvgMass(l) = mean over
-heads. Layer l is lazy when MaxRank(l) == 1: every head is rank one on every sample.
+heads. Layer l is lazy when MaxRank(l) == 1: every head is rank one on every sample (the paper's rule);
+--lazy_tolerance=x relaxes it to MaxRank(l) <= 1 + x.
 """
 
 import csv
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -36,6 +38,8 @@ import torch
 # has share exactly k/T for its top k, and rounding must not turn k* = 90 into 91 at tau = 0.9.
 BOUNDARY_RTOL = 1e-6
 PAPER_SEQ_LEN = 100  # the paper's T
+# the tolerances whose depths every run reports besides --lazy_tolerance, so the choice of one is visible
+REPORTED_TOLERANCES = (0.0, 0.1, 0.25, 0.5)
 
 DEFAULTS = dict(
     model="",  # our out_dir or .pt, a GPT-2 name / Hugging Face GPT-2 folder, or any Hugging Face causal LM folder
@@ -46,6 +50,7 @@ DEFAULTS = dict(
     tau=0.9,  # energy threshold of the approximate rank k*
     eta=0.9,  # mass threshold of m*
     near_rank_one=1.5,  # heads with Rank below this are listed as near-rank-one
+    lazy_tolerance=0.0,  # a layer is lazy when MaxRank <= 1 + this; 0: the paper's rule MaxRank == 1
     batch_size=10,  # sequences per forward pass
     device="auto",  # auto: cuda when available, else cpu
     out_dir="out-analysis",
@@ -63,6 +68,18 @@ class AnalysisError(ValueError):
 def check_threshold(name, value):
     if not (isinstance(value, (int, float)) and 0 < value <= 1):
         raise AnalysisError(f"{name}={value!r} is outside (0, 1]: it is a fraction of the total, e.g. 0.9")
+
+
+def check_tolerance(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+        raise AnalysisError(f"--lazy_tolerance={value!r} must be a finite number >= 0: a layer is lazy when "
+                            f"MaxRank <= 1 + it (0, the default, is the paper's rule MaxRank == 1)")
+
+
+def is_lazy(max_rank, lazy_tolerance):
+    # compared with 1 + tolerance, not distance <= tolerance: 1.1 - 1 rounds above 0.1, 1 + 0.1 == 1.1;
+    # k* >= 1 always, so at tolerance 0 this is MaxRank == 1: every k* of every head is 1
+    return max_rank <= 1 + lazy_tolerance
 
 
 def smallest_count_reaching(shares_desc, level):
@@ -146,7 +163,7 @@ class HeadStats:
         return (self.sums[layer] / self.count[layer]).tolist()  # [ranks, masses, sinks, entropies], per head
 
 
-def summarize(stats, near_rank_one):
+def summarize(stats, near_rank_one, lazy_tolerance=0.0):
     """The per-layer records of analysis.json from the running sums."""
     layers = []
     for layer in sorted(stats.sums):
@@ -163,7 +180,8 @@ def summarize(stats, near_rank_one):
             sink_share=sum(sinks) / len(sinks),
             entropy=sum(entropies) / len(entropies),
             eps=max(eps),  # the layer is eps-sink-collapsed only when every head is
-            lazy=max_rank == 1.0,  # k* >= 1 always, so the mean is exactly 1 only when every k* is 1
+            lazy=is_lazy(max_rank, lazy_tolerance),
+            distance_from_lazy=max_rank - 1,  # how far above the paper's MaxRank == 1
             near_rank_one_heads=[h for h, r in enumerate(ranks) if r < near_rank_one],
             heads=heads,
         ))
@@ -185,6 +203,17 @@ def recommend_depth(layers):
     if lazy[0] == 0:
         return 1, paper_default, "layer 0 is already lazy: the smallest depth, 1"
     return lazy[0], paper_default, f"the {lazy[0]} layers before the first lazy layer ({lazy[0]})"
+
+
+def depth_by_tolerance(layers, lazy_tolerance):
+    """For each of REPORTED_TOLERANCES and lazy_tolerance: the lazy layers and the depth recommend_depth picks."""
+    rows = []
+    for tolerance in sorted({*REPORTED_TOLERANCES, lazy_tolerance}):
+        relaxed = [dict(rec, lazy=is_lazy(rec["max_rank"], tolerance)) for rec in layers]
+        depth, _, reason = recommend_depth(relaxed)
+        rows.append(dict(lazy_tolerance=tolerance, lazy_layers=[rec["layer"] for rec in relaxed if rec["lazy"]],
+                         suggested_n_layer=depth, reason=reason, chosen=tolerance == lazy_tolerance))
+    return rows
 
 
 def suggested_depth(analysis_json_path):
@@ -382,12 +411,13 @@ def choose_seq_len(attention_model, seq_len):
 
 
 def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch_size=10, device="cpu",
-            progress=True):
+            progress=True, lazy_tolerance=0.0):
     """Per-layer records for windows (N, T) token ids, streaming batch by batch and layer by layer."""
     from tqdm import tqdm
 
     check_threshold("tau", tau)
     check_threshold("eta", eta)
+    check_tolerance(lazy_tolerance)
     N, T = windows.shape
     check_seq_len(attention_model, T)
     top = int(windows.max())
@@ -406,10 +436,10 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
             bar.set_postfix(samples=f"{start + len(idx)}/{N}", layer=layer)
             del att  # free this layer before the next one is computed
     bar.close()
-    return summarize(stats, near_rank_one)
+    return summarize(stats, near_rank_one, lazy_tolerance)
 
 
-COLLAPSE_KEYS = ("max_rank", "mean_rank", "avg_mass", "sink_share", "entropy", "eps")
+COLLAPSE_KEYS = ("max_rank", "distance_from_lazy", "mean_rank", "avg_mass", "sink_share", "entropy", "eps")
 
 
 def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu"):
@@ -442,22 +472,30 @@ def build_report(layers, settings, attention_model):
         lazy_layers=[rec["layer"] for rec in layers if rec["lazy"]],
         near_rank_one_heads=[dict(layer=rec["layer"], head=h["head"], rank=h["rank"])
                              for rec in layers for h in rec["heads"] if h["rank"] < settings["near_rank_one"]],
+        depth_by_tolerance=depth_by_tolerance(layers, settings["lazy_tolerance"]),
         settings=settings,
         layers=layers,
     )
 
 
 def print_table(report):
-    print(f"{'layer':>5} {'MaxRank':>8} {'meanRank':>9} {'AvgMass':>8} {'sink':>6}  lazy  near-rank-one heads")
+    print(f"{'layer':>5} {'MaxRank':>8} {'meanRank':>9} {'AvgMass':>8} {'sink':>6} {'toLazy':>7}  lazy  "
+          f"near-rank-one heads")
     for rec in report["layers"]:
         near = ",".join(map(str, rec["near_rank_one_heads"])) or "-"
         print(f"{rec['layer']:>5} {rec['max_rank']:>8.2f} {rec['mean_rank']:>9.2f} {rec['avg_mass']:>8.2f} "
-              f"{rec['sink_share']:>6.3f}  {'yes' if rec['lazy'] else 'no':>4}  {near}")
-    lazy = report["lazy_layers"]
-    print(f"lazy layers (MaxRank == 1): {lazy if lazy else 'none'}")
+              f"{rec['sink_share']:>6.3f} {rec['distance_from_lazy']:>7.2f}  {'yes' if rec['lazy'] else 'no':>4}  "
+              f"{near}")
+    lazy, tolerance = report["lazy_layers"], report["settings"]["lazy_tolerance"]
+    rule = f"MaxRank <= 1 + {tolerance:g}" if tolerance else "MaxRank == 1"
+    print(f"lazy layers ({rule}): {lazy if lazy else 'none'}")
     print(f"suggested depth for inherit.py: n_layer={report['suggested_n_layer']} "
           f"({report['suggested_n_layer_reason']}); "
           f"the paper's default L/2 = {report['paper_default_n_layer']}")
+    print("depth by --lazy_tolerance (0: the paper's rule):")
+    for row in report["depth_by_tolerance"]:
+        print(f"  {row['lazy_tolerance']:>5g}  n_layer={row['suggested_n_layer']:<3} ({row['reason']})"
+              f"{'  <- this run' if row['chosen'] else ''}")
 
 
 def write_outputs(report, out_dir):
@@ -470,9 +508,9 @@ def write_outputs(report, out_dir):
         "heads.csv": [["layer", "head", "rank", "mass", "sink_share"]]
         + [[rec["layer"], h["head"], h["rank"], h["mass"], h["sink_share"]]
            for rec in report["layers"] for h in rec["heads"]],
-        "layers.csv": [["layer", "max_rank", "mean_rank", "avg_mass", "sink_share", "lazy"]]
-        + [[rec["layer"], rec["max_rank"], rec["mean_rank"], rec["avg_mass"], rec["sink_share"], rec["lazy"]]
-           for rec in report["layers"]],
+        "layers.csv": [["layer", "max_rank", "mean_rank", "avg_mass", "sink_share", "distance_from_lazy", "lazy"]]
+        + [[rec["layer"], rec["max_rank"], rec["mean_rank"], rec["avg_mass"], rec["sink_share"],
+            rec["distance_from_lazy"], rec["lazy"]] for rec in report["layers"]],
         "settings.csv": [["key", "value"]] + [[k, v] for k, v in report["settings"].items()],
     }
     paths = []
@@ -563,6 +601,7 @@ def main(argv=None):
             raise AnalysisError(f"--seq_len={cfg['seq_len']} must be at least 1 (or 0 for the default)")
         check_threshold("tau", cfg["tau"])
         check_threshold("eta", cfg["eta"])
+        check_tolerance(cfg["lazy_tolerance"])
         if not cfg["data"]:
             raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt "
                                 "file")
@@ -580,7 +619,7 @@ def main(argv=None):
         windows = draw_windows(tokens, cfg["num_samples"], seq_len, cfg["seed"])
         t0 = time.time()
         layers = analyze(attention_model, windows, cfg["tau"], cfg["eta"], cfg["near_rank_one"], cfg["batch_size"],
-                         device)
+                         device, lazy_tolerance=cfg["lazy_tolerance"])
         if not layers:
             raise AnalysisError(f"{cfg['model']} returned no attention layers")
         settings["seconds"] = round(time.time() - t0, 2)

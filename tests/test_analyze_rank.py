@@ -11,6 +11,7 @@ import torch
 
 from conftest import run_in_process
 
+import analyze_rank
 from analyze_rank import (AnalysisError, GPTAttentions, HFAttentions, analyze, attention_metrics, draw_windows,
                           layer_metrics, load_attention_model, main, recommend_depth, suggested_depth)
 from inheritune.checkpoint import save_checkpoint
@@ -201,7 +202,11 @@ def check_schema(report, n_layer, n_head):
         assert len(rec["heads"]) == n_head
         assert all(set(h) >= {"rank", "mass", "sink_share"} for h in rec["heads"])
         assert rec["max_rank"] == max(h["rank"] for h in rec["heads"])
-    assert {"tau", "eta", "num_samples", "seq_len", "seed", "near_rank_one"} <= set(report["settings"])
+        assert rec["distance_from_lazy"] == rec["max_rank"] - 1
+    keys = {"tau", "eta", "num_samples", "seq_len", "seed", "near_rank_one", "lazy_tolerance"}
+    assert keys <= set(report["settings"])
+    chosen = [row for row in report["depth_by_tolerance"] if row["chosen"]]
+    assert [row["suggested_n_layer"] for row in chosen] == [report["suggested_n_layer"]]
 
 
 def run_cli(*args):
@@ -220,6 +225,7 @@ def test_lazy_top_layers_end_to_end(tmp_path):
     report = json.loads((out / "analysis.json").read_text())
     check_schema(report, n_layer=4, n_head=2)
     assert report["lazy_layers"] == [2, 3] and report["suggested_n_layer"] == 2
+    assert [rec["distance_from_lazy"] for rec in report["layers"][2:]] == [0.0, 0.0]
     assert suggested_depth(str(out / "analysis.json")) == 2
     for rec in report["layers"][2:]:
         assert rec["max_rank"] == 1.0 and rec["avg_mass"] == 1.0 and rec["sink_share"] == pytest.approx(1.0)
@@ -284,6 +290,80 @@ def test_text_file_with_gpt2_folder(make_hf_gpt2, tmp_path):
     assert report["model_kind"] == "gpt" and report["n_layer"] == 2
 
 
+class HandSetAttentions:
+    """A 4-layer, 2-head stand-in for a model whose attentions are set by hand from each window's first token b:
+
+    layer 0: the identity (k* = 18 of T = 20 at tau = 0.9); layers 1 and 2: head 0 an exact sink, head 1 rank two
+    (half the rows on column 0, half on column 1: k* = 2) when b is odd (layer 1) or b == 1 (layer 2), else a sink;
+    layer 3: sinks. On the four windows starting with 0, 1, 2, 3: MaxRank 18, 1.5, 1.25, 1.
+    """
+
+    kind, name, context, vocab_size, n_layer, model = "hf", "hand-set", 64, 8, 4, None
+
+    def layers(self, idx):
+        T = idx.size(1)
+        sink, two = sink_matrix(T), torch.zeros(T, T)
+        two[:T // 2, 0] = two[T // 2:, 1] = 1
+        first = idx[:, 0].tolist()
+        yield torch.eye(T).expand(len(first), 2, T, T)
+        for rank_two in ([b % 2 == 1 for b in first], [b == 1 for b in first]):
+            yield torch.stack([torch.stack([sink, two if r else sink]) for r in rank_two])
+        yield sink.expand(len(first), 2, T, T)
+
+    def tokenizer_meta(self):
+        return None
+
+
+@pytest.fixture
+def hand_set_run(tmp_path, monkeypatch):
+    """main(args) on HandSetAttentions and four windows of 20 tokens, window i all token i."""
+    monkeypatch.setattr(analyze_rank, "load_attention_model", lambda name, device: HandSetAttentions())
+    write_tokens(str(tmp_path / "val.bin"), np.repeat(np.arange(4), 20))
+
+    def run(*args):
+        return main(["--model=hand-set", f"--data={tmp_path / 'val.bin'}", "--num_samples=4", "--seq_len=20",
+                     f"--out_dir={tmp_path / 'out'}", *args])
+    return run
+
+
+def test_lazy_tolerance_relaxes_the_paper_rule(hand_set_run, capsys):
+    paper = hand_set_run()
+    check_schema(paper, n_layer=4, n_head=2)
+    assert [rec["max_rank"] for rec in paper["layers"]] == [18.0, 1.5, 1.25, 1.0]
+    assert [rec["distance_from_lazy"] for rec in paper["layers"]] == [17.0, 0.5, 0.25, 0.0]
+    assert paper["settings"]["lazy_tolerance"] == 0.0
+    assert paper["lazy_layers"] == [3] and paper["suggested_n_layer"] == 3
+    assert "lazy layers (MaxRank == 1): [3]" in capsys.readouterr().out
+    relaxed = hand_set_run("--lazy_tolerance=0.25")
+    assert [rec["lazy"] for rec in relaxed["layers"]] == [False, False, True, True]
+    assert relaxed["lazy_layers"] == [2, 3] and relaxed["suggested_n_layer"] == 2
+    assert relaxed["layers"][2]["distance_from_lazy"] == 0.25  # distances do not depend on the tolerance
+    out = capsys.readouterr().out
+    assert "lazy layers (MaxRank <= 1 + 0.25): [2, 3]" in out
+    assert "suggested depth for inherit.py: n_layer=2" in out
+    assert "   0.25  n_layer=2   (the 2 layers before the first lazy layer (2))  <- this run" in out
+
+
+def test_depth_by_tolerance_lists_each_setting(hand_set_run, capsys):
+    report = hand_set_run("--lazy_tolerance=20")
+    rows = [(r["lazy_tolerance"], r["lazy_layers"], r["suggested_n_layer"], r["chosen"])
+            for r in report["depth_by_tolerance"]]
+    assert rows == [(0.0, [3], 3, False), (0.1, [3], 3, False), (0.25, [2, 3], 2, False),
+                    (0.5, [1, 2, 3], 1, False), (20.0, [0, 1, 2, 3], 1, True)]
+    assert report["depth_by_tolerance"][-1]["reason"] == "layer 0 is already lazy: the smallest depth, 1"
+    assert report["suggested_n_layer"] == 1
+    table = capsys.readouterr().out.split("depth by --lazy_tolerance (0: the paper's rule):\n")[1]
+    assert len(table.splitlines()) == 5 + 1  # one line per setting, then the paths written
+    assert [r["chosen"] for r in hand_set_run("--lazy_tolerance=0.5")["depth_by_tolerance"]] == [0, 0, 0, 1]
+
+
+def test_no_lazy_layer_falls_back_at_every_tolerance():
+    layers = [dict(layer=i, max_rank=r) for i, r in enumerate([3.0, 2.0, 1.75, 1.6])]
+    rows = analyze_rank.depth_by_tolerance(layers, 0.0)
+    assert [r["suggested_n_layer"] for r in rows] == [2] * 4 and not any(r["lazy_layers"] for r in rows)
+    assert rows[0]["reason"] == "no lazy layer: the paper's default L/2" and rows[0]["chosen"]
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -301,6 +381,9 @@ def small_run(tmp_path):
     (["--tau=0.0"], r"tau=0.0 is outside \(0, 1\]"),
     (["--eta=1.5"], r"eta=1.5 is outside \(0, 1\]"),
     (["--num_samples=0"], "at least 1"),
+    (["--lazy_tolerance=-0.1"], r"--lazy_tolerance=-0.1 must be a finite number >= 0"),
+    (["--lazy_tolerance=1e999"], r"--lazy_tolerance=inf must be a finite number >= 0"),
+    (["--lazy_tolerance=lots"], "lazy_tolerance' .* expects float like 0.0, got str 'lots'"),
     (["--data=missing.bin"], "no such file"),
     (["--model=nowhere/really-not-a-model-dir"],  # an org/name Hub id, offline
      "could not get 'nowhere/really-not-a-model-dir' from the Hugging Face Hub"),
@@ -313,7 +396,7 @@ def test_bad_input_is_a_clear_error(small_run, args, message):
     model, data = small_run
     with pytest.raises(SystemExit, match=message) as e:
         main([f"--model={model}", f"--data={data}", *args])
-    assert e.value.code != 0
+    assert e.value.code.startswith("error: ") and "\n" not in e.value.code
 
 
 def test_default_seq_len_fits_the_model_context(small_run, tmp_path, capsys):

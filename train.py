@@ -182,13 +182,6 @@ def eval_loss(model, tokens, offsets, loss_fn=None):
                               procs.world_size, loss_fn=loss_fn)
 
 
-def get_batch():
-    x, y = train_batches.next()
-    if device_type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
-
-
 # -----------------------------------------------------------------------------
 # model: rank 0 builds it (under FSDP in CPU memory, the other ranks its shape; wrap() shards it)
 MODEL_SHAPE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "dropout")
@@ -511,9 +504,10 @@ while True:
                 save_checkpoint()
         t_last_log, iters_since_log = time.time(), 0  # eval time is not training time
     if collapse_every and iter_num % collapse_every == 0 and last_collapse != iter_num and not eval_only:
-        # rank 0 alone analyzes (every rank holds the same weights; no collective) and logs
-        layers = analyze_rank.collapse_record(raw_model, collapse_windows_ids, device=device) if master_process else 0
-        log({"iter": iter_num, "event": "collapse", "round": growth["round"] if growth else 0,
+        with procs.unsharded_root(raw_model):  # DDP: rank 0 alone (every rank has its weights); FSDP: every rank
+            layers = analyze_rank.collapse_record(raw_model, collapse_windows_ids, device=device) \
+                if master_process or fsdp else None
+        log({"iter": iter_num, "event": "collapse", "round": (growth or {}).get("round", 0),
              "n_layer": raw_model.config.n_layer, "layers": layers})
         last_collapse, t_last_log, iters_since_log = iter_num, time.time(), 0  # analysis time is not training time
     if round_end:
@@ -542,7 +536,7 @@ while True:
     kd_parts = torch.zeros(2, device=device)  # with a teacher: the step's mean CE and KL, logged apart
     for micro_step in range(grad_accum_per_process):
         procs.no_sync_unless(model, micro_step == grad_accum_per_process - 1)
-        x, y = get_batch()
+        x, y = train_batches.next(device)
         with procs.autocast:
             logits, loss = model(x, y)
             if teacher_model is not None:  # distillation: the CE weighted kd_alpha, the teacher's KL the rest

@@ -324,9 +324,13 @@ class TrainBatches:
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next(self):
+    def next(self, device="cpu"):
+        """The next batch (x, y) on device (from pinned memory, without waiting, on CUDA)."""
         offsets = torch.randint(n_windows(self.tokens, self.block_size), (self.batch_size,), generator=self.generator)
-        return windows_to_batch(self.tokens, offsets.tolist(), self.block_size)
+        x, y = windows_to_batch(self.tokens, offsets.tolist(), self.block_size)
+        if torch.device(device).type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.to(device), y.to(device)
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}

@@ -143,9 +143,6 @@ def check_settings(cfg, new_model, grow_inits):
                          ("grow_mode", ("restart", "continue")), ("grow_init", tuple(grow_inits))):
         if cfg[key] not in allowed:
             raise ConfigError(f"{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
-    if cfg["collapse_every"] and cfg["fsdp"]:
-        raise ConfigError("collapse_every is not available under fsdp=True yet (the analysis runs on rank 0's whole "
-                          "model): run it without FSDP, or analyze checkpoints with analyze_rank.py")
     if cfg["collapse_every"] and cfg["collapse_seq_len"] > cfg["block_size"]:
         raise ConfigError(f"collapse_seq_len={cfg['collapse_seq_len']} is longer than block_size={cfg['block_size']}")
     if cfg["fsdp"] and cfg["dtype"] == "float16":

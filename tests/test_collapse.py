@@ -3,12 +3,14 @@ layer on fixed val windows, equal to analyze_rank.py on the checkpoint; through 
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import analyze_rank
-from conftest import read_log, run_in_process, train
+from conftest import REPO, read_log, run_in_process, train, train_cmd
 
 COLLAPSE = ["--collapse_every=5", "--collapse_windows=4", "--collapse_seq_len=16", "--gradient_accumulation_steps=1"]
 
@@ -39,14 +41,33 @@ def test_records_equal_analyze_rank_on_the_checkpoint(char_data, tmp_path):
     records = collapse_records(out)
     assert [(r["iter"], r["n_layer"], r["round"], len(r["layers"])) for r in records] == [(0, 2, 0, 2), (5, 2, 0, 2),
                                                                                            (10, 2, 0, 2)]
+    for logged, analyzed in zip(records[-1]["layers"], analyzed_layers(char_data, out, tmp_path)):
+        assert logged == {k: analyzed[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)}
+        assert 1 <= logged["max_rank"] <= 16 and 0 <= logged["eps"] <= 1 and logged["entropy"] > 0
+
+
+def analyzed_layers(char_data, out, tmp_path):
+    """analyze_rank.py's per-layer records of out's checkpoint, on the windows COLLAPSE's records use."""
     r = run_in_process("analyze_rank.py", [f"--model={out}", f"--data={char_data}/val.bin", "--num_samples=4",
                                            "--seq_len=16", "--seed=1337", f"--out_dir={tmp_path / 'analysis'}",
                                            "--device=cpu"])
     assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
-    for logged, analyzed in zip(records[-1]["layers"], report["layers"]):
-        assert logged == {k: analyzed[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)}
-        assert 1 <= logged["max_rank"] <= 16 and 0 <= logged["eps"] <= 1 and logged["entropy"] > 0
+    return json.loads((tmp_path / "analysis" / "analysis.json").read_text())["layers"]
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_records_under_ddp_and_fsdp_equal_analyze_rank_on_the_checkpoint(char_data, tmp_path, sharding):
+    # DDP: rank 0 analyzes its copy; FSDP: every rank takes part (the blocks gather their shards in turn)
+    out = tmp_path / sharding
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *train_cmd(char_data, out, *COLLAPSE, "--max_iters=5", "--eval_interval=5",
+                      "--gradient_accumulation_steps=2", f"--fsdp={sharding == 'fsdp'}")[1:]]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = collapse_records(out)
+    assert [(rec["iter"], rec["n_layer"]) for rec in records] == [(0, 2), (5, 2)]  # rank 0 wrote each once
+    for logged, analyzed in zip(records[-1]["layers"], analyzed_layers(char_data, out, tmp_path)):
+        assert logged == pytest.approx({k: analyzed[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)}, rel=1e-6)
 
 
 def test_resume_writes_each_record_once_and_growth_changes_the_depth(char_data, tmp_path):

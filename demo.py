@@ -43,6 +43,7 @@ cfg = configure_or_exit(dict(
     block_size=128,
     batch_size=20,
     eval_iters=16,  # validation batches per eval: eval_iters * batch_size fixed windows, the same for every run
+    onset_iters=0,  # also train a reference this many steps (e.g. 8 * reference_iters) to look for collapse's onset
 ))
 try:
     check_device(cfg["device"])
@@ -67,7 +68,9 @@ COMMON = dict(dataset="shakespeare_char", data_dir=DATA_DIR, device=cfg["device"
               n_head=H, n_embd=C, block_size=cfg["block_size"], batch_size=cfg["batch_size"],
               gradient_accumulation_steps=1, bias=False, dropout=0.0, learning_rate=2e-3, min_lr=1e-4, beta2=0.99,
               weight_decay=0.1, warmup_iters=min(50, T // 4), eval_interval=max(1, T // 4),
-              eval_iters=cfg["eval_iters"], log_interval=50, always_save_checkpoint=True, seed=1337)
+              eval_iters=cfg["eval_iters"], log_interval=50, always_save_checkpoint=True, seed=1337,
+              # every run's attention collapse at each eval: analyze_rank.py's metrics on 20 fixed val windows
+              collapse_every=max(1, T // 4), collapse_windows=20, collapse_seq_len=min(100, cfg["block_size"]))
 
 
 def run(script, args, stage):
@@ -109,6 +112,23 @@ def read_log(stage):
 
 def evals(stage):
     return [r for r in read_log(stage) if "val_loss" in r]
+
+
+def collapse_over_training(stage):
+    """Per collapse record of a stage: its iteration, depth, the lowest MaxRank of any layer and which, and the lazy
+    layers (MaxRank = 1, the paper's rule)."""
+    records = [r for r in read_log(stage) if r.get("event") == "collapse"]
+    return [dict(iter=r["iter"], n_layer=r["n_layer"], min_max_rank=min(x["max_rank"] for x in r["layers"]),
+                 at_layer=min(r["layers"], key=lambda x: x["max_rank"])["layer"],
+                 lazy_layers=[x["layer"] for x in r["layers"] if x["max_rank"] == 1.0]) for r in records]
+
+
+def describe_collapse(name, stage):
+    points = collapse_over_training(stage)
+    steps = ", ".join(f"{p['iter']}: {p['min_max_rank']:.2f} (layer {p['at_layer']})" for p in points)
+    lazy = sorted({layer for p in points for layer in p["lazy_layers"]})
+    return (f"{name}: the lowest MaxRank of any layer at each collapse record, iter: value (layer): {steps}; "
+            + (f"lazy layers (MaxRank = 1) at some point: {lazy}" if lazy else "no layer collapsed to MaxRank 1"))
 
 
 # 1. data
@@ -189,6 +209,12 @@ if cfg["baselines"]:
                  "teacher's forward passes.")
 table = "\n".join(lines)
 print("\n" + table)
+collapse_lines = [describe_collapse("reference", "reference"), describe_collapse("Inheritune", "inheritune")]
+if cfg["onset_iters"]:  # a longer reference, to look for when (or whether) collapse sets in at this scale
+    N = cfg["onset_iters"]
+    train("reference_long", n_layer=L, max_iters=N, lr_decay_iters=N, collapse_every=max(1, N // 16))
+    collapse_lines.append(describe_collapse(f"reference trained {N} steps", "reference_long"))
+print("\n".join(collapse_lines))
 print(f"lazy layers of the reference (MaxRank = 1): "
       f"{[x['layer'] for x in analysis['layers'] if x['lazy']] or 'none'}; analyze_rank.py suggests inheriting "
       f"{analysis['suggested_n_layer']} layers")
@@ -207,7 +233,10 @@ results = {
     "scratch_2x_flops": by_stage["scratch_2x"]["flops"],
     "lazy_layers": [x["layer"] for x in analysis["layers"] if x["lazy"]],
     "suggested_n_layer": analysis["suggested_n_layer"],
+    "reference_collapse": collapse_over_training("reference"),
+    "inheritune_collapse": collapse_over_training("inheritune"),
     "table": table,
+    "collapse": collapse_lines,
 }
 for stage in BASELINES:
     if stage in by_stage:

@@ -454,6 +454,69 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
     return [{"layer": rec["layer"], **{k: rec[k] for k in COLLAPSE_KEYS}} for rec in layers]
 
 
+def collapse_gradients(model, windows, device="cpu"):
+    """The paper's Thm H.1 (App. H) measured: per layer of a plain GPT (not DDP/FSDP-wrapped), the LM loss's gradient
+    norms grad_q = ||dL/dW_Q||_F and grad_k = ||dL/dW_K||_F (W_Q, W_K: the query and key rows of c_attn.weight) and
+    the theorem's upper bounds on them, bound_q and bound_k, with eps, the largest eps of any head and window.
+
+    windows (N, T) token ids: the loss is the mean next-token loss of x = w[:, :-1] predicting y = w[:, 1:], so the
+    attentions are (T-1) x (T-1), on the windows collapse_record measures. Gradients come from torch.autograd.grad in
+    eval mode (no dropout): the model's .grad and its train/eval mode are left as they were.
+
+    The theorem, for an eps-sink-collapsed head: the softmax Jacobian of each row has norm <= 2 eps, so
+    ||dL/dW_Q||_F <= 2 eps scale ||X||_2 ||K||_2 ||dL/dA||_F (likewise W_K with Q), X the attention's input (after
+    ln_1), K the head's keys, scale the attention's logit scale. We use ||K||_F >= ||K||_2 (valid, looser): rotary
+    turns each position's key by an orthogonal matrix, which keeps every row's norm and so ||K||_F, but not ||K||_2;
+    ||X||_2 is the spectral norm. The layer's bound is the sum of these over heads and windows (the triangle
+    inequality: the gradient is the sum of their contributions), with dL/dA over all of A's entries (the masked ones
+    included, which only loosens it).
+    """
+    was_training = model.training
+    model.eval()
+    w = torch.as_tensor(windows, dtype=torch.long, device=device)
+    blocks = list(model.transformer.h)
+    captured = {}  # layer -> (X, q k v): the attention's input and c_attn's output
+
+    def capture(layer):
+        def hook(module, inputs, output):
+            captured[layer] = (inputs[0].detach(), output.detach())
+        return hook
+
+    hooks = [b.attn.c_attn.register_forward_hook(capture(i)) for i, b in enumerate(blocks)]
+    try:
+        with torch.enable_grad():
+            _, loss, atts = model(w[:, :-1], w[:, 1:].contiguous(), return_attn=True)
+            weights = [b.attn.c_attn.weight for b in blocks]
+            grads = torch.autograd.grad(loss, weights + atts)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    records = []
+    for layer, block in enumerate(blocks):
+        attn = block.attn
+        nq, nk, _ = attn.qkv_sizes
+        dW, dA = grads[layer].double(), grads[len(blocks) + layer].double()  # dA: (N, n_head, T-1, T-1)
+        X, qkv = (t.double() for t in captured[layer])
+        B, T, _ = X.shape
+        q = qkv[..., :nq].reshape(B, T, attn.n_head, attn.head_size)
+        k = qkv[..., nq:nq + nk].reshape(B, T, attn.n_kv_head, attn.head_size)
+        k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=2)  # the key head each query head uses
+        # entropy_and_eps's eps, 1 - min_i A[i, 0], summed as the rest of each row instead: in float32, 1 - A[i, 0]
+        # rounds to 0 below ~6e-8, which would make the bound 0 where the gradient is not
+        eps = atts[layer].detach()[..., 1:].double().sum(-1).amax(-1)  # (N, n_head)
+        common = 2 * eps * attn.scale * torch.linalg.matrix_norm(X, ord=2)[:, None] * dA.flatten(2).norm(dim=-1)
+        records.append({
+            "layer": layer,
+            "grad_q": dW[:nq].norm().item(),
+            "grad_k": dW[nq:nq + nk].norm().item(),
+            "bound_q": (common * k.norm(dim=(1, 3))).sum().item(),
+            "bound_k": (common * q.norm(dim=(1, 3))).sum().item(),
+            "eps": eps.max().item(),
+        })
+    return records
+
+
 def build_report(layers, settings, attention_model):
     # inherit.py --n_layer=auto checks the analysis is of its reference
     from inheritune.checkpoint import model_fingerprint

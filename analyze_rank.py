@@ -137,10 +137,11 @@ def attention_metrics(att, tau=0.9, eta=0.9):
 def entropy_and_eps(att):
     """(each row's attention entropy in nats, averaged over rows; eps of the paper's Thm H.1) of att (..., T, T).
     A head is eps-sink-collapsed when every row puts at least 1 - eps on one column; in causal attention the only
-    column every row sees is the first, so eps = 1 - the least mass a row puts on it."""
+    column every row sees is the first, so eps = the most mass a row puts elsewhere (summed off the first column,
+    not 1 - A[i, 0], which rounds to 0 in float32 once eps is below about 6e-8)."""
     A = att.detach().to(torch.float64)
     entropy = -(A * A.clamp_min(1e-30).log()).sum(-1).mean(-1)
-    return entropy, 1 - A[..., :, 0].amin(-1)
+    return entropy, A[..., :, 1:].sum(-1).amax(-1)
 
 
 class HeadStats:
@@ -442,16 +443,84 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
 COLLAPSE_KEYS = ("max_rank", "distance_from_lazy", "mean_rank", "avg_mass", "sink_share", "entropy", "eps")
 
 
-def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu"):
+def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu", gradients=True):
     """What train.py logs every collapse_every iterations: analyze() of a GPT (in eval mode, without gradients) on
-    windows (N, T), each layer's COLLAPSE_KEYS."""
+    windows (N, T), each layer's COLLAPSE_KEYS; with gradients (a plain GPT: not under FSDP) also
+    collapse_gradients' grad_q, grad_k and Thm H.1's bound_q, bound_k."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
         layers = analyze(GPTAttentions(model, None, "the model in training"), windows, tau, eta,
                          batch_size=batch_size, device=device, progress=False)
     model.train(was_training)
-    return [{"layer": rec["layer"], **{k: rec[k] for k in COLLAPSE_KEYS}} for rec in layers]
+    records = [{"layer": rec["layer"], **{k: rec[k] for k in COLLAPSE_KEYS}} for rec in layers]
+    if gradients:
+        for record, grads in zip(records, collapse_gradients(model, windows, device)):
+            record |= {k: grads[k] for k in ("grad_q", "grad_k", "bound_q", "bound_k")}
+    return records
+
+
+def collapse_gradients(model, windows, device="cpu"):
+    """The paper's Thm H.1 (App. H) measured: per layer of a plain GPT (not DDP/FSDP-wrapped), the LM loss's gradient
+    norms grad_q = ||dL/dW_Q||_F and grad_k = ||dL/dW_K||_F (W_Q, W_K: the query and key rows of c_attn.weight) and
+    the theorem's upper bounds on them, bound_q and bound_k, with eps, the largest eps of any head and window.
+
+    windows (N, T) token ids: the loss is the mean next-token loss of x = w[:, :-1] predicting y = w[:, 1:], so the
+    attentions are (T-1) x (T-1), on the windows collapse_record measures. Gradients come from torch.autograd.grad in
+    eval mode (no dropout): the model's .grad and its train/eval mode are left as they were.
+
+    The theorem, for an eps-sink-collapsed head: the softmax Jacobian of each row has norm <= 2 eps, so
+    ||dL/dW_Q||_F <= 2 eps scale ||X||_2 ||K||_2 ||dL/dA||_F (likewise W_K with Q), X the attention's input (after
+    ln_1), K the head's keys, scale the attention's logit scale. We use ||K||_F >= ||K||_2 (valid, looser): rotary
+    turns each position's key by an orthogonal matrix, which keeps every row's norm and so ||K||_F, but not ||K||_2;
+    ||X||_2 is the spectral norm. The layer's bound is the sum of these over heads and windows (the triangle
+    inequality: the gradient is the sum of their contributions), with dL/dA over all of A's entries (the masked ones
+    included, which only loosens it).
+    """
+    was_training = model.training
+    model.eval()
+    w = torch.as_tensor(windows, dtype=torch.long, device=device)
+    blocks = list(model.transformer.h)
+    captured = {}  # layer -> (X, q k v): the attention's input and c_attn's output
+
+    def capture(layer):
+        def hook(module, inputs, output):
+            captured[layer] = (inputs[0].detach(), output.detach())
+        return hook
+
+    hooks = [b.attn.c_attn.register_forward_hook(capture(i)) for i, b in enumerate(blocks)]
+    try:
+        with torch.enable_grad():
+            _, loss, atts = model(w[:, :-1], w[:, 1:].contiguous(), return_attn=True)
+            weights = [b.attn.c_attn.weight for b in blocks]
+            grads = torch.autograd.grad(loss, weights + atts)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    records = []
+    for layer, block in enumerate(blocks):
+        attn = block.attn
+        nq, nk, _ = attn.qkv_sizes
+        dW, dA = grads[layer].double(), grads[len(blocks) + layer].double()  # dA: (N, n_head, T-1, T-1)
+        X, qkv = (t.double() for t in captured[layer])
+        B, T, _ = X.shape
+        q = qkv[..., :nq].reshape(B, T, attn.n_head, attn.head_size)
+        k = qkv[..., nq:nq + nk].reshape(B, T, attn.n_kv_head, attn.head_size)
+        k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=2)  # the key head each query head uses
+        # entropy_and_eps's eps, 1 - min_i A[i, 0], summed as the rest of each row instead: in float32, 1 - A[i, 0]
+        # rounds to 0 below ~6e-8, which would make the bound 0 where the gradient is not
+        eps = atts[layer].detach()[..., 1:].double().sum(-1).amax(-1)  # (N, n_head)
+        common = 2 * eps * attn.scale * torch.linalg.matrix_norm(X, ord=2)[:, None] * dA.flatten(2).norm(dim=-1)
+        records.append({
+            "layer": layer,
+            "grad_q": dW[:nq].norm().item(),
+            "grad_k": dW[nq:nq + nk].norm().item(),
+            "bound_q": (common * k.norm(dim=(1, 3))).sum().item(),
+            "bound_k": (common * q.norm(dim=(1, 3))).sum().item(),
+            "eps": eps.max().item(),
+        })
+    return records
 
 
 def build_report(layers, settings, attention_model):

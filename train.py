@@ -505,7 +505,7 @@ while True:
         t_last_log, iters_since_log = time.time(), 0  # eval time is not training time
     if collapse_every and iter_num % collapse_every == 0 and last_collapse != iter_num and not eval_only:
         with procs.unsharded_root(raw_model):  # DDP: rank 0 alone (every rank has its weights); FSDP: every rank
-            layers = analyze_rank.collapse_record(raw_model, collapse_windows_ids, device=device) \
+            layers = analyze_rank.collapse_record(raw_model, collapse_windows_ids, device=device, gradients=not fsdp) \
                 if master_process or fsdp else None
         log({"iter": iter_num, "event": "collapse", "round": (growth or {}).get("round", 0),
              "n_layer": raw_model.config.n_layer, "layers": layers})

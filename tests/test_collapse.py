@@ -11,6 +11,7 @@ import torch
 
 import analyze_rank
 from conftest import REPO, read_log, run_in_process, train, train_cmd
+from model import GPT, GPTConfig
 
 COLLAPSE = ["--collapse_every=5", "--collapse_windows=4", "--collapse_seq_len=16", "--gradient_accumulation_steps=1"]
 
@@ -42,8 +43,10 @@ def test_records_equal_analyze_rank_on_the_checkpoint(char_data, tmp_path):
     assert [(r["iter"], r["n_layer"], r["round"], len(r["layers"])) for r in records] == [(0, 2, 0, 2), (5, 2, 0, 2),
                                                                                            (10, 2, 0, 2)]
     for logged, analyzed in zip(records[-1]["layers"], analyzed_layers(char_data, out, tmp_path)):
-        assert logged == {k: analyzed[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)}
+        assert {k: logged[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)} == {
+            k: analyzed[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)}
         assert 1 <= logged["max_rank"] <= 16 and 0 <= logged["eps"] <= 1 and logged["entropy"] > 0
+        assert 0 < logged["grad_q"] <= logged["bound_q"] and 0 < logged["grad_k"] <= logged["bound_k"]  # Thm H.1
 
 
 def analyzed_layers(char_data, out, tmp_path):
@@ -67,7 +70,9 @@ def test_records_under_ddp_and_fsdp_equal_analyze_rank_on_the_checkpoint(char_da
     records = collapse_records(out)
     assert [(rec["iter"], rec["n_layer"]) for rec in records] == [(0, 2), (5, 2)]  # rank 0 wrote each once
     for logged, analyzed in zip(records[-1]["layers"], analyzed_layers(char_data, out, tmp_path)):
-        assert logged == pytest.approx({k: analyzed[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)}, rel=1e-6)
+        assert {k: logged[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)} == pytest.approx(
+            {k: analyzed[k] for k in ("layer", *analyze_rank.COLLAPSE_KEYS)}, rel=1e-6)
+        assert ("grad_q" in logged) == (sharding == "ddp")  # rank 0's plain copy under DDP; none under FSDP yet
 
 
 def test_resume_writes_each_record_once_and_growth_changes_the_depth(char_data, tmp_path):
@@ -86,3 +91,66 @@ def test_bad_collapse_settings(char_data, tmp_path):
     assert "collapse_seq_len=64 is longer than block_size=32" in r.stderr and len(r.stderr.splitlines()) == 1
     r = train(char_data, tmp_path / "never", *COLLAPSE, "--collapse_windows=100000", "--max_iters=1", expect_rc=1)
     assert "fewer than --num_samples=100000" in r.stderr and not (tmp_path / "never").exists()
+
+
+def sink_collapsed_gpt(boost, C=16, hs=8):
+    """A tiny GPT whose layer 0 puts logit `boost` on column 0 and 0 on every other column, in both heads.
+    The queries are a constant bias along the head's first axis; the keys are that axis times ln_1(x)[0], which is 0
+    for every token but id 0: their embeddings are 0 on dimension 0 and zero-mean, so LayerNorm leaves it 0. With
+    token 0 only at position 0 (and no position embedding), row i has A[i, 0] = e^boost / (e^boost + i)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=C, block_size=16, vocab_size=32))
+    attn = model.transformer.h[0].attn
+    with torch.no_grad():
+        model.transformer.wpe.weight.zero_()
+        wte = model.transformer.wte.weight
+        wte[:, 0] = 0
+        wte[1:, 1:] -= wte[1:, 1:].mean(1, keepdim=True)
+        wte[0] = -1.0 / (C - 1)
+        wte[0, 0] = 1.0
+        z = model.transformer.h[0].ln_1(wte[0])[0]
+        W, b = attn.c_attn.weight, attn.c_attn.bias
+        W[:2 * C], b[:2 * C] = 0, 0  # q = b_q, k = W_K x
+        for h in range(2):
+            W[C + h * hs, 0] = 1.0
+            b[h * hs] = boost / (attn.scale * z)
+    return model
+
+
+def test_collapse_gradients_obey_thm_h1_and_vanish_with_eps():
+    g = torch.Generator().manual_seed(1)
+    windows = torch.randint(1, 32, (4, 17), generator=g)
+    windows[:, 0] = 0  # attention over 16 positions: eps = 15 / (e^boost + 15), from row 15
+    layer0 = []
+    for boost in (2.0, 5.0, 10.0):
+        model = sink_collapsed_gpt(boost)
+        records = analyze_rank.collapse_gradients(model, windows.numpy())
+        rec = records[0]
+        assert rec["eps"] == pytest.approx(15 / (math.exp(boost) + 15), rel=1e-5)
+        _, _, atts = model(windows[:, :-1], return_attn=True)
+        assert rec["eps"] == pytest.approx(analyze_rank.entropy_and_eps(atts[0])[1].max().item(), rel=1e-4)
+        assert (analyze_rank.layer_metrics(atts[0])[0] == 1).all()  # k* = 1: collapsed
+        for r in records:  # the bound holds in every layer, collapsed or not
+            assert 0 < r["grad_q"] <= r["bound_q"] and 0 < r["grad_k"] <= r["bound_k"]
+        layer0.append(rec)
+    grads_q = [r["grad_q"] for r in layer0]
+    assert grads_q[0] > grads_q[1] > grads_q[2] and grads_q[2] < 1e-2 * grads_q[0]
+    assert layer0[2]["grad_k"] < 1e-2 * layer0[0]["grad_k"]
+
+
+def test_collapse_gradients_equal_autograd_and_leave_the_model_alone():
+    # rotary, grouped-query attention, scaled logits and dropout: measured in eval mode, the mode given back
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=16, block_size=16, vocab_size=32, dropout=0.5,
+                          pos_emb="rope", scale_attn_by_inverse_layer_idx=True))
+    windows = torch.randint(0, 32, (3, 12), generator=torch.Generator().manual_seed(2))
+    records = analyze_rank.collapse_gradients(model, windows.numpy())
+    assert model.training and all(p.grad is None for p in model.parameters())
+    model.eval()
+    _, loss = model(windows[:, :-1], windows[:, 1:].contiguous())
+    grads = torch.autograd.grad(loss, [b.attn.c_attn.weight for b in model.transformer.h])
+    for rec, grad in zip(records, grads):
+        assert set(rec) == {"layer", "grad_q", "grad_k", "bound_q", "bound_k", "eps"}
+        assert rec["grad_q"] == pytest.approx(grad[:16].norm().item(), rel=1e-4)
+        assert rec["grad_k"] == pytest.approx(grad[16:24].norm().item(), rel=1e-4)
+        assert rec["grad_q"] <= rec["bound_q"] and rec["grad_k"] <= rec["bound_k"] and 0 < rec["eps"] <= 1

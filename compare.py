@@ -11,10 +11,15 @@ that cost is listed apart (from the reference's log.jsonl when it is one of our 
 likewise a distilled run's teacher (its own forward passes during distillation are in the run's FLOPs).
 Tokens and FLOPs are not reconstructed for logs written before train.py counted them: a resume may have changed
 the batch and a growth the depth, and a guess is not a measurement.
+
+A run trained with --collapse_every also gets OUT-collapse-RUN.png next to --out (RUN: its out_dir, "/" as "_"):
+layers x iterations heatmaps of MaxRank and sink share (blank where a growing run's layer did not exist yet) and,
+when its records carry the gradient norms, each layer's grad_q and grad_k against its eps with Thm H.1's bounds.
 """
 
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -56,6 +61,82 @@ def read_evals(out_dir):
         raise CompareError(f"{path} has eval records without tokens and FLOPs (written by a train.py from before "
                            f"they were counted): re-run the training to compare it at equal compute")
     return [by_iter[i] for i in sorted(by_iter)]
+
+
+COLLAPSE_KEYS = ("max_rank", "sink_share", "eps")  # what the collapse plots draw of a layer's collapse record
+GRAD_KEYS = ("grad_q", "bound_q", "grad_k", "bound_k")  # optional: records written before they were logged lack them
+
+
+def read_collapse(out_dir):
+    """{iter: {layer: {COLLAPSE_KEYS, and the GRAD_KEYS logged}}} of out_dir/log.jsonl's collapse
+    records (the last logged wins, as for evals); {} for a run without them."""
+    path = os.path.join(out_dir, "log.jsonl")
+    by_iter = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            record = json.loads(line)  # read_evals has already refused a line that is not JSON
+            if not isinstance(record, dict) or record.get("event") != "collapse":
+                continue
+            try:
+                layers = {int(layer["layer"]): {k: float(layer[k]) for k in (*COLLAPSE_KEYS, *GRAD_KEYS)
+                                                if k in COLLAPSE_KEYS or k in layer} for layer in record["layers"]}
+                if not layers or min(layers) < 0:  # the heatmap's rows are the layers 0 .. n_layer - 1
+                    raise ValueError
+                by_iter[int(record["iter"])] = layers
+            except (KeyError, TypeError, ValueError):
+                raise CompareError(f"{path} is damaged: line {lineno} is not a collapse record (iter, and layers "
+                                   f"with layer, max_rank, sink_share, eps)") from None
+    return by_iter
+
+
+def collapse_grid(by_iter, key):
+    """(iters, grid): grid[layer, i] is key of layer at iters[i]; NaN where the layer did not exist yet."""
+    iters = sorted(by_iter)
+    grid = np.full((1 + max(max(layers) for layers in by_iter.values()), len(iters)), np.nan)
+    for i, it in enumerate(iters):
+        for layer, metrics in by_iter[it].items():
+            grid[layer, i] = metrics[key]
+    return iters, grid
+
+
+def plot_collapse(name, by_iter, path):
+    """One run's MaxRank and sink-share heatmaps and, when logged, grad_q / grad_k against eps with their bounds:
+    whether collapsed layers (low MaxRank, high sink share, small eps) stop learning, at a glance. Returns the
+    gradients drawn ("q", "k")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(layer, m) for layers in by_iter.values() for layer, m in layers.items()]
+    grads = [g for g in ("q", "k") if any(f"grad_{g}" in m for _, m in points)]
+    fig, axes = plt.subplots(1 + bool(grads), 2, figsize=(12, 4.5 * (1 + bool(grads))), squeeze=False)
+    for ax, key, title in zip(axes[0], ("max_rank", "sink_share"), ("MaxRank", "sink share")):
+        iters, grid = collapse_grid(by_iter, key)
+        # cell edges halfway between records, so that the x axis is iterations even when the interval changed
+        steps = np.diff(iters) if len(iters) > 1 else np.ones(1)
+        x = np.concatenate([[iters[0] - steps[0] / 2], np.array(iters[:-1]) + steps / 2, [iters[-1] + steps[-1] / 2]])
+        mesh = ax.pcolormesh(x, np.arange(len(grid) + 1) - 0.5, np.ma.masked_invalid(grid), cmap="viridis")
+        fig.colorbar(mesh, ax=ax, label=title)
+        ax.set(xlabel="iteration", ylabel="layer", title=f"{name}: {title} per layer (blank: layer not there yet)")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+    for ax, g in zip(axes[1] if grads else [], grads):
+        for key, marker in ((f"grad_{g}", "o"), (f"bound_{g}", "x")):
+            have = [(layer, m) for layer, m in points if key in m]
+            if have:  # one color scale for all layers, so that a layer has the same color in both marks
+                dots = ax.scatter([m["eps"] for _, m in have], [m[key] for _, m in have], marker=marker, label=key,
+                                  c=[layer for layer, _ in have], cmap="viridis", vmin=0,
+                                  vmax=max(layer for layer, _ in points))
+        fig.colorbar(dots, ax=ax, label="layer").ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set(xscale="log", yscale="log", xlabel="eps (Thm H.1)", ylabel=f"||dL/dW_{g}||_F",
+               title=f"{name}: grad_{g} (o) and its bound (x) against eps, colored by layer")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return grads
 
 
 def interpolate(xs, ys, x):
@@ -210,6 +291,7 @@ def main(argv=None):
         sys.exit(f"error: out={config['out']!r} is not a .png file path: pass --out=NAME.png")
     try:
         result = compare(out_dirs)
+        collapses = {d: read_collapse(d) for d in out_dirs}  # all read before anything is written
     except CompareError as e:
         sys.exit(f"error: {e}")
     print(format_report(result))
@@ -219,6 +301,13 @@ def main(argv=None):
         with atomic_write(config["json"], "w") as f:
             json.dump(result, f, indent=1)
     print(f"wrote {config['out']}" + (f" and {config['json']}" if config["json"] else ""))
+    for out_dir, by_iter in collapses.items():
+        if by_iter:  # runs trained without --collapse_every have no records: nothing to draw
+            name = re.sub(r"[^\w.-]+", "_", out_dir).strip("_.") or "run"  # "../runs/a" -> "runs_a", "." -> "run"
+            path = f"{config['out'][:-len('.png')]}-collapse-{name}.png"
+            grads = plot_collapse(out_dir, by_iter, path)
+            print(f"wrote {path}: {out_dir}'s MaxRank and sink share per layer over iterations"
+                  + "".join(f", grad_{g} against eps" for g in grads))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,3 +174,54 @@ def test_bad_arguments(runs, tmp_path, monkeypatch, capsys):
         compare.main(["damaged"])
     assert "damaged/ckpt.pt is damaged" in str(e.value.code)
     assert sorted(os.listdir(tmp_path)) == ["damaged"]
+
+
+def collapse(it, n_layer, grads=False):
+    """A collapse record as train.py logs it, with made-up metrics that name their layer and iteration."""
+    layers = [{"layer": i, "max_rank": 10 * i + it, "distance_from_lazy": 1.0, "mean_rank": 1.0, "avg_mass": 1.0,
+               "sink_share": (i + 1) / 10, "entropy": 1.0, "eps": 0.1 * (i + 1)} for i in range(n_layer)]
+    if grads:
+        for layer in layers:
+            layer.update(grad_q=layer["eps"] / 2, bound_q=layer["eps"], grad_k=layer["eps"] / 3, bound_k=layer["eps"])
+    return {"iter": it, "event": "collapse", "round": 0 if n_layer == 2 else 1, "n_layer": n_layer, "layers": layers}
+
+
+def test_collapse_plots(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    evals = [{"iter": i, "val_loss": 4.0 - i / 10, "tokens": i, "flops": 1.0 * i} for i in (0, 10, 20)]
+    grow = write_log(tmp_path / "grow", [evals[0], collapse(0, 2), evals[1], collapse(10, 2), collapse(10, 2),
+                                         evals[2], collapse(20, 3)])  # iter 10 twice, as a resumed run logs it
+    write_log(tmp_path / "grads", [*evals, *(collapse(i, 2, grads=True) for i in (0, 10))])
+    write_log(tmp_path / "plain", evals)
+    compare.main(["grow", "grads", "plain", "--out=figs/cmp.png"])
+    printed = capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "figs")) == ["cmp-collapse-grads.png", "cmp-collapse-grow.png", "cmp.png"]
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in (tmp_path / "figs").iterdir())
+    assert "wrote figs/cmp-collapse-grow.png: grow's MaxRank and sink share per layer over iterations\n" in printed
+    assert "cmp-collapse-grads.png: grads's MaxRank and sink share per layer over iterations, grad_q against eps, " \
+           "grad_k against eps" in printed and "plain" not in printed.split("wrote figs/cmp.png")[1]
+
+    # the third layer, added at iter 20, is blank before it
+    by_iter = compare.read_collapse(grow)
+    iters, max_rank = compare.collapse_grid(by_iter, "max_rank")
+    assert iters == [0, 10, 20]
+    np.testing.assert_array_equal(max_rank, [[0, 10, 20], [10, 20, 30], [np.nan, np.nan, 40]])
+    np.testing.assert_array_equal(compare.collapse_grid(by_iter, "sink_share")[1],
+                                  [[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [np.nan, np.nan, 0.3]])
+    assert by_iter[0][0] == {"max_rank": 0, "sink_share": 0.1, "eps": 0.1}  # no gradient norms logged: none read
+    assert compare.read_collapse(str(tmp_path / "grads"))[10][1] == pytest.approx(
+        dict(max_rank=20, sink_share=0.2, eps=0.2, grad_q=0.1, bound_q=0.2, grad_k=0.2 / 3, bound_k=0.2))
+
+
+@pytest.mark.parametrize("damage", [lambda r: r["layers"][1].pop("max_rank"), lambda r: r.update(layers=None),
+                                    lambda r: r.update(layers=[]), lambda r: r["layers"][0].update(eps="small")])
+def test_damaged_collapse_record(tmp_path, monkeypatch, damage):
+    monkeypatch.chdir(tmp_path)
+    record = collapse(10, 2)
+    damage(record)
+    write_log(tmp_path / "run", [{"iter": 0, "val_loss": 4.1, "tokens": 0, "flops": 0}, collapse(0, 2), record])
+    with pytest.raises(SystemExit) as e:
+        compare.main(["run"])
+    assert e.value.code == (f"error: {os.path.join('run', 'log.jsonl')} is damaged: line 3 is not a collapse record "
+                            f"(iter, and layers with layer, max_rank, sink_share, eps)")
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # nothing written

@@ -245,4 +245,7 @@ for stage in BASELINES:
 with open(os.path.join(OUT, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
 compare.plot(result, os.path.join(OUT, "losses.png"))
-print(f"wrote {os.path.join(cfg['out_dir'], 'results.json')} and {os.path.join(cfg['out_dir'], 'losses.png')}")
+for stage in ("reference", "inheritune") + (("reference_long",) if cfg["onset_iters"] else ()):
+    compare.plot_collapse(stage, compare.read_collapse(stage_dir(stage)), os.path.join(OUT, f"collapse-{stage}.png"))
+print(f"wrote {os.path.join(cfg['out_dir'], 'results.json')} and {os.path.join(cfg['out_dir'], 'losses.png')}, and "
+      f"each run's collapse as {os.path.join(cfg['out_dir'], 'collapse-STAGE.png')}")

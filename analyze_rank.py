@@ -141,7 +141,7 @@ def entropy_and_eps(att):
     not 1 - A[i, 0], which rounds to 0 in float32 once eps is below about 6e-8)."""
     A = att.detach().to(torch.float64)
     entropy = -(A * A.clamp_min(1e-30).log()).sum(-1).mean(-1)
-    return entropy, A[..., :, 1:].sum(-1).amax(-1)
+    return entropy, A[..., :, 1:].sum(-1).amax(-1).clamp_max(1)  # (a float32 row can sum to 1 + 1e-7)
 
 
 class HeadStats:

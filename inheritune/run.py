@@ -221,6 +221,7 @@ class RunDir:
         if not self.procs.master:
             return
         print(" | ".join(f"{k} {v:.4f}" if k.endswith("loss") else f"{k} {v:.4g}" if isinstance(v, float)
+                         else f"{k}: {len(v)} in log.jsonl" if isinstance(v, list) and v and isinstance(v[0], dict)
                          else f"{k} {v}" for k, v in record.items() if v is not None))
         if self.eval_only:
             return

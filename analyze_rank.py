@@ -447,12 +447,17 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
     """What train.py logs every collapse_every iterations: analyze() of a GPT (in eval mode, without gradients) on
     windows (N, T), each layer's COLLAPSE_KEYS; with gradients (a plain GPT: not under FSDP) also
     collapse_gradients' grad_q, grad_k and Thm H.1's bound_q, bound_k."""
-    was_training = model.training
+    was_training, threads = model.training, torch.get_num_threads()
     model.eval()
-    with torch.no_grad():
-        layers = analyze(GPTAttentions(model, None, "the model in training"), windows, tau, eta,
-                         batch_size=batch_size, device=device, progress=False)
-    model.train(was_training)
+    # one thread: squared_singular_values' per-core eig threads would leave OpenMP teams spinning beside training
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            layers = analyze(GPTAttentions(model, None, "the model in training"), windows, tau, eta,
+                             batch_size=batch_size, device=device, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+        model.train(was_training)
     records = [{"layer": rec["layer"], **{k: rec[k] for k in COLLAPSE_KEYS}} for rec in layers]
     if gradients:
         for record, grads in zip(records, collapse_gradients(model, windows, device)):

@@ -443,10 +443,10 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
 COLLAPSE_KEYS = ("max_rank", "distance_from_lazy", "mean_rank", "avg_mass", "sink_share", "entropy", "eps")
 
 
-def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu", gradients=True):
-    """What train.py logs every collapse_every iterations: analyze() of a GPT (in eval mode, without gradients) on
-    windows (N, T), each layer's COLLAPSE_KEYS; with gradients (a plain GPT: not under FSDP) also
-    collapse_gradients' grad_q, grad_k and Thm H.1's bound_q, bound_k."""
+def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu"):
+    """What train.py logs every collapse_every iterations: analyze() of a plain GPT (in eval mode, without
+    gradients) on windows (N, T), each layer's COLLAPSE_KEYS, and collapse_gradients' grad_q, grad_k and Thm H.1's
+    bound_q, bound_k."""
     was_training, threads = model.training, torch.get_num_threads()
     model.eval()
     # one thread: squared_singular_values' per-core eig threads would leave OpenMP teams spinning beside training
@@ -459,9 +459,8 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
         torch.set_num_threads(threads)
         model.train(was_training)
     records = [{"layer": rec["layer"], **{k: rec[k] for k in COLLAPSE_KEYS}} for rec in layers]
-    if gradients:
-        for record, grads in zip(records, collapse_gradients(model, windows, device)):
-            record |= {k: grads[k] for k in ("grad_q", "grad_k", "bound_q", "bound_k")}
+    for record, grads in zip(records, collapse_gradients(model, windows, device)):
+        record |= {k: grads[k] for k in ("grad_q", "grad_k", "bound_q", "bound_k")}
     return records
 
 

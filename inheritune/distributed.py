@@ -9,7 +9,7 @@ train.py reads as the recipe it runs.
 import faulthandler
 import os
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import timedelta
 
@@ -215,19 +215,6 @@ class Processes:
         full = empty_model(asdict(model.config))
         full.load_state_dict(state)
         return full
-
-    @contextmanager
-    def unsharded_root(self, model):
-        """Under FSDP, model's own parameters (embeddings, final norm, head) gathered for a forward that does not go
-        through model's own forward (GPT.iter_attentions: each block still gathers its shards when called), by every
-        rank; without FSDP, nothing."""
-        if self.fsdp:
-            model.unshard()
-        try:
-            yield
-        finally:
-            if self.fsdp:
-                model.reshard()
 
     def no_sync_unless(self, model, last_micro_step):
         """Gradients are reduced over the processes only on the last micro-step (until then they accumulate)."""

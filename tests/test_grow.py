@@ -240,4 +240,5 @@ TRAIN_DEFAULTS = dict(learning_rate=6e-4, batch_size=12, block_size=64, gradient
                       grow_by=2, max_iters=100, warmup_iters=2, lr_decay_iters=100, min_lr=6e-5, weight_decay=0.1,
                       grad_clip=1.0, vocab_size=0, grow_every=0, max_layers=0, target_val_loss=0.0, fsdp_shard_size=0,
                       dropout=0.0, beta1=0.9, beta2=0.95, dtype="auto", backend="auto", grow_mode="restart",
-                      grow_init="reference", fsdp=False, kd_alpha=0.6, kd_temperature=1.0, head_dim=0, decay_lr=True)
+                      grow_init="reference", fsdp=False, kd_alpha=0.6, kd_temperature=1.0, head_dim=0, decay_lr=True,
+                      collapse_every=0, collapse_windows=20, collapse_seq_len=128)

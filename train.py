@@ -504,11 +504,12 @@ while True:
                 save_checkpoint()
         t_last_log, iters_since_log = time.time(), 0  # eval time is not training time
     if collapse_every and iter_num % collapse_every == 0 and last_collapse != iter_num and not eval_only:
+        t_collapse = time.time()
         whole = procs.full_model(raw_model)  # FSDP: gathered on rank 0 (every rank takes part); else raw_model
         layers = analyze_rank.collapse_record(whole.to(device), collapse_windows_ids, device=device) \
             if master_process else None
         log({"iter": iter_num, "event": "collapse", "round": (growth or {}).get("round", 0),
-             "n_layer": raw_model.config.n_layer, "layers": layers})
+             "n_layer": raw_model.config.n_layer, "layers": layers, "seconds": round(time.time() - t_collapse, 3)})
         last_collapse, t_last_log, iters_since_log = iter_num, time.time(), 0  # analysis time is not training time
     if round_end:
         decision = round_decision(losses["val_loss"])

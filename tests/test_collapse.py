@@ -83,6 +83,7 @@ def test_resume_writes_each_record_once_and_growth_changes_the_depth(char_data, 
     train(char_data, tmp_path / "stopped", *args, "--max_iters=15")  # the same command, longer: continues
     straight, resumed = collapse_records(tmp_path / "straight"), collapse_records(tmp_path / "stopped")
     assert [(r["iter"], r["round"], r["n_layer"]) for r in straight] == [(0, 0, 1), (5, 0, 1), (10, 1, 2), (15, 2, 4)]
+    assert all(r.pop("seconds") > 0 for r in straight + resumed)  # the analysis' own wall time, which differs
     assert resumed == straight  # none twice, none missing, the same numbers
 
 

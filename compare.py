@@ -129,7 +129,7 @@ def plot_collapse(name, by_iter, path):
                                   vmax=max(layer for layer, _ in points))
         fig.colorbar(dots, ax=ax, label="layer").ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set(xscale="log", yscale="log", xlabel="eps (Thm H.1)", ylabel=f"||dL/dW_{g}||_F",
-               title=f"{name}: grad_{g} (o) and its bound (x) against eps, colored by layer")
+               title=f"{name}: grad_{g} (o), Thm H.1's bound (x)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

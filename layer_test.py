@@ -30,7 +30,8 @@ import compare
 from inheritune.checkpoint import find_checkpoint, load_checkpoint
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
 from inheritune.data import load_meta
-from inheritune.source import HUB_GPT2_NAMES, open_source
+from inheritune.hf import HUB_GPT2_NAMES
+from inheritune.source import open_source
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SHAKESPEARE_TEXTS = os.path.join(REPO, "data", "shakespeare", "texts")

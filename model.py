@@ -15,7 +15,7 @@ Attention has two paths that compute the same thing:
   - F.scaled_dot_product_attention (flash kernels on GPU), used for training and sampling;
   - an explicit softmax that can hand back the post-softmax attention probabilities of every
     layer, shape (B, n_head, T, T), used by analyze_rank.py.
-Loading and writing Hugging Face weights lives in hf.py; GPT.from_pretrained is a thin entry point to it.
+It imports nothing from the project: inheritune/hf.py and source.py load Hugging Face weights into it.
 """
 
 import math
@@ -332,16 +332,6 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x, att = block(x, rope, return_attn=True)
             yield att
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, override_args=None, layers=None):
-        """A Hugging Face GPT-2, Llama, Qwen2 or Mistral model: a GPT-2 name, a Hub id or a local folder.
-
-        layers: read only these blocks (in this order) besides the embeddings, final norm and head.
-        """
-        from inheritune.hf import load_pretrained  # hf.py imports this file; import here to keep model.py standalone
-
-        return load_pretrained(name_or_path, layers=layers, override_args=override_args)
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. load GPT-2's 1024 and train at 256)."""

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 import analyze_rank
 import inherit
 from inheritune import configurator, data, perf, run
-from inheritune.checkpoint import (CheckpointError, find_checkpoint, load_model, load_optimizer_state, load_shards,
+from inheritune.checkpoint import (CheckpointError, find_checkpoint, load_optimizer_state, load_shards,
                                    model_fingerprint, strip_wrapper_prefixes)
 from inheritune.distributed import Processes, fail, is_master, shape_of
 from inheritune.hf import ModelLoadError
+from inheritune.source import known_model_tokenizer_meta, load_model
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -260,7 +261,7 @@ if meta["vocab_size"] > model_args["vocab_size"]:
 if not resuming and init_from != "scratch":  # a pretrained model's data must be tokenized as it was trained
     try:
         model_source = reference if init_from == "inherit" else init_from
-        data.check_data_tokenizer(meta, data_dir, data.known_model_tokenizer_meta(model_source), model_source)
+        data.check_data_tokenizer(meta, data_dir, known_model_tokenizer_meta(model_source), model_source)
     except ValueError as e:  # DataError, or a TokenizerError: the model's tokenizer files cannot be read
         fail(e)
 if master_process:

@@ -6,7 +6,7 @@ checkpoint, created when a checkpoint is first written there, in one of two form
   ckpt.pt    one file, written by one process (train.py on one process or under DDP, inherit.py);
   ckpt.dcp/  a sharded checkpoint (train.py --fsdp=True): every process writes its own shards through
              torch.distributed.checkpoint, so no process ever holds the whole model.
-Every loader reads both: load_checkpoint / load_model consolidate a sharded checkpoint on the fly, so scripts
+Every loader reads both: load_checkpoint / source.load_model consolidate a sharded checkpoint on the fly, so scripts
 need not know how a run was trained; `python -m inheritune.checkpoint --to_single=... / --to_sharded=...` converts.
 
 A checkpoint is a dict of tensors and plain Python types, so torch.load(path, weights_only=True) reads ckpt.pt.
@@ -392,24 +392,6 @@ def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
     except (TypeError, RuntimeError, ValueError, AttributeError) as e:  # weights that do not fit model_args
         raise damaged(path, f"its weights do not fit its model_args: {str(e).splitlines()[0][:120]}") from None
     return model
-
-
-def load_model(source, device="cpu", layers=None):
-    """(model, checkpoint dict without weights or None) of a model source (source.open_source: one of our
-    checkpoints, a Hugging Face folder or Hub id): ModelSource.load's blocks[layers] (None: all), read without the
-    rest of the model."""
-    from inheritune.source import open_source  # source.py builds on this file
-
-    source = open_source(source)
-    return source.load(layers, device), source.checkpoint
-
-
-def load_model_config(source):
-    """(GPTConfig, checkpoint dict without weights or None) of a model source, without reading its weights."""
-    from inheritune.source import open_source  # source.py builds on this file
-
-    source = open_source(source)
-    return source.config, source.checkpoint
 
 
 def model_fingerprint(model, sample=65536):

@@ -80,19 +80,6 @@ def run_dataset_meta(run_config):
     return find_dataset_meta(dataset) if dataset else (None, [])
 
 
-def known_model_tokenizer_meta(source):
-    """source.ModelSource.known_tokenizer_meta of a model name, opened from what is here (no download); None when
-    it is not here (train.py checks its data on every rank, where under FSDP only rank 0 opened the model)."""
-    from inheritune.checkpoint import CheckpointError
-    from inheritune.hf import ModelLoadError
-    from inheritune.source import open_source  # source.py builds on this file
-
-    try:
-        return open_source(source, download=False).known_tokenizer_meta()
-    except (CheckpointError, ModelLoadError):
-        return None
-
-
 def check_data_tokenizer(meta, data_dir, model_meta, model_source):
     """Refuse a dataset tokenized otherwise than the model (model_meta: ModelSource.known_tokenizer_meta; None: unknown,
     nothing to compare), by their vocabulary fingerprints."""

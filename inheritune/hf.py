@@ -1,7 +1,7 @@
 """
 Hugging Face interop: load a Hugging Face model folder into our GPT (all blocks, or only chosen ones), and export
-ours as a Hub folder of the same architecture. Which folder a name means (a local one, or a Hub id's download) is
-source.py's decision.
+ours as a Hub folder of the same architecture. Which folder a name means (a local one, or a Hub id's download:
+hub_folder) is source.py's decision; source.load_pretrained loads one by name.
 
 Architectures: GPT2LMHeadModel; LlamaForCausalLM (Llama 2, Llama 3.x, SmolLM, SmolLM2, OpenLLaMA),
 Qwen2ForCausalLM (Qwen2, Qwen2.5) and MistralForCausalLM, the "Llama family" below.
@@ -56,6 +56,32 @@ LLAMA_BLOCK_NAMES = (
 
 class ModelLoadError(ValueError):
     """A model source that cannot be loaded; the message says what to do instead."""
+
+
+HUB_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+# what a Hub download fetches: config, safetensors weights (sharded too) and tokenizer files; not the .bin / .pth copies
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "*.jinja"]
+
+
+def hub_repo_id(name):
+    """openai-community/gpt2 for gpt2 (the Hub moved OpenAI's models there); other names are kept."""
+    return f"openai-community/{name}" if name in HUB_GPT2_NAMES[:4] else name
+
+
+def hub_folder(name, download=True):
+    """The local snapshot of a Hub model (its config, safetensors and tokenizer files), downloaded unless
+    download=False."""
+    from huggingface_hub import snapshot_download
+
+    repo_id = hub_repo_id(name)
+    try:
+        return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=not download)
+    except Exception as e:  # offline, unknown repo, gated repo, not in the cache: all end the same way for the user
+        raise ModelLoadError(
+            f"could not get '{repo_id}' from the Hugging Face Hub ({type(e).__name__}). On a machine without "
+            f"network, download it elsewhere (`hf download {repo_id} --local-dir {name.split('/')[-1]}`), "
+            f"copy the folder here and pass its path instead of the name."
+        ) from None
 
 
 def has_tokenizer(folder):
@@ -307,23 +333,6 @@ def llama_state_dict_from_hf(hf_sd, config, source, rest=True):
     return sd
 
 
-def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.float32):
-    """Our GPT from a Hugging Face GPT-2, Llama, Qwen2 or Mistral model: a GPT-2 name, Hub id or local folder
-    (source.open_source finds it); see load_folder. override_args may set dropout."""
-    from inheritune.source import HF_KINDS, open_source  # source.py builds on this file
-
-    source = open_source(name_or_path)
-    if source.kind not in HF_KINDS:
-        raise ModelLoadError(f"{name_or_path} is one of our checkpoints, not a Hugging Face model: load it with "
-                             f"checkpoint.load_model")
-    config = source.config
-    for k, v in (override_args or {}).items():
-        if k != "dropout":
-            raise ValueError(f"only dropout can be overridden when loading pretrained weights, not {k}")
-        config = dataclasses.replace(config, dropout=v)
-    return load_folder(source.path, config, name_or_path, layers, dtype)
-
-
 def load_folder(folder, config, source, layers=None, dtype=torch.float32):
     """Our GPT of the Hugging Face model in folder (config: its gpt_config_from_hf; source: its name, for errors).
 
@@ -526,14 +535,12 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
     """
     from safetensors.torch import save_file
 
-    from inheritune.source import open_source  # source.py builds on this file
-
     source_config = read_hf_config(source) if source else None
     kind = (tokenizer_meta or {}).get("tokenizer")
     tokenizer_folder = source
     if kind == "hf":  # meta.json records a folder by its absolute path (tokenizer files alone will do), else a Hub id
         name = tokenizer_meta["tokenizer_source"]
-        tokenizer_folder = name if os.path.isdir(name) else open_source(name).path
+        tokenizer_folder = name if os.path.isdir(name) else hub_folder(name)
     if kind == "hf" and source_config is None:
         source_config = {k: tokenizer_meta[k] for k in ("bos_token_id", "eos_token_id")}
     hf_config = hf_config_from_gpt(model.config, source_config)  # refuses a model no architecture computes

@@ -1,6 +1,6 @@
 """
 Model sources: what a --model / --init_from / --ckpt / --reference name means, decided once (open_source), and a
-ModelSource that reads from it only what is asked for.
+ModelSource that reads from it only what is asked for; load_model and load_pretrained load a model by its name.
 
 A name is, in this order:
   checkpoint   one of our single-file checkpoints: a .pt file, or an out_dir holding ckpt.pt
@@ -12,6 +12,7 @@ Anything else is an error at once, without the network: a path-like name (./x, /
 folder) that does not exist, or a single word that is no GPT-2 name (a typo of a local folder gets its spelling).
 """
 
+import dataclasses
 import difflib
 import functools
 import os
@@ -23,14 +24,11 @@ from inheritune.checkpoint import (BLOCK_NAME, CKPT_NAME, SHARDED_NAME, Checkpoi
                                    fingerprint_tensors, load_checkpoint, load_sharded_checkpoint, load_sharded_model,
                                    model_from_checkpoint, strip_wrapper_prefixes)
 from inheritune.data import GPT2_VOCAB_SIZE, DataError, run_dataset_meta, run_tokenizer_meta
-from inheritune.hf import ModelLoadError
+from inheritune.hf import HUB_GPT2_NAMES, ModelLoadError, hub_folder, load_folder
 from inheritune.tokenizer import describe, hf_tokenizer_meta, meta_fingerprint
 from model import GPT, GPTConfig
 
-HUB_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 HF_KINDS = ("hf_folder", "hub")
-# what a Hub download fetches: config, safetensors weights (sharded too) and tokenizer files; not the .bin / .pth copies
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "*.jinja"]
 
 
 def open_source(name, download=True):
@@ -81,27 +79,6 @@ def did_you_mean(name):
         near = []
     close = difflib.get_close_matches(base, near + ([] if parent else list(HUB_GPT2_NAMES)), n=1)
     return f"; did you mean {os.path.join(parent, close[0])}?" if close else ""
-
-
-def hub_repo_id(name):
-    """openai-community/gpt2 for gpt2 (the Hub moved OpenAI's models there); other names are kept."""
-    return f"openai-community/{name}" if name in HUB_GPT2_NAMES[:4] else name
-
-
-def hub_folder(name, download=True):
-    """The local snapshot of a Hub model (its config, safetensors and tokenizer files), downloaded unless
-    download=False."""
-    from huggingface_hub import snapshot_download
-
-    repo_id = hub_repo_id(name)
-    try:
-        return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=not download)
-    except Exception as e:  # offline, unknown repo, gated repo, not in the cache: all end the same way for the user
-        raise ModelLoadError(
-            f"could not get '{repo_id}' from the Hugging Face Hub ({type(e).__name__}). On a machine without "
-            f"network, download it elsewhere (`hf download {repo_id} --local-dir {name.split('/')[-1]}`), "
-            f"copy the folder here and pass its path instead of the name."
-        ) from None
 
 
 class ModelSource:
@@ -217,3 +194,38 @@ class ModelSource:
             raise DataError(f"{describe(meta)} has {meta['vocab_size']} ids but the model {self.name} only "
                             f"{vocab_size}: it is not this model's tokenizer")
         return meta
+
+
+# -----------------------------------------------------------------------------
+# loading by name
+
+def load_model(source, device="cpu", layers=None):
+    """(model, checkpoint dict without weights or None) of a model source (open_source: one of our
+    checkpoints, a Hugging Face folder or Hub id): ModelSource.load's blocks[layers] (None: all), read without the
+    rest of the model."""
+    source = open_source(source)
+    return source.load(layers, device), source.checkpoint
+
+
+def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.float32):
+    """Our GPT from a Hugging Face GPT-2, Llama, Qwen2 or Mistral model: a GPT-2 name, Hub id or local folder
+    (open_source finds it); see hf.load_folder. override_args may set dropout."""
+    source = open_source(name_or_path)
+    if source.kind not in HF_KINDS:
+        raise ModelLoadError(f"{name_or_path} is one of our checkpoints, not a Hugging Face model: load it with "
+                             f"source.load_model")
+    config = source.config
+    for k, v in (override_args or {}).items():
+        if k != "dropout":
+            raise ValueError(f"only dropout can be overridden when loading pretrained weights, not {k}")
+        config = dataclasses.replace(config, dropout=v)
+    return load_folder(source.path, config, name_or_path, layers, dtype)
+
+
+def known_model_tokenizer_meta(source):
+    """ModelSource.known_tokenizer_meta of a model name, opened from what is here (no download); None when
+    it is not here (train.py checks its data on every rank, where under FSDP only rank 0 opened the model)."""
+    try:
+        return open_source(source, download=False).known_tokenizer_meta()
+    except (CheckpointError, ModelLoadError):
+        return None

@@ -10,7 +10,8 @@ import torch
 
 from inheritune import hf
 from inheritune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from inheritune.hf import ModelLoadError, export_hf, gpt_config_from_hf, load_pretrained
+from inheritune.hf import ModelLoadError, export_hf, gpt_config_from_hf
+from inheritune.source import load_pretrained
 from model import GPT, GPTConfig
 
 LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from inheritune import checkpoint
-from inheritune.checkpoint import (find_checkpoint, load_checkpoint, load_model, save_sharded_checkpoint, to_sharded,
-                                   to_single)
+from inheritune.checkpoint import find_checkpoint, load_checkpoint, save_sharded_checkpoint, to_sharded, to_single
+from inheritune.source import load_model
 from conftest import REPO, kill_when_writing, read_log, train, train_cmd
 
 RUN = ["--max_iters=20", "--eval_interval=10", "--gradient_accumulation_steps=4", "--grad_clip=0.5"]
@@ -162,7 +162,7 @@ def test_sharded_checkpoint_converts_to_single_and_back(runs, tmp_path):
 
 
 def test_scripts_read_an_fsdp_run_as_its_single_file(runs, tmp_path):
-    # inherit.py (as sample.py, export_hf.py, analyze_rank.py: checkpoint.load_model) reads the sharded out_dir
+    # inherit.py (as sample.py, export_hf.py, analyze_rank.py: source.load_model) reads the sharded out_dir
     to_single(runs / "fsdp", tmp_path / "single")
     for src, student in ((runs / "fsdp", "from-sharded"), (tmp_path / "single", "from-single")):
         r = subprocess.run([sys.executable, "inherit.py", f"--init_from={src}", "--layers=1,0",
@@ -251,6 +251,7 @@ KILLED_SHARDED_SAVE = """
 import sys, time, torch
 sys.path.insert(0, ".")
 from inheritune import checkpoint
+from inheritune.source import load_model
 from torch.distributed.checkpoint import FileSystemWriter
 real_write = FileSystemWriter.write_data
 def write_then_hang(self, plan, planner):  # write the shards, then hang before the folder is complete
@@ -258,7 +259,7 @@ def write_then_hang(self, plan, planner):  # write the shards, then hang before 
     print("writing", flush=True)
     time.sleep(600)
 FileSystemWriter.write_data = write_then_hang
-model, _ = checkpoint.load_model(sys.argv[1])
+model, _ = load_model(sys.argv[1])
 checkpoint.save_sharded_checkpoint({"model_args": {}, "iter_num": 99}, sys.argv[1], model)
 """
 

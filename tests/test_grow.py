@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from inheritune.checkpoint import load_model
+from inheritune.source import load_model
 from conftest import REPO, read_log, train, train_cmd
 from inheritune.data import eval_offsets, evaluate_loss, open_tokens
 from inherit import inherit

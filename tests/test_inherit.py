@@ -10,6 +10,7 @@ import torch
 from inheritune.checkpoint import load_checkpoint, model_fingerprint, model_from_checkpoint, save_checkpoint
 from conftest import run_in_process
 from inheritune.data import write_meta, write_tokens
+from inheritune.source import load_pretrained
 from inherit import InheritError, grow, inherit, parse_layers
 from model import GPT, GPTConfig
 
@@ -44,7 +45,7 @@ def test_prefix_inheritance_equals_truncated_hf_model(make_hf_gpt2):
     from transformers import GPT2LMHeadModel
 
     folder = make_hf_gpt2(n_layer=5, n_head=3, n_embd=48)
-    student = inherit(GPT.from_pretrained(folder).eval(), parse_layers("", 3, 5)).eval()
+    student = inherit(load_pretrained(folder).eval(), parse_layers("", 3, 5)).eval()
     truncated = GPT2LMHeadModel.from_pretrained(folder).eval()
     truncated.transformer.h = truncated.transformer.h[:3]
     truncated.config.n_layer = 3

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inheritune.hf import ModelLoadError, export_hf
+from inheritune.source import load_pretrained
 from model import GPT, GPTConfig, gelu_tanh
 
 PARITY_SHAPES = [
@@ -32,7 +33,7 @@ def test_logits_match_transformers(make_hf_gpt2, shape):
 
     folder = make_hf_gpt2(**shape)
     ref = GPT2LMHeadModel.from_pretrained(folder).eval()
-    ours = GPT.from_pretrained(folder).eval()
+    ours = load_pretrained(folder).eval()
     idx = torch.randint(0, shape["vocab_size"], (2, shape["n_positions"]), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = ref(idx).logits
@@ -45,13 +46,13 @@ def test_pytorch_model_bin_and_prefixless_keys(make_hf_gpt2, tmp_path):
     from safetensors.torch import load_file
 
     folder = make_hf_gpt2(safetensors=False)
-    sd = GPT.from_pretrained(folder).state_dict()
+    sd = load_pretrained(folder).state_dict()
     # The same weights saved without the "transformer." prefix (as GPT2Model does) load identically.
     bare = make_hf_gpt2(name="bare")
     hf_sd = load_file(f"{bare}/model.safetensors")
     torch.save({k.removeprefix("transformer."): v for k, v in hf_sd.items()}, f"{bare}/pytorch_model.bin")
     (tmp_path / "bare" / "model.safetensors").unlink()
-    sd_bare = GPT.from_pretrained(bare).state_dict()
+    sd_bare = load_pretrained(bare).state_dict()
     for k in sd:
         assert torch.equal(sd[k], sd_bare[k]), k
 
@@ -76,7 +77,7 @@ def test_attention_probabilities_match_transformers_eager(make_hf_gpt2):
 
     folder = make_hf_gpt2(n_layer=3, n_head=3, n_embd=48, scale_attn_by_inverse_layer_idx=True)
     ref = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
-    ours = GPT.from_pretrained(folder).eval()
+    ours = load_pretrained(folder).eval()
     idx = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         theirs = ref(idx, output_attentions=True).attentions
@@ -98,7 +99,7 @@ def test_export_roundtrip_through_transformers(tmp_path, bias):
     idx = torch.randint(0, 70, (3, 24))
     with torch.no_grad():
         assert rel_err(hf(idx).logits, model(idx)[0]) < 1e-6
-        reloaded = GPT.from_pretrained(str(tmp_path / "exported")).eval()
+        reloaded = load_pretrained(str(tmp_path / "exported")).eval()
         assert rel_err(reloaded(idx)[0], model(idx)[0]) < 1e-6
 
 
@@ -110,19 +111,19 @@ def test_sequence_longer_than_block_size_is_refused():
 
 def test_unknown_model_name():
     with pytest.raises(ModelLoadError, match="unknown model 'gpt3-huge'"):
-        GPT.from_pretrained("gpt3-huge")
+        load_pretrained("gpt3-huge")
 
 
 def test_hub_name_offline_fails_fast_with_advice():
     with pytest.raises(ModelLoadError, match="openai-community/gpt2-medium.*pass its path"):
-        GPT.from_pretrained("gpt2-medium")
+        load_pretrained("gpt2-medium")
 
 
 def test_folder_without_weights(make_hf_gpt2, tmp_path):
     folder = make_hf_gpt2()
     (tmp_path / "hf-gpt2" / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="has no weights"):
-        GPT.from_pretrained(folder)
+        load_pretrained(folder)
 
 
 @pytest.mark.parametrize("shape", [dict(GPT2_SHAPE, n_layer=2, n_head=2, n_embd=32), LLAMA_SHAPE])

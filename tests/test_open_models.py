@@ -18,10 +18,11 @@ import torch
 
 from inheritune import hf
 import inherit
-from inheritune.checkpoint import load_checkpoint, load_model, model_fingerprint, save_checkpoint
+from inheritune.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
 from conftest import REPO, TINY, read_log, run_in_process
 from inheritune.data import eval_offsets, evaluate_loss, load_meta, open_tokens, prepare_shakespeare, shakespeare_works
-from inheritune.hf import ModelLoadError, load_pretrained
+from inheritune.hf import ModelLoadError
+from inheritune.source import load_model, load_pretrained
 from test_families import RecordingSafeOpen, reference_through
 
 LLAMA = dict(hidden_size=32, intermediate_size=72, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

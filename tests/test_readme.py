@@ -400,7 +400,7 @@ def test_user_chain(user_repo):
     analysis = load_json(os.path.join(repo, "out-analysis", "analysis.json"))
     assert analysis["settings"]["seq_len"] == 64 and analysis["n_layer"] == 4
 
-    from inheritune.checkpoint import load_model
+    from inheritune.source import load_model
 
     run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=auto "
                "--analysis=out-analysis/analysis.json --dataset=shakespeare_char --out_dir=out-inherit", repo)
@@ -507,7 +507,7 @@ def test_data_preparation(user_repo, tmp_path):
 
 def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
     """The README's gpt2 / gpt2-medium commands, with a tiny local GPT-2 folder for the Hub name."""
-    from inheritune.checkpoint import load_model
+    from inheritune.source import load_model
 
     repo = user_repo
     with open(os.path.join(repo, "prompt.txt"), "w") as f:
@@ -587,7 +587,7 @@ def test_open_model_commands(user_repo, smol, tmp_path):
     import datasets
     from transformers import AutoModelForCausalLM
 
-    from inheritune.checkpoint import load_model
+    from inheritune.source import load_model
     from inheritune.data import shakespeare_works
 
     repo = user_repo

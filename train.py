@@ -25,7 +25,8 @@ import inherit
 from inheritune import configurator, data, perf, run
 from inheritune.checkpoint import (CheckpointError, find_checkpoint, load_optimizer_state, load_shards,
                                    model_fingerprint, strip_wrapper_prefixes)
-from inheritune.distributed import Processes, fail, is_master, shape_of
+from inheritune.distributed import (Processes, fail, finish, gather, is_master, shape_of, share_from_rank0,
+                                    sum_over_processes)
 from inheritune.hf import ModelLoadError
 from inheritune.source import known_model_tokenizer_meta, load_model
 from model import GPT, GPTConfig
@@ -245,7 +246,7 @@ except ValueError as e:  # an InheritError, or a model option GPTConfig refuses
     fail(e)
 if fsdp:  # the other ranks take what rank 0 built: shapes (meta device) and the run's state
     model_config, ref_config, model_args, iter_num, round_start_iter, best_val_loss, last_eval, compute, \
-        checkpoint_extras, last_collapse = procs.share_from_rank0(
+        checkpoint_extras, last_collapse = share_from_rank0(
             (raw_model.config, ref_model and ref_model.config, model_args, iter_num, round_start_iter, best_val_loss,
              last_eval, compute, checkpoint_extras, last_collapse) if master_process else None)
     if not master_process:
@@ -327,7 +328,7 @@ if teacher:
             teacher_model = procs.on_rank0(lambda: load_model(teacher)[0])
     except (CheckpointError, ModelLoadError) as e:
         fail(f"teacher={teacher!r} (a GPT-2 name, a Hugging Face folder or our out_dir / .pt) cannot be loaded: {e}")
-    fingerprint = procs.share_from_rank0(model_fingerprint(teacher_model) if master_process else None)
+    fingerprint = share_from_rank0(model_fingerprint(teacher_model) if master_process else None)
     if meta["vocab_size"] > teacher_model.config.vocab_size:
         fail(f"teacher {teacher!r} has a vocabulary of {teacher_model.config.vocab_size} ids, fewer than the "
              f"{meta['vocab_size']} of {data_dir}: distill from a teacher of the data's tokenizer")
@@ -431,7 +432,7 @@ def training_state():
     return dict(checkpoint_extras, model_args=model_args, config=config, scaler=scaler.state_dict(),
                 iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss, compute=compute,
                 last_collapse=last_collapse,
-                rng=procs.gather(run.rng_state(device_type)), sampler=procs.gather(train_batches.state_dict()),
+                rng=gather(run.rng_state(device_type)), sampler=gather(train_batches.state_dict()),
                 last_eval=last_eval)
 
 
@@ -562,8 +563,8 @@ while True:
     iters_since_log += 1
     stop_requested = False
     if iter_num % log_interval == 0:  # a training step's one host sync: one all-reduce and one read, at log steps
-        summed = procs.sum(torch.stack([loss_sum, nonfinite_steps, *kd_parts,
-                                        torch.tensor(float(stop["signal"] is not None), device=device)]))
+        summed = sum_over_processes(torch.stack([loss_sum, nonfinite_steps, *kd_parts,
+                                                 torch.tensor(float(stop["signal"] is not None), device=device)]))
         n = procs.world_size
         step_loss, nonfinite, ce, kd, stop_requested, norm = torch.cat(
             [summed / torch.tensor([n, 1, n, n, 1], device=device), grad_norm.float().reshape(1)]).tolist()
@@ -593,4 +594,4 @@ while True:
         break
 
 rundir.finish()
-procs.finish()
+finish()

@@ -81,19 +81,6 @@ class GPTConfig:
         return self.intermediate_size or 4 * self.n_embd
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1's nn.LayerNorm(bias=))."""
-
-    def __init__(self, ndim, bias, eps=1e-5):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-        self.eps = eps
-
-    def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
-
-
 class RMSNorm(nn.Module):
     """weight * x / sqrt(mean(x^2) + eps), normalized in float32 and cast back before the weight, as Llama's."""
 
@@ -111,7 +98,7 @@ class RMSNorm(nn.Module):
 def norm_layer(config):
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd, config.norm_eps)
-    return LayerNorm(config.n_embd, config.bias, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 def gelu_tanh(x):

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from inheritune.atomic import atomic_write
+from inheritune.tokenizer import CharTokenizer, GPT2Tokenizer, describe, meta_fingerprint
 
 TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; larger vocabularies are written as uint32
 TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
@@ -83,8 +84,6 @@ def run_dataset_meta(run_config):
 def check_data_tokenizer(meta, data_dir, model_meta, model_source):
     """Refuse a dataset tokenized otherwise than the model (model_meta: ModelSource.known_tokenizer_meta; None: unknown,
     nothing to compare), by their vocabulary fingerprints."""
-    from inheritune.tokenizer import describe, meta_fingerprint
-
     if model_meta is None or meta_fingerprint(meta) == meta_fingerprint(model_meta):
         return
     how = {"hf": f" (python prepare_owt.py --tokenizer={model_meta.get('tokenizer_source')})",
@@ -210,8 +209,6 @@ def prepare_shakespeare(out_dir=None, tokenizer="char"):
     works concatenated as they are. tokenizer="gpt2": GPT-2 BPE, each work's part followed by <|endoftext|>.
     out_dir defaults to data/shakespeare_char or data/shakespeare_gpt2.
     """
-    from inheritune.tokenizer import CharTokenizer, GPT2Tokenizer
-
     out_dir = out_dir or os.path.join(REPO_DIR, "data", f"shakespeare_{tokenizer}")
     works = shakespeare_works()
     parts = {"train": [], "val": []}

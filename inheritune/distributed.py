@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from inheritune.checkpoint import empty_model
 from model import GPT
 
 
@@ -171,8 +172,6 @@ class FSDP:
     def full_model(self, model):
         """The whole sharded model gathered into rank 0's CPU memory (a collective); its shape on the other ranks."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        from inheritune.checkpoint import empty_model
 
         with torch.device("cpu"):  # not the meta device of shapes_only(), which a caller may be inside
             state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -54,7 +54,7 @@ from torch.nn import functional as F
 
 from analyze_rank import GPTAttentions, analyze, layer_metrics
 from inheritune import perf
-from inheritune.configurator import ConfigError, check_device, overrides_or_exit
+from inheritune.configurator import check_device, overrides_or_exit
 from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -171,10 +171,6 @@ class Runner:
 
 
 def throughput(args):
-    try:
-        check_device(args.device)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
     device_type = "cuda" if args.device.startswith("cuda") else "mps" if args.device.startswith("mps") else "cpu"
     dtype = args.dtype if args.dtype != "auto" else "bfloat16" if device_type == "cuda" else "float32"
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -384,7 +380,8 @@ def main(argv=None):
     args = SimpleNamespace(**(DEFAULTS | own | (quick if chosen["quick"] else {}) | given))
     try:
         make_config(args)  # a shape that GPTConfig refuses (n_embd not divisible by n_head, ...): before any work
-    except ValueError as e:
+        check_device(args.device)
+    except ValueError as e:  # GPTConfig's, or check_device's ConfigError
         sys.exit(f"error: {e}")
     {"throughput": throughput, "memory": memory, "rank": rank}[args.what](args)
 

@@ -178,11 +178,6 @@ def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=Non
     return given
 
 
-def configure(defaults, argv=None, source_file=None):
-    """The config after applying config files and --key=value overrides in argv to defaults (a dict)."""
-    return dict(defaults) | overrides(defaults, argv, source_file)
-
-
 def check_device(device):
     """Raise ConfigError unless torch can run on device ('cpu', 'cuda', 'cuda:1', 'mps')."""
     import torch
@@ -205,18 +200,15 @@ def check_device(device):
         raise ConfigError(f"device={device!r} is not supported: use cpu, cuda, cuda:N or mps")
 
 
+def overrides_or_exit(defaults, argv=None, comment_files=(), notes=None, source_file=None):
+    """overrides(), printing the error and exiting with status 1 instead of raising; --help lists the keys with the
+    comments beside them in the calling script's source (or source_file)."""
+    try:
+        return overrides(defaults, argv, source_file or sys._getframe(1).f_code.co_filename, comment_files, notes)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
 def configure_or_exit(defaults, argv=None):
-    """configure(), printing the error and exiting with status 1 instead of raising; --help lists the keys
-    with the comments beside them in the calling script's source."""
-    try:
-        return configure(defaults, argv, source_file=sys._getframe(1).f_code.co_filename)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-
-
-def overrides_or_exit(defaults, argv=None, comment_files=(), notes=None):
-    """overrides(), printing the error and exiting with status 1 instead of raising (as configure_or_exit)."""
-    try:
-        return overrides(defaults, argv, sys._getframe(1).f_code.co_filename, comment_files, notes)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    """The config: defaults, then the config files and --key=value flags in argv over them (as overrides_or_exit)."""
+    return dict(defaults) | overrides_or_exit(defaults, argv, source_file=sys._getframe(1).f_code.co_filename)

@@ -47,8 +47,8 @@ def test_overrides_are_only_what_files_and_flags_set(tmp_path):
     defaults = dict(batch_size=12, learning_rate=6e-4, out_dir="out")
     given = configurator.overrides(defaults, [str(tmp_path / "cfg.py"), "--batch_size=64"])
     assert given == {"batch_size": 64, "learning_rate": 1.0}  # flags after files win; out_dir was not given
-    assert configurator.configure(defaults, [str(tmp_path / "cfg.py")]) == dict(defaults, batch_size=32,
-                                                                                   learning_rate=1.0)
+    assert configurator.configure_or_exit(defaults, [str(tmp_path / "cfg.py")]) == dict(defaults, batch_size=32,
+                                                                                           learning_rate=1.0)
 
 
 def test_ranges_beside_module_global_defaults(tmp_path):

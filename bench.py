@@ -54,36 +54,36 @@ from torch.nn import functional as F
 
 from analyze_rank import GPTAttentions, analyze, layer_metrics
 from inheritune import perf
-from inheritune.configurator import ConfigError, check_device, overrides_or_exit
+from inheritune.configurator import check_device, overrides_or_exit
 from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS = dict(
     what="throughput",  # throughput: model.py vs transformers | memory: train.py, DDP vs FSDP | rank: analyze_rank.py
     quick=False,  # a tiny shape and few steps: checks that it runs
-    n_layer=8,  # the shape, throughput's here; memory: 12 x 12 heads, 768 wide, T=256, B=2; rank: 24 x 16, 1024
-    n_head=4,
-    n_embd=128,
-    block_size=128,  # T; rank: the tokens of each sequence
-    batch_size=32,  # B; rank: sequences per forward pass (10)
-    vocab_size=96,  # throughput and rank (512); memory: the dataset's
-    steps=10,  # throughput: timed steps per round; memory: train.py's iterations (3)
+    n_layer=8,  # [1, inf): throughput's shape; memory: 12 x 12 heads, 768 wide, T=256, B=2; rank: 24 x 16, 1024
+    n_head=4,  # [1, inf)
+    n_embd=128,  # [1, inf)
+    block_size=128,  # [1, inf): T; rank: the tokens of each sequence
+    batch_size=32,  # [1, inf): B; rank: sequences per forward pass (10)
+    vocab_size=96,  # [1, inf): throughput and rank (512); memory: the dataset's
+    steps=10,  # [1, inf): throughput: timed steps per round; memory: train.py's iterations (3)
     arch="gpt2",  # throughput: gpt2 | llama
-    n_kv_head=0,  # llama: key/value heads; 0: n_head // 2
-    intermediate_size=0,  # llama: SwiGLU width; 0: 8/3 n_embd rounded up to a multiple of 32 (Llama's rule)
+    n_kv_head=0,  # [0, inf): llama: key/value heads; 0: n_head // 2
+    intermediate_size=0,  # [0, inf): llama: SwiGLU width; 0: 8/3 n_embd rounded up to a multiple of 32 (Llama's rule)
     bias=True,  # gpt2: transformers' GPT-2 always has biases, so only True is like for like
     device="cuda" if torch.cuda.is_available() else "cpu",  # throughput (memory and rank run on the CPU)
     dtype="auto",  # throughput's autocast dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16
     modes="eager,compile",  # throughput, comma-separated: eager, compile, or a torch.compile mode (max-autotune, ...)
-    rounds=5,  # throughput: timing rounds; each model's best round counts
-    warmup=3,  # throughput: untimed steps first (compilation happens here)
-    threads=0,  # throughput: torch.set_num_threads on CPU; 0 keeps torch's default
+    rounds=5,  # [1, inf): throughput: timing rounds; each model's best round counts
+    warmup=3,  # [0, inf): throughput: untimed steps first (compilation happens here)
+    threads=0,  # [0, 1024]: throughput: torch.set_num_threads on CPU; 0 keeps torch's default
     hf=True,  # throughput: False times only model.py
-    nproc=2,  # memory: torchrun processes
+    nproc=2,  # [1, inf): memory: torchrun processes
     fsdp_cpu_offload=False,  # memory: train.py's --fsdp_cpu_offload under FSDP
-    malloc_mmap_threshold=0,  # memory: MALLOC_MMAP_THRESHOLD_ for the workers in bytes; 0: glibc's default (dynamic)
+    malloc_mmap_threshold=0,  # [0, 33554432]: memory: the workers' MALLOC_MMAP_THRESHOLD_ in bytes; 0: glibc's own
     data_dir=os.path.join(REPO, "data", "shakespeare_char"),  # memory: the dataset train.py trains on
-    num_samples=100,  # rank: N, the sequences analyzed
+    num_samples=100,  # [1, inf): rank: N, the sequences analyzed
 )
 MODE_DEFAULTS = {  # each measurement's own defaults over DEFAULTS, then what --quick=True changes
     "throughput": ({}, dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, steps=3, rounds=2, warmup=2)),
@@ -171,10 +171,6 @@ class Runner:
 
 
 def throughput(args):
-    try:
-        check_device(args.device)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
     device_type = "cuda" if args.device.startswith("cuda") else "mps" if args.device.startswith("mps") else "cpu"
     dtype = args.dtype if args.dtype != "auto" else "bfloat16" if device_type == "cuda" else "float32"
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -382,6 +378,11 @@ def main(argv=None):
             sys.exit(f"error: {key}={chosen[key]!r}: use one of {', '.join(choices)}")
     own, quick = MODE_DEFAULTS[chosen["what"]]  # the flags given win over both
     args = SimpleNamespace(**(DEFAULTS | own | (quick if chosen["quick"] else {}) | given))
+    try:
+        make_config(args)  # a shape that GPTConfig refuses (n_embd not divisible by n_head, ...): before any work
+        check_device(args.device)
+    except ValueError as e:  # GPTConfig's, or check_device's ConfigError
+        sys.exit(f"error: {e}")
     {"throughput": throughput, "memory": memory, "rank": rank}[args.what](args)
 
 

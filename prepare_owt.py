@@ -38,10 +38,10 @@ DEFAULTS = dict(
     text_column="text",
     tokenizer="gpt2",  # gpt2 (tiktoken's GPT-2 BPE), or a Hugging Face model folder / Hub id: its own tokenizer
     input="",  # local .txt / .jsonl / .parquet file or folder; replaces --dataset when given
-    max_docs=0,  # >0: only the first max_docs documents (streamed from the Hub, not the whole download)
-    val_fraction=0.0005,
-    seed=2357,
-    num_proc=max(1, (os.cpu_count() or 2) // 2),
+    max_docs=0,  # [0, inf): >0: only the first max_docs documents (streamed from the Hub, not the whole download)
+    val_fraction=0.0005,  # (0, 1)
+    seed=2357,  # [0, 4294967295]
+    num_proc=max(1, (os.cpu_count() or 2) // 2),  # [1, inf)
     out_dir="data/openwebtext",
 )
 PARQUET_REVISION = "refs/convert/parquet"  # the Hub's automatic parquet copy of every public dataset
@@ -224,10 +224,10 @@ def token_chunks(tokenized):
 
 
 def split_documents(docs, val_fraction, seed):
-    """{"train": docs, "val": docs}: a fixed-seed shuffle, then val_fraction of the documents (at least 1) to val."""
+    """{"train": docs, "val": docs}: a fixed-seed shuffle, then val_fraction of the documents to val (1 to n - 1)."""
     if len(docs) < 2:
         raise DataError(f"only {len(docs)} document: need at least 2 (one for val.bin, the rest for train.bin)")
-    n_val = max(1, round(len(docs) * val_fraction))
+    n_val = min(max(1, round(len(docs) * val_fraction)), len(docs) - 1)
     parts = docs.train_test_split(test_size=n_val, seed=seed, shuffle=True)
     return {"train": parts["train"], "val": parts["test"]}
 
@@ -237,8 +237,6 @@ def prepare(dataset, subset, split, revision, text_column, tokenizer, input, max
     """Load, split, tokenize and write a corpus (the script's config as arguments); returns meta.json's dict."""
     tokenizer_part = tokenizer_meta(tokenizer)  # before any long work
     check_token_dtype(tokenizer_part["vocab_size"])
-    if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction={val_fraction} must be between 0 and 1")
     if os.path.isfile(out_dir):
         raise DataError(f"out_dir {out_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
     docs = load_documents(dataset, subset, split, revision, input, text_column, max_docs)

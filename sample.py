@@ -27,11 +27,11 @@ from inheritune.tokenizer import TokenizerError, tokenizer_from_meta
 DEFAULTS = dict(
     init_from="out",  # out_dir / ckpt.pt, GPT-2 name, or Hugging Face folder
     start="\n",  # the prompt, or FILE:path to read it from a file
-    num_samples=3,
-    max_new_tokens=500,
-    temperature=0.8,  # < 1 sharper, > 1 more random
-    top_k=200,  # keep only the top_k most likely tokens; None for all
-    seed=1337,
+    num_samples=3,  # [1, inf)
+    max_new_tokens=500,  # [1, inf)
+    temperature=0.8,  # (0, inf): < 1 sharper, > 1 more random
+    top_k=200,  # [1, inf): keep only the top_k most likely tokens; None for all
+    seed=1337,  # [0, 4294967295]
     device="cuda" if torch.cuda.is_available() else "cpu",
     dtype="bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32",
 )

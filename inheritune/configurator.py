@@ -5,7 +5,9 @@ nanoGPT-style configuration: a script's defaults are plain globals; then
 
 runs each config file (a plain Python file of assignments) and applies each --key=value in order.
 Unlike nanoGPT's exec'd configurator, an unknown key or a value of the wrong type is an error that
-names the key (and the closest valid ones), raised before the script does any work. overrides() returns
+names the key (and the closest valid ones), raised before the script does any work; so is a value (or default)
+outside the interval its comment starts with, e.g. `top_k=200,  # [1, inf): keep ...` (None passes; a None default
+takes integers unless an end has a point, e.g. [0.0, 1]). overrides() returns
 only what the files and flags set, for a script that puts other settings under them (train.py resuming
 a run puts its checkpoint's config between the defaults and the command line).
 """
@@ -17,25 +19,40 @@ import os
 import re
 import sys
 import tokenize
+import traceback
+
+# the range a key's comment starts with: [ or (, two ends (numbers or inf), ] or ), e.g. (0, 1] or [1, inf)
+INTERVAL = re.compile(r"([\[(])(-?inf|[-+.e\d]+), (-?inf|[-+.e\d]+)([\])])")
 
 
 class ConfigError(ValueError):
     pass
 
 
-def _check(key, value, defaults, where):
+def _check(key, value, defaults, where, comments):
     if key not in defaults:
         close = difflib.get_close_matches(key, defaults.keys(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown config key '{key}' ({where}){hint}")
-    default = defaults[key]
-    if default is None or value is None:
+    default, given = defaults[key], f"{where}={value!r}" if where.startswith("--") else f"{key}={value!r} ({where})"
+    if value is None:
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)  # --learning_rate=1 means 1.0
-    if type(value) is not type(default):
+        value = float(value)  # --learning_rate=1 means 1.0
+    if default is not None and type(value) is not type(default):
         raise ConfigError(f"config key '{key}' ({where}) expects {type(default).__name__} "
                           f"like {default!r}, got {type(value).__name__} {value!r}")
+    comment = comments.get(key, "")
+    interval = INTERVAL.match(comment)
+    if interval is None:
+        return value
+    integers = default is None and not re.search("[.e]", interval[2] + interval[3])  # e.g. [1, inf); not [0.0, 1]
+    if type(value) not in ((int,) if integers else (int, float)):
+        raise ConfigError(f"{given} is not {'an integer' if integers else 'a number'}: {comment}")
+    low, high = float(interval[2]), float(interval[3])
+    if not ((low <= value if interval[1] == "[" else low < value)
+            and (value <= high if interval[4] == "]" else value < high)):
+        raise ConfigError(f"{given} is outside {comment}")
     return value
 
 
@@ -76,6 +93,14 @@ def key_comments(source_file):
     return found | literal
 
 
+def flag_comments(source_file, comment_files=()):
+    """{key: comment} of source_file's keys, and of those it does not comment in comment_files beside it."""
+    comments = {}
+    for path in [source_file, *(os.path.join(os.path.dirname(source_file), f) for f in comment_files)]:
+        comments = key_comments(path) | comments  # the script's own comment wins
+    return comments
+
+
 def help_text(defaults, source_file, comment_files=(), notes=None):
     """Usage and every key with its default and the comment beside it in the script (or, for keys the script does
     not comment, in comment_files beside it, e.g. model.py for GPTConfig's fields), and notes[key] after it."""
@@ -85,9 +110,7 @@ def help_text(defaults, source_file, comment_files=(), notes=None):
         script = f"-m inheritune.{parts[-1][:-3]}"  # a module's CLI
     elif script.startswith(os.pardir + os.sep):
         script = os.path.abspath(source_file)  # a script outside the current folder: its whole path
-    comments = {}
-    for path in [source_file, *(os.path.join(os.path.dirname(source_file), f) for f in comment_files)]:
-        comments = key_comments(path) | comments  # the script's own comment wins
+    comments = flag_comments(source_file, comment_files)
     for key, note in (notes or {}).items():
         comments[key] = f"{comments.get(key, '')} ({note})".strip()
     width = max(len(k) for k in defaults) + 2
@@ -125,16 +148,25 @@ def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=Non
     if "-h" in argv or "--help" in argv:
         print(help_text(defaults, source_file or sys.argv[0], comment_files, notes))
         sys.exit(0)
+    comments = flag_comments(source_file, comment_files) if source_file else {}
+    for key in comments.keys() & defaults.keys():  # a default outside its own declared range: a typo in the script
+        _check(key, defaults[key], defaults, "the script's default", comments)
     given = {}
     for arg in argv:
         if not arg.startswith("--"):
             check_config_file(arg, defaults)
             namespace = {}
             with open(arg) as f:
-                exec(compile(f.read(), arg, "exec"), namespace)
+                try:
+                    exec(compile(f.read(), arg, "exec"), namespace)
+                except SyntaxError as e:
+                    raise ConfigError(f"{arg}:{e.lineno}: {e.msg}") from None
+                except Exception as e:  # noqa: BLE001 (a config file fails as it runs: its line, not a traceback)
+                    line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == arg]
+                    raise ConfigError(f"{arg}:{line[-1]}: {type(e).__name__}: {e}") from None
             for key, value in namespace.items():
                 if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
-                    given[key] = _check(key, value, defaults, f"in {arg}")
+                    given[key] = _check(key, value, defaults, f"in {arg}", comments)
         else:
             if "=" not in arg:
                 raise ConfigError(f"argument {arg} has no value: write {arg}=VALUE")
@@ -142,13 +174,8 @@ def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=Non
             value = parse_value(text)
             if isinstance(defaults.get(key), str) and not isinstance(value, str) and value is not None:
                 value = text  # a string key given something that parses as a number, e.g. --wandb_run_name=1
-            given[key] = _check(key, value, defaults, f"--{key}")
+            given[key] = _check(key, value, defaults, f"--{key}", comments)
     return given
-
-
-def configure(defaults, argv=None, source_file=None):
-    """The config after applying config files and --key=value overrides in argv to defaults (a dict)."""
-    return dict(defaults) | overrides(defaults, argv, source_file)
 
 
 def check_device(device):
@@ -173,18 +200,15 @@ def check_device(device):
         raise ConfigError(f"device={device!r} is not supported: use cpu, cuda, cuda:N or mps")
 
 
+def overrides_or_exit(defaults, argv=None, comment_files=(), notes=None, source_file=None):
+    """overrides(), printing the error and exiting with status 1 instead of raising; --help lists the keys with the
+    comments beside them in the calling script's source (or source_file)."""
+    try:
+        return overrides(defaults, argv, source_file or sys._getframe(1).f_code.co_filename, comment_files, notes)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
 def configure_or_exit(defaults, argv=None):
-    """configure(), printing the error and exiting with status 1 instead of raising; --help lists the keys
-    with the comments beside them in the calling script's source."""
-    try:
-        return configure(defaults, argv, source_file=sys._getframe(1).f_code.co_filename)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-
-
-def overrides_or_exit(defaults, argv=None, comment_files=(), notes=None):
-    """overrides(), printing the error and exiting with status 1 instead of raising (as configure_or_exit)."""
-    try:
-        return overrides(defaults, argv, sys._getframe(1).f_code.co_filename, comment_files, notes)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    """The config: defaults, then the config files and --key=value flags in argv over them (as overrides_or_exit)."""
+    return dict(defaults) | overrides_or_exit(defaults, argv, source_file=sys._getframe(1).f_code.co_filename)

@@ -135,7 +135,7 @@ def test_inherit_py_half_width(tmp_path):
     r = run_inherit(f"--init_from={source}", "--n_embd=12", f"--out_dir={tmp_path / 'never'}")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "n_embd=12 is not a multiple of the head size 8" in r.stderr
-    for bad, message in ((dict(n_head=8), "at most the source's"), (dict(n_embd=0), "n_embd=0 must be a positive")):
+    for bad, message in ((dict(n_head=8), "at most the source's"), (dict(n_embd=0), "n_embd=0, n_head=0 must be")):
         with pytest.raises(InheritError, match=message):
             inherit_main(INHERIT_DEFAULTS | dict(init_from=source, out_dir=str(tmp_path / "never"), device="cpu") | bad)
     assert not (tmp_path / "never").exists()

@@ -176,7 +176,7 @@ def test_cli_writes_trainable_checkpoint_with_reference_loss(ref_and_data):
     (["--layers=0,12"], "out of range"),
     (["--n_layer=auto"], "needs --analysis"),
     (["--nlayer=2"], "unknown config key 'nlayer'.*n_layer"),
-    (["--eval_iters=0"], "eval_iters=0 must be a positive integer"),
+    (["--eval_iters=0"], r"--eval_iters=0 is outside \[1, inf\)"),
     (["--device=tpu"], "device='tpu'"),
     (["--out_dir=student.pt"], "ends in .pt, but out_dir is a folder"),
 ])

@@ -1,6 +1,7 @@
 """GGUF files as model sources: de-quantized through transformers' own GGUF loader, then read as a Hugging Face
 folder (hf.gguf_folder); the tiny files here are written with the `gguf` package's writer."""
 
+import json
 import os
 import subprocess
 import sys
@@ -116,3 +117,29 @@ def test_damaged_or_missing_gguf_is_one_line(tmp_path):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {damaged} is damaged or not a model transformers can read (") and \
         line.endswith("): download it again")
+
+
+def test_prepare_owt_and_train_reference_take_a_gguf_file(tmp_path):
+    """prepare_owt.py --tokenizer=x.gguf encodes with the file's tokenizer; train.py --reference=x.gguf inherits
+    its blocks."""
+    from inheritune.checkpoint import load_checkpoint
+
+    path = write_tiny_gguf(str(tmp_path / "tiny.gguf"))
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for name in ("a", "b"):
+        (texts / f"{name}.txt").write_text(f"the theater of {name} " * 500)
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    for argv in (["prepare_owt.py", f"--input={texts}", f"--tokenizer={path}", "--val_fraction=0.5",
+                  f"--out_dir={data}"],
+                 ["train.py", "--init_from=inherit", f"--reference={path}", "--n_layer=1", f"--data_dir={data}",
+                  f"--out_dir={out}", "--max_iters=2", "--lr_decay_iters=2", "--warmup_iters=1", "--eval_interval=2",
+                  "--eval_iters=1", "--batch_size=2", "--gradient_accumulation_steps=1", "--block_size=32",
+                  "--device=cpu", "--compile=False"]):
+        result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(data, "meta.json")) as f:
+        meta = json.load(f)
+    assert (meta["tokenizer_source"], meta["vocab_size"]) == (open_source(path).path, 260)
+    checkpoint = load_checkpoint(os.path.join(out, "ckpt.pt"), weights=False)
+    assert (checkpoint["inherit"]["source"], checkpoint["inherit"]["layers"]) == (path, [0])

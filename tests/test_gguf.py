@@ -119,23 +119,24 @@ def test_damaged_or_missing_gguf_is_one_line(tmp_path):
         line.endswith("): download it again")
 
 
-def test_prepare_owt_and_train_reference_take_a_gguf_file(tmp_path):
-    """prepare_owt.py --tokenizer=x.gguf encodes with the file's tokenizer; train.py --reference=x.gguf inherits
-    its blocks."""
-    from inheritune.checkpoint import load_checkpoint
+def test_prepare_owt_inherit_and_train_reference_take_a_gguf_file(tmp_path):
+    """prepare_owt.py --tokenizer=x.gguf encodes with the file's tokenizer; inherit.py --init_from=x.gguf and
+    train.py --reference=x.gguf inherit its blocks."""
+    from inheritune.checkpoint import load_checkpoint, load_model
 
     path = write_tiny_gguf(str(tmp_path / "tiny.gguf"))
     texts = tmp_path / "texts"
     texts.mkdir()
     for name in ("a", "b"):
         (texts / f"{name}.txt").write_text(f"the theater of {name} " * 500)
-    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    data, out, inherited = str(tmp_path / "data"), str(tmp_path / "out"), str(tmp_path / "inherited")
     for argv in (["prepare_owt.py", f"--input={texts}", f"--tokenizer={path}", "--val_fraction=0.5",
                   f"--out_dir={data}"],
                  ["train.py", "--init_from=inherit", f"--reference={path}", "--n_layer=1", f"--data_dir={data}",
                   f"--out_dir={out}", "--max_iters=2", "--lr_decay_iters=2", "--warmup_iters=1", "--eval_interval=2",
                   "--eval_iters=1", "--batch_size=2", "--gradient_accumulation_steps=1", "--block_size=32",
-                  "--device=cpu", "--compile=False"]):
+                  "--device=cpu", "--compile=False"],
+                 ["inherit.py", f"--init_from={path}", "--layers=1,0", f"--out_dir={inherited}"]):
         result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
     with open(os.path.join(data, "meta.json")) as f:
@@ -143,3 +144,7 @@ def test_prepare_owt_and_train_reference_take_a_gguf_file(tmp_path):
     assert (meta["tokenizer_source"], meta["vocab_size"]) == (open_source(path).path, 260)
     checkpoint = load_checkpoint(os.path.join(out, "ckpt.pt"), weights=False)
     assert (checkpoint["inherit"]["source"], checkpoint["inherit"]["layers"]) == (path, [0])
+    model, checkpoint = load_model(inherited)
+    assert checkpoint["inherit"]["layers"] == [1, 0]
+    reference = open_source(path).load()
+    assert torch.equal(model.transformer.h[0].mlp.c_proj.weight, reference.transformer.h[1].mlp.c_proj.weight)

@@ -108,8 +108,10 @@ def gguf_folder(path):
     make_readable(tmp)
     try:
         os.replace(tmp, folder)
-    except OSError:  # another process (a rank of the same run) wrote it first
+    except OSError:  # another process (a rank of the same run) wrote it first: that one is used
         shutil.rmtree(tmp)
+        if not os.path.isdir(folder):
+            raise
     return folder
 
 

@@ -205,13 +205,16 @@ def tokenize_batch(batch, meta):
 
 
 def tokenizer_meta(tokenizer):
-    """meta.json's tokenizer part for --tokenizer (gpt2, or a Hugging Face folder / Hub id)."""
+    """meta.json's tokenizer part for --tokenizer (gpt2, or a Hugging Face folder / Hub id, or a .gguf file)."""
+    from inheritune.hf import ModelLoadError
+    from inheritune.source import open_source
+
     if tokenizer == "gpt2":
         gpt2 = GPT2Tokenizer()
         return dict(tokenizer="gpt2", vocab_size=gpt2.n_vocab, eot_token=gpt2.eot)
-    try:
-        return hf_tokenizer_meta(tokenizer)
-    except TokenizerError as e:
+    try:  # a .gguf file's tokenizer is in the folder it is de-quantized into
+        return hf_tokenizer_meta(open_source(tokenizer).path if tokenizer.endswith(".gguf") else tokenizer)
+    except (TokenizerError, ModelLoadError) as e:
         raise DataError(str(e)) from None
 
 

@@ -18,6 +18,7 @@ large model needs memory for those blocks, the embeddings, final norm and head o
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -95,6 +96,49 @@ def read_hf_config(folder):
         raise ModelLoadError(f"{folder} has no config.json: not a Hugging Face model folder")
     with open(path) as f:
         return json.load(f)
+
+
+def gguf_folder(path):
+    """A Hugging Face folder (config.json, model.safetensors, tokenizer) of the GGUF file at path, de-quantized to
+    float32 by transformers' own GGUF loader. Written once into the Hugging Face cache, named by the file's path,
+    size and time; from then on the file is read as that folder."""
+    import transformers
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    stat = os.stat(path)
+    key = hashlib.sha1(f"{os.path.abspath(path)} {stat.st_size} {stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = os.path.join(constants.HF_HOME, "gguf-float32", f"{os.path.basename(path).removesuffix('.gguf')}-{key}")
+    if os.path.isdir(folder):
+        return folder
+    where, name = os.path.split(os.path.abspath(path))
+    # transformers 5 keeps the weights quantized when the `kernels` package can compute with them; we need them plain
+    dequantize = dict(quantization_config=transformers.GgufConfig(dequantize=True)) \
+        if hasattr(transformers, "GgufConfig") else {}
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32,
+                                                                  **dequantize)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=name)
+    except Exception as e:  # truncated, not GGUF at all, or an architecture transformers cannot read
+        raise ModelLoadError(f"{path} is damaged or not a model transformers can read ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:200]}): download it again") from None
+    weights = model.state_dict()
+    if model.config.tie_word_embeddings:
+        weights.pop("lm_head.weight")  # the embedding itself, which safetensors will not store twice
+    vars(model.config).pop("quantization_config", None)  # the folder holds plain float32 weights
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".gguf-", dir=os.path.dirname(folder))
+    model.config.save_pretrained(tmp)
+    save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(tmp)
+    make_readable(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process (a rank of the same run) wrote it first: that one is used
+        shutil.rmtree(tmp)
+        if not os.path.isdir(folder):
+            raise
+    return folder
 
 
 def hf_family(hf_config, source):

@@ -6,6 +6,7 @@ A name is, in this order:
   checkpoint   one of our single-file checkpoints: a .pt file, or an out_dir holding ckpt.pt
   sharded      our sharded checkpoint: an out_dir holding ckpt.dcp/ (or that folder itself)
   hf_folder    a local Hugging Face model folder (config.json + weights)
+               or a GGUF file (.gguf), de-quantized into a folder in the Hugging Face cache (hf.gguf_folder)
   hub          a Hugging Face Hub id: a GPT-2 name (gpt2, gpt2-medium, ...) or org/name, downloaded into (or found in)
                the Hugging Face cache
 Anything else is an error at once, without the network: a path-like name (./x, /x, a/b/c, a name under an existing
@@ -44,13 +45,17 @@ def open_source(name, download=True):
     if path.endswith(".pt"):
         raise CheckpointError(f"no checkpoint at {name}: pass an out_dir that holds {CKPT_NAME} or {SHARDED_NAME}/, "
                               f"or a .pt file{did_you_mean(name)}")
+    if path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"no such GGUF file: {name}")
+        return ModelSource(name, "hf_folder", hf.gguf_folder(path))
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise CheckpointError(f"{name} holds neither {CKPT_NAME} nor a Hugging Face config.json")
         return ModelSource(name, "hf_folder", path)
     if os.path.exists(path):
-        raise ModelLoadError(f"{name} is a file but not a .pt checkpoint: pass an out_dir or .pt of ours, or a "
-                             f"Hugging Face model folder (config.json + weights)")
+        raise ModelLoadError(f"{name} is a file but not a .pt checkpoint: pass an out_dir or .pt of ours, a .gguf "
+                             f"file or a Hugging Face model folder (config.json + weights)")
     if looks_like_path(name):
         raise ModelLoadError(f"no such folder: {name} (pass an existing folder with config.json and the weights, "
                              f"an out_dir of ours, or a Hub name){did_you_mean(name)}")

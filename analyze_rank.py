@@ -344,6 +344,21 @@ def load_attention_model(name, device):
     return HFAttentions.load(source, device)
 
 
+def offline_model_problem(name):
+    """'; and --model: why' when the Hub cannot be reached and name is not found here or in the Hub's cache, else ''."""
+    from inheritune.checkpoint import CheckpointError
+    from inheritune.hf import ModelLoadError, hub_unreachable
+    from inheritune.source import open_source
+
+    if not name or not hub_unreachable():
+        return ""
+    try:
+        open_source(name)
+    except (CheckpointError, ModelLoadError) as e:
+        return f"; and --model: {e}"
+    return ""
+
+
 # ----------------------------------------------------------------------------------------------------------
 # data: N random non-overlapping windows of T tokens
 
@@ -677,9 +692,10 @@ def main(argv=None):
         check_tolerance(cfg["lazy_tolerance"])
         if not cfg["data"]:
             raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt "
-                                "file")
+                                f"file{offline_model_problem(cfg['model'])}")
         if not os.path.isfile(cfg["data"]):  # before loading what may be a large model
-            raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file")
+            raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file"
+                                f"{offline_model_problem(cfg['model'])}")
         if os.path.isfile(cfg["out_dir"]):
             raise AnalysisError(f"--out_dir={cfg['out_dir']} is a file: out_dir is the folder to write")
         device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,11 +18,14 @@ large model needs memory for those blocks, the embeddings, final norm and head o
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
+import urllib.request
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -40,6 +43,7 @@ BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")  # saved b
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 GPT2_EOT_TEXT = "<|endoftext|>"
+HUB_PROBE_TIMEOUT = 2  # seconds to wait for the Hub's answer before calling it unreachable
 
 # Llama family tensor names, ours -> Hugging Face's within block i; several names are stacked along dim 0
 LLAMA_BLOCK_NAMES = (
@@ -56,6 +60,28 @@ LLAMA_BLOCK_NAMES = (
 
 class ModelLoadError(ValueError):
     """A model source that cannot be loaded; the message says what to do instead."""
+
+
+@functools.cache
+def hub_unreachable():
+    """Why the Hugging Face Hub cannot be used now ("HF_HUB_OFFLINE is set", or the connection's error), else "".
+    When it cannot, huggingface_hub, transformers and datasets are switched to their offline mode: they read their
+    caches, and what is not there fails at once instead of after half a minute of retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=HUB_PROBE_TIMEOUT)
+    except urllib.request.HTTPError:  # the Hub answered, if not with 200
+        return ""
+    except OSError as e:  # no network, no DNS, a firewall
+        constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"  # for datasets when it is imported later
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+        return f"{constants.ENDPOINT} cannot be reached ({getattr(e, 'reason', e)})"
+    return ""
 
 
 def has_tokenizer(folder):

@@ -475,7 +475,7 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
         model.train(was_training)
     records = [{"layer": rec["layer"], **{k: rec[k] for k in COLLAPSE_KEYS}} for rec in layers]
     for record, grads in zip(records, collapse_gradients(model, windows, device)):
-        record |= {k: grads[k] for k in ("grad_q", "grad_k", "bound_q", "bound_k")}
+        record |= grads  # its eps is the one the bounds used, of the same attentions analyze measured
     return records
 
 
@@ -484,9 +484,10 @@ def collapse_gradients(model, windows, device="cpu"):
     norms grad_q = ||dL/dW_Q||_F and grad_k = ||dL/dW_K||_F (W_Q, W_K: the query and key rows of c_attn.weight) and
     the theorem's upper bounds on them, bound_q and bound_k, with eps, the largest eps of any head and window.
 
-    windows (N, T) token ids: the loss is the mean next-token loss of x = w[:, :-1] predicting y = w[:, 1:], so the
-    attentions are (T-1) x (T-1), on the windows collapse_record measures. Gradients come from torch.autograd.grad in
-    eval mode (no dropout): the model's .grad and its train/eval mode are left as they were.
+    windows (N, T) token ids: the loss is the mean next-token loss of w[:, t] predicting w[:, t + 1] (the last token
+    predicts nothing), so the attentions are the T x T ones collapse_record measures, and eps is theirs. Gradients
+    come from torch.autograd.grad in eval mode (no dropout): the model's .grad and its train/eval mode are left as
+    they were.
 
     The theorem, for an eps-sink-collapsed head: the softmax Jacobian of each row has norm <= 2 eps, so
     ||dL/dW_Q||_F <= 2 eps scale ||X||_2 ||K||_2 ||dL/dA||_F (likewise W_K with Q), X the attention's input (after
@@ -510,7 +511,8 @@ def collapse_gradients(model, windows, device="cpu"):
     hooks = [b.attn.c_attn.register_forward_hook(capture(i)) for i, b in enumerate(blocks)]
     try:
         with torch.enable_grad():
-            _, loss, atts = model(w[:, :-1], w[:, 1:].contiguous(), return_attn=True)
+            targets = torch.cat([w[:, 1:], torch.full_like(w[:, :1], -1)], 1)  # -1: cross_entropy's ignore_index
+            _, loss, atts = model(w, targets, return_attn=True)
             weights = [b.attn.c_attn.weight for b in blocks]
             grads = torch.autograd.grad(loss, weights + atts)
     finally:
@@ -521,7 +523,7 @@ def collapse_gradients(model, windows, device="cpu"):
     for layer, block in enumerate(blocks):
         attn = block.attn
         nq, nk, _ = attn.qkv_sizes
-        dW, dA = grads[layer].double(), grads[len(blocks) + layer].double()  # dA: (N, n_head, T-1, T-1)
+        dW, dA = grads[layer].double(), grads[len(blocks) + layer].double()  # dA: (N, n_head, T, T)
         X, qkv = (t.double() for t in captured[layer])
         B, T, _ = X.shape
         q = qkv[..., :nq].reshape(B, T, attn.n_head, attn.head_size)

@@ -641,10 +641,17 @@ def plot(report, out_dir):
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(x, [rec["max_rank"] for rec in layers], color=["tab:red" if rec["lazy"] else "tab:blue" for rec in layers])
-    ax.axhline(1, color="k", lw=0.8, ls="--")
+    for lazy, color, label in ((False, "tab:blue", "not lazy"), (True, "tab:red", "lazy")):
+        bars = [rec for rec in layers if rec["lazy"] == lazy]
+        if bars:  # no empty legend entry
+            ax.bar([rec["layer"] for rec in bars], [rec["max_rank"] for rec in bars], color=color, label=label)
+    tolerance = report["settings"]["lazy_tolerance"]
+    ax.axhline(1 + tolerance, color="k", lw=0.8, ls="--",
+               label=f"lazy at or below: MaxRank {f'<= 1 + {tolerance:g}' if tolerance else '= 1 (the paper)'}")
     ax.set(xlabel="layer", ylabel=f"MaxRank (k*, tau={report['settings']['tau']})",
-           title=f"{name}: max approximate rank of attention per layer (red: lazy)")
+           title=f"{name}\nmax approximate rank of attention per layer",
+           ylim=(0, 1.3 * max([1 + tolerance] + [rec["max_rank"] for rec in layers])))  # the legend above the bars
+    ax.legend(fontsize=8, loc="upper right")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "max_rank.png"))
     save_figure(fig, paths[-1])
@@ -656,7 +663,7 @@ def plot(report, out_dir):
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * report["n_head"] + 3), max(4, 0.25 * len(layers) + 2)))
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=1, vmax=max(2, np.nanmax(grid)))
     fig.colorbar(im, ax=ax, label="Rank (mean k*)")
-    ax.set(xlabel="head", ylabel="layer", title=f"{name}: approximate rank per head (T={T})")
+    ax.set(xlabel="head", ylabel="layer", title=f"{name}\napproximate rank per head (T={T})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "rank_heatmap.png"))
@@ -665,7 +672,8 @@ def plot(report, out_dir):
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, [rec["avg_mass"] for rec in layers], "o-", color="tab:blue")
     ax.set(xlabel="layer", ylabel=f"AvgMass (m*, eta={report['settings']['eta']})",
-           title=f"{name}: column mass and sink share")
+           title=f"{name}\ncolumn mass and sink share")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax.twinx()
     ax2.plot(x, [rec["sink_share"] for rec in layers], "s--", color="tab:orange")
     ax2.set(ylabel="sink share p_0", ylim=(0, 1.05))

@@ -1,5 +1,6 @@
 """Offline, or with HF_HUB_OFFLINE set, a command that needs the Hub fails at once in one line naming what it needed."""
 
+import os
 import urllib.request
 
 import pytest
@@ -35,7 +36,6 @@ def no_network(monkeypatch, tmp_path):
 
 def test_unreachable_hub_switches_the_libraries_offline(no_network):
     import datasets
-    import os
 
     assert hf.hub_unreachable() == no_network
     assert constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
@@ -69,7 +69,8 @@ def test_commands_that_need_the_hub_fail_in_one_line(request, tmp_path, offline)
             ("prepare_owt.py", ["--tokenizer=HuggingFaceTB/SmolLM2-135M", f"--input={tmp_path / 'doc.txt'}"],
              f"error: cannot load the Hugging Face tokenizer of HuggingFaceTB/SmolLM2-135M (OSError: {reason}): "),
             ("analyze_rank.py", ["--model=gpt2-medium", "--data=MISSING"],
-             f"error: --data='MISSING': no such file; pass a .bin of token ids or a .txt file; and --model: {hub_model}"),
+             f"error: --data='MISSING': no such file; pass a .bin of token ids or a .txt file; and --model: "
+             f"{hub_model}"),
             ("analyze_rank.py", ["--model=gpt2-medium", f"--data={tmp_path / 'doc.txt'}"], f"error: {hub_model}")):
         assert_one_line_error(run_in_process(script, args, cwd=tmp_path), message)
     assert not (tmp_path / "owt").exists()

@@ -350,10 +350,9 @@ def offline_model_problem(name):
     from inheritune.hf import ModelLoadError, hub_unreachable
     from inheritune.source import open_source
 
-    if not name or not hub_unreachable():
-        return ""
     try:
-        open_source(name)
+        if name and hub_unreachable():
+            open_source(name)
     except (CheckpointError, ModelLoadError) as e:
         return f"; and --model: {e}"
     return ""
@@ -431,9 +430,7 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
     """Per-layer records for windows (N, T) token ids, streaming batch by batch and layer by layer."""
     from tqdm import tqdm
 
-    check_threshold("tau", tau)
-    check_threshold("eta", eta)
-    check_tolerance(lazy_tolerance)
+    check_tolerance(lazy_tolerance)  # tau and eta: layer_metrics checks them
     N, T = windows.shape
     check_seq_len(attention_model, T)
     top = int(windows.max())
@@ -529,9 +526,7 @@ def collapse_gradients(model, windows, device="cpu"):
         q = qkv[..., :nq].reshape(B, T, attn.n_head, attn.head_size)
         k = qkv[..., nq:nq + nk].reshape(B, T, attn.n_kv_head, attn.head_size)
         k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=2)  # the key head each query head uses
-        # entropy_and_eps's eps, 1 - min_i A[i, 0], summed as the rest of each row instead: in float32, 1 - A[i, 0]
-        # rounds to 0 below ~6e-8, which would make the bound 0 where the gradient is not
-        eps = atts[layer].detach()[..., 1:].double().sum(-1).amax(-1)  # (N, n_head)
+        eps = entropy_and_eps(atts[layer])[1]  # (N, n_head), the records' eps
         common = 2 * eps * attn.scale * torch.linalg.matrix_norm(X, ord=2)[:, None] * dA.flatten(2).norm(dim=-1)
         records.append({
             "layer": layer,
@@ -631,10 +626,10 @@ def plot(report, out_dir):
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     layers = report["layers"]
     x = [rec["layer"] for rec in layers]
-    T = report["settings"]["seq_len"]
-    from matplotlib.ticker import MaxNLocator
 
     model_path = os.path.normpath(report["model"])
     name = os.path.basename(os.path.dirname(model_path) if model_path.endswith(".pt") else model_path)
@@ -663,7 +658,8 @@ def plot(report, out_dir):
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * report["n_head"] + 3), max(4, 0.25 * len(layers) + 2)))
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=1, vmax=max(2, np.nanmax(grid)))
     fig.colorbar(im, ax=ax, label="Rank (mean k*)")
-    ax.set(xlabel="head", ylabel="layer", title=f"{name}\napproximate rank per head (T={T})")
+    ax.set(xlabel="head", ylabel="layer",
+           title=f"{name}\napproximate rank per head (T={report['settings']['seq_len']})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "rank_heatmap.png"))

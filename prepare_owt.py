@@ -163,8 +163,6 @@ def load_hub(name, subset, split, revision, max_docs):
                 raise
             print(f"{name} is a loading-script dataset: using its parquet conversion ({PARQUET_REVISION})")
             return load(**{**kwargs, "revision": PARQUET_REVISION})
-    except DataError:
-        raise
     except Exception as e:  # offline, unknown name or subset, gated: the user needs the reason, not a traceback
         what = f"dataset '{name}'{f' subset {subset}' if subset else ''} split '{split}'"
         if offline:

@@ -64,9 +64,8 @@ class ModelLoadError(ValueError):
 
 @functools.cache
 def hub_unreachable():
-    """Why the Hugging Face Hub cannot be used now ("HF_HUB_OFFLINE is set", or the connection's error), else "".
-    When it cannot, huggingface_hub, transformers and datasets are switched to their offline mode: they read their
-    caches, and what is not there fails at once instead of after half a minute of retries."""
+    """Why the Hugging Face Hub cannot be used now (HF_HUB_OFFLINE set, or the connection's error), else "". Then
+    huggingface_hub, transformers and datasets go offline: what their caches lack fails at once, not after retries."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -74,11 +73,10 @@ def hub_unreachable():
     try:
         urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=HUB_PROBE_TIMEOUT)
     except urllib.request.HTTPError:  # the Hub answered, if not with 200
-        return ""
+        pass
     except OSError as e:  # no network, no DNS, a firewall
-        constants.HF_HUB_OFFLINE = True
-        os.environ["HF_HUB_OFFLINE"] = "1"  # for datasets when it is imported later
-        if "datasets" in sys.modules:
+        constants.HF_HUB_OFFLINE = True  # what datasets reads when it is imported
+        if "datasets" in sys.modules:  # imported before
             sys.modules["datasets"].config.HF_HUB_OFFLINE = True
         return f"{constants.ENDPOINT} cannot be reached ({getattr(e, 'reason', e)})"
     return ""

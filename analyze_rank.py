@@ -337,6 +337,21 @@ def load_attention_model(name, device):
     return HFAttentions.load(source, device)
 
 
+def offline_model_problem(name):
+    """'; and --model: why' when the Hub cannot be reached and name is not found here or in the Hub's cache, else ''."""
+    from inheritune.checkpoint import CheckpointError
+    from inheritune.hf import ModelLoadError
+    from inheritune.hub import hub_unreachable
+    from inheritune.source import open_source
+
+    try:
+        if name and hub_unreachable():
+            open_source(name)
+    except (CheckpointError, ModelLoadError) as e:
+        return f"; and --model: {e}"
+    return ""
+
+
 # ----------------------------------------------------------------------------------------------------------
 # data: N random non-overlapping windows of T tokens
 
@@ -450,7 +465,7 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
         model.train(was_training)
     records = [{"layer": rec["layer"], **{k: rec[k] for k in COLLAPSE_KEYS}} for rec in layers]
     for record, grads in zip(records, collapse_gradients(model, windows, device)):
-        record |= {k: grads[k] for k in ("grad_q", "grad_k", "bound_q", "bound_k")}
+        record |= grads  # its eps is the one the bounds used, of the same attentions analyze measured
     return records
 
 
@@ -459,9 +474,10 @@ def collapse_gradients(model, windows, device="cpu"):
     norms grad_q = ||dL/dW_Q||_F and grad_k = ||dL/dW_K||_F (W_Q, W_K: the query and key rows of c_attn.weight) and
     the theorem's upper bounds on them, bound_q and bound_k, with eps, the largest eps of any head and window.
 
-    windows (N, T) token ids: the loss is the mean next-token loss of x = w[:, :-1] predicting y = w[:, 1:], so the
-    attentions are (T-1) x (T-1), on the windows collapse_record measures. Gradients come from torch.autograd.grad in
-    eval mode (no dropout): the model's .grad and its train/eval mode are left as they were.
+    windows (N, T) token ids: the loss is the mean next-token loss of w[:, t] predicting w[:, t + 1] (the last token
+    predicts nothing), so the attentions are the T x T ones collapse_record measures, and eps is theirs. Gradients
+    come from torch.autograd.grad in eval mode (no dropout): the model's .grad and its train/eval mode are left as
+    they were.
 
     The theorem, for an eps-sink-collapsed head: the softmax Jacobian of each row has norm <= 2 eps, so
     ||dL/dW_Q||_F <= 2 eps scale ||X||_2 ||K||_2 ||dL/dA||_F (likewise W_K with Q), X the attention's input (after
@@ -485,7 +501,8 @@ def collapse_gradients(model, windows, device="cpu"):
     hooks = [b.attn.c_attn.register_forward_hook(capture(i)) for i, b in enumerate(blocks)]
     try:
         with torch.enable_grad():
-            _, loss, atts = model(w[:, :-1], w[:, 1:].contiguous(), return_attn=True)
+            targets = torch.cat([w[:, 1:], torch.full_like(w[:, :1], -1)], 1)  # -1: cross_entropy's ignore_index
+            _, loss, atts = model(w, targets, return_attn=True)
             weights = [b.attn.c_attn.weight for b in blocks]
             grads = torch.autograd.grad(loss, weights + atts)
     finally:
@@ -496,15 +513,13 @@ def collapse_gradients(model, windows, device="cpu"):
     for layer, block in enumerate(blocks):
         attn = block.attn
         nq, nk, _ = attn.qkv_sizes
-        dW, dA = grads[layer].double(), grads[len(blocks) + layer].double()  # dA: (N, n_head, T-1, T-1)
+        dW, dA = grads[layer].double(), grads[len(blocks) + layer].double()  # dA: (N, n_head, T, T)
         X, qkv = (t.double() for t in captured[layer])
         B, T, _ = X.shape
         q = qkv[..., :nq].reshape(B, T, attn.n_head, attn.head_size)
         k = qkv[..., nq:nq + nk].reshape(B, T, attn.n_kv_head, attn.head_size)
         k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=2)  # the key head each query head uses
-        # entropy_and_eps's eps, 1 - min_i A[i, 0], summed as the rest of each row instead: in float32, 1 - A[i, 0]
-        # rounds to 0 below ~6e-8, which would make the bound 0 where the gradient is not
-        eps = atts[layer].detach()[..., 1:].double().sum(-1).amax(-1)  # (N, n_head)
+        eps = entropy_and_eps(atts[layer])[1]  # (N, n_head), the records' eps
         common = 2 * eps * attn.scale * torch.linalg.matrix_norm(X, ord=2)[:, None] * dA.flatten(2).norm(dim=-1)
         records.append({
             "layer": layer,
@@ -604,20 +619,27 @@ def plot(report, out_dir):
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     layers = report["layers"]
     x = [rec["layer"] for rec in layers]
-    T = report["settings"]["seq_len"]
-    from matplotlib.ticker import MaxNLocator
 
     model_path = os.path.normpath(report["model"])
     name = os.path.basename(os.path.dirname(model_path) if model_path.endswith(".pt") else model_path)
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(x, [rec["max_rank"] for rec in layers], color=["tab:red" if rec["lazy"] else "tab:blue" for rec in layers])
-    ax.axhline(1, color="k", lw=0.8, ls="--")
+    for lazy, color, label in ((False, "tab:blue", "not lazy"), (True, "tab:red", "lazy")):
+        bars = [rec for rec in layers if rec["lazy"] == lazy]
+        if bars:  # no empty legend entry
+            ax.bar([rec["layer"] for rec in bars], [rec["max_rank"] for rec in bars], color=color, label=label)
+    tolerance = report["settings"]["lazy_tolerance"]
+    ax.axhline(1 + tolerance, color="k", lw=0.8, ls="--",
+               label=f"lazy at or below: MaxRank {f'<= 1 + {tolerance:g}' if tolerance else '= 1 (the paper)'}")
     ax.set(xlabel="layer", ylabel=f"MaxRank (k*, tau={report['settings']['tau']})",
-           title=f"{name}: max approximate rank of attention per layer (red: lazy)")
+           title=f"{name}\nmax approximate rank of attention per layer",
+           ylim=(0, 1.3 * max([1 + tolerance] + [rec["max_rank"] for rec in layers])))  # the legend above the bars
+    ax.legend(fontsize=8, loc="upper right")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "max_rank.png"))
     save_figure(fig, paths[-1])
@@ -629,7 +651,8 @@ def plot(report, out_dir):
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * report["n_head"] + 3), max(4, 0.25 * len(layers) + 2)))
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=1, vmax=max(2, np.nanmax(grid)))
     fig.colorbar(im, ax=ax, label="Rank (mean k*)")
-    ax.set(xlabel="head", ylabel="layer", title=f"{name}: approximate rank per head (T={T})")
+    ax.set(xlabel="head", ylabel="layer",
+           title=f"{name}\napproximate rank per head (T={report['settings']['seq_len']})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     paths.append(os.path.join(out_dir, "rank_heatmap.png"))
@@ -638,7 +661,8 @@ def plot(report, out_dir):
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, [rec["avg_mass"] for rec in layers], "o-", color="tab:blue")
     ax.set(xlabel="layer", ylabel=f"AvgMass (m*, eta={report['settings']['eta']})",
-           title=f"{name}: column mass and sink share")
+           title=f"{name}\ncolumn mass and sink share")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax.twinx()
     ax2.plot(x, [rec["sink_share"] for rec in layers], "s--", color="tab:orange")
     ax2.set(ylabel="sink share p_0", ylim=(0, 1.05))
@@ -659,9 +683,10 @@ def main(argv=None):
     try:
         if not cfg["data"]:
             raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt "
-                                "file")
+                                f"file{offline_model_problem(cfg['model'])}")
         if not os.path.isfile(cfg["data"]):  # before loading what may be a large model
-            raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file")
+            raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file"
+                                f"{offline_model_problem(cfg['model'])}")
         if os.path.isfile(cfg["out_dir"]):
             raise AnalysisError(f"--out_dir={cfg['out_dir']} is a file: out_dir is the folder to write")
         device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -118,7 +118,8 @@ def plot_collapse(name, by_iter, path):
         x = np.concatenate([[iters[0] - steps[0] / 2], np.array(iters[:-1]) + steps / 2, [iters[-1] + steps[-1] / 2]])
         mesh = ax.pcolormesh(x, np.arange(len(grid) + 1) - 0.5, np.ma.masked_invalid(grid), cmap="viridis")
         fig.colorbar(mesh, ax=ax, label=title)
-        ax.set(xlabel="iteration", ylabel="layer", title=f"{name}: {title} per layer (blank: layer not there yet)")
+        blank = " (blank: layer not there yet)" if np.isnan(grid).any() else ""
+        ax.set(xlabel="iteration", ylabel="layer", title=f"{name}\n{title} per layer{blank}")
         ax.yaxis.get_major_locator().set_params(integer=True)
     for ax, g in zip(axes[1] if grads else [], grads):
         for key, marker in ((f"grad_{g}", "o"), (f"bound_{g}", "x")):
@@ -128,8 +129,13 @@ def plot_collapse(name, by_iter, path):
                                   c=[layer for layer, _ in have], cmap="viridis", vmin=0,
                                   vmax=max(layer for layer, _ in points))
         fig.colorbar(dots, ax=ax, label="layer").ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.set(xscale="log", yscale="log", xlabel="eps (Thm H.1)", ylabel=f"||dL/dW_{g}||_F",
-               title=f"{name}: grad_{g} (o), Thm H.1's bound (x)")
+        least_eps = min(m["eps"] for _, m in points)
+        # at least two decades, so that the ticks are 10^k even when every eps is close to 1 (an eps of 0 is off scale)
+        left = min([m["eps"] for _, m in points if m["eps"] > 0] + [0.02]) / 2
+        ax.set(xscale="log", yscale="log", xlim=(left, 1.5), xlabel="eps (Thm H.1)",
+               ylabel=f"||dL/dW_{g}||_F", title=f"{name}\ngrad_{g} (o) and Thm H.1's bound (x) against eps")
+        if least_eps >= 0.5:
+            ax.text(0.03, 0.03, f"every eps >= {least_eps:.2f}: no head is sink-collapsed", transform=ax.transAxes)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -27,6 +27,7 @@ from inheritune.checkpoint import CheckpointError
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
 from inheritune.data import DataError
 from inheritune.hf import ModelLoadError
+from inheritune.hub import hub_unreachable
 from inheritune.source import HF_KINDS, open_source
 
 PAPER_TASKS = ("arc_easy", "piqa", "sciq", "hellaswag", "lambada_openai")
@@ -172,12 +173,13 @@ def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewsh
     task_manager = TaskManager(include_path=include_path or None)
     check_tasks(names, task_manager.all_tasks)
     load_task = getattr(task_manager, "load", None) or task_manager.load_task_or_group  # older lm-eval: only the latter
+    offline = hub_unreachable()  # then datasets reads its cache only, and a dataset not there fails at once
     for name in names:  # each task's dataset, before the model: unreachable and not cached is one line, not a traceback
         try:
             load_task(name)
         except ConnectionError as e:
-            raise EvalError(f"task {name}: {e}: its dataset must be downloadable (network on, HF_DATASETS_OFFLINE and "
-                            f"HF_HUB_OFFLINE unset) or already in the Hugging Face cache (HF_HOME)") from None
+            raise EvalError(f"task {name}: {e}: the task needs its dataset from the Hub ({offline or 'not reached'}) "
+                            f"or in the Hugging Face cache (HF_HOME)") from None
     with tempfile.TemporaryDirectory(prefix="evaluate-") as workdir:
         folder = hf_folder(model, workdir)
         check_tokenizer(folder, model, hflm_args)

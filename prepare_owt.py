@@ -28,6 +28,7 @@ import numpy as np
 
 from inheritune.configurator import configure_or_exit
 from inheritune.data import TOKEN_DTYPES, DataError, check_token_dtype, dtype_for_vocab, write_dataset
+from inheritune.hub import hub_unreachable
 from inheritune.tokenizer import GPT2Tokenizer, HFTokenizer, TokenizerError, hf_tokenizer_meta
 
 DEFAULTS = dict(
@@ -144,6 +145,7 @@ def load_hub(name, subset, split, revision, max_docs):
             ds = ds[split]
         return ds
     kwargs = dict(name=subset or None, split=split, revision=revision or None)
+    offline = hub_unreachable()  # then only datasets' cache is read
 
     def load(**kwargs):
         if not max_docs:
@@ -161,12 +163,13 @@ def load_hub(name, subset, split, revision, max_docs):
                 raise
             print(f"{name} is a loading-script dataset: using its parquet conversion ({PARQUET_REVISION})")
             return load(**{**kwargs, "revision": PARQUET_REVISION})
-    except DataError:
-        raise
     except Exception as e:  # offline, unknown name or subset, gated: the user needs the reason, not a traceback
-        raise DataError(f"could not load dataset '{name}'{f' subset {subset}' if subset else ''} split '{split}' "
-                        f"({type(e).__name__}: {e}). Check the name (and --subset / --split), or pass local "
-                        f"files with --input=PATH") from None
+        what = f"dataset '{name}'{f' subset {subset}' if subset else ''} split '{split}'"
+        if offline:
+            raise DataError(f"{what} is not in the Hugging Face cache (HF_HOME) and needs the Hub, but {offline}: "
+                            f"pass local files with --input=PATH, or run with network") from None
+        raise DataError(f"could not load {what} ({type(e).__name__}: {e}). Check the name (and --subset / --split), "
+                        f"or pass local files with --input=PATH") from None
 
 
 def load_documents(dataset, subset, split, revision, input, text_column, max_docs):

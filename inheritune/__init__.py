@@ -11,6 +11,7 @@ run           a training run in its out_dir: its identity, log.jsonl, checkpoint
 configurator  config files and --key=value flags, checked against a script's defaults
 atomic        writes that leave the old file whole until the new one is complete
 perf          GPU peak FLOP/s and MFU
-Imports go one way (no circle): model.py, atomic, tokenizer, configurator and perf import nothing of ours; data,
+hub           whether the Hugging Face Hub can be reached (asked once; offline, commands fail at once)
+Imports go one way (no circle): model.py, atomic, hub, configurator and perf import nothing of ours; tokenizer only hub; data,
 checkpoint and hf import only those; source and distributed build on these three; run on distributed.
 """

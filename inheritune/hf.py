@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from model import GPT, GPTConfig
+from inheritune.hub import hub_unreachable
 from inheritune.tokenizer import GPT2_BPE_DIR
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
@@ -75,12 +76,13 @@ def hub_folder(name, download=True):
     from huggingface_hub import snapshot_download
 
     repo_id = hub_repo_id(name)
+    offline = hub_unreachable() if download else ""  # then from the cache only, at once
     try:
         return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=not download)
     except Exception as e:  # offline, unknown repo, gated repo, not in the cache: all end the same way for the user
         raise ModelLoadError(
-            f"could not get '{repo_id}' from the Hugging Face Hub ({type(e).__name__}). On a machine without "
-            f"network, download it elsewhere (`hf download {repo_id} --local-dir {name.split('/')[-1]}`), "
+            f"could not get '{repo_id}' from the Hugging Face Hub ({offline or type(e).__name__}). On a machine "
+            f"without network, download it elsewhere (`hf download {repo_id} --local-dir {name.split('/')[-1]}`), "
             f"copy the folder here and pass its path instead of the name."
         ) from None
 

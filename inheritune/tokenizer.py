@@ -15,6 +15,8 @@ import os
 
 import tiktoken
 
+from inheritune.hub import hub_unreachable
+
 GPT2_BPE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "gpt2_bpe")
 GPT2_EOT = 50256
 
@@ -84,10 +86,11 @@ def load_hf_tokenizer(source):
     """transformers' AutoTokenizer of a model folder or Hub id; a source without one is a one-line error."""
     from transformers import AutoTokenizer
 
+    offline = "" if os.path.isdir(source) else hub_unreachable()  # a Hub id: from the cache only, when offline
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except Exception as e:  # no tokenizer files, offline Hub id, unknown class: the same advice
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        first = offline or (str(e).strip().splitlines() or [""])[0][:200]
         raise TokenizerError(f"cannot load the Hugging Face tokenizer of {source} ({type(e).__name__}: {first}): "
                              f"pass a model folder with its tokenizer files (tokenizer.json, ...)") from None
     if len(tok.get_vocab()) <= len(set(tok.all_special_tokens)):  # transformers 5 makes one of special tokens only

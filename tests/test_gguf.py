@@ -122,7 +122,8 @@ def test_damaged_or_missing_gguf_is_one_line(tmp_path):
 def test_prepare_owt_inherit_and_train_reference_take_a_gguf_file(tmp_path):
     """prepare_owt.py --tokenizer=x.gguf encodes with the file's tokenizer; inherit.py --init_from=x.gguf and
     train.py --reference=x.gguf inherit its blocks."""
-    from inheritune.checkpoint import load_checkpoint, load_model
+    from inheritune.checkpoint import load_checkpoint
+    from inheritune.source import load_model
 
     path = write_tiny_gguf(str(tmp_path / "tiny.gguf"))
     texts = tmp_path / "texts"

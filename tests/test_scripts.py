@@ -276,8 +276,8 @@ def test_evaluate_without_the_tasks_datasets_names_the_task_in_one_line(tmp_path
                              "--device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     # refused at the first task's dataset, before the model is looked for
     assert_one_line_error(result, "error: task arc_easy: ",  # then datasets' words, e.g. "Couldn't reach ..."
-                          "its dataset must be downloadable (network on, HF_DATASETS_OFFLINE and HF_HUB_OFFLINE unset) "
-                          "or already in the Hugging Face cache (HF_HOME)")
+                          "the task needs its dataset from the Hub (HF_HUB_OFFLINE is set) or in the Hugging Face "
+                          "cache (HF_HOME)")
 
 
 def test_analyze_rank_tokenizer_errors_say_it_once(char_run):

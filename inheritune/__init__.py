@@ -12,6 +12,6 @@ configurator  config files and --key=value flags, checked against a script's def
 atomic        writes that leave the old file whole until the new one is complete
 perf          GPU peak FLOP/s and MFU
 hub           whether the Hugging Face Hub can be reached (asked once; offline, commands fail at once)
-Imports go one way (no circle): model.py, atomic, hub, configurator and perf import nothing of ours; tokenizer only hub; data,
-checkpoint and hf import only those; source and distributed build on these three; run on distributed.
+Imports go one way (no circle): model.py, atomic, hub, configurator and perf import nothing of ours, tokenizer only
+hub; data, checkpoint and hf import only those; source and distributed build on these three; run on distributed.
 """

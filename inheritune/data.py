@@ -317,26 +317,49 @@ def eval_offsets(tokens, block_size, eval_iters, batch_size, seed):
 
 
 class TrainBatches:
-    """Random training windows from a seeded generator; state_dict() makes a resumed run draw the same batches."""
+    """Training windows from a seeded generator; state_dict() makes a resumed run draw the same batches.
 
-    def __init__(self, tokens, block_size, batch_size, seed):
+    sampling="random": windows at any start, drawn with replacement (each process its own generator, seed + 1000 *
+    rank). sampling="epochs": the non-overlapping windows (starts at multiples of block_size), each read once per epoch
+    in an order drawn anew each epoch with seed + epoch; the processes share that order and take its batches in turn,
+    so that the run reads every window once per epoch."""
+
+    def __init__(self, tokens, block_size, batch_size, seed, sampling="random", rank=0, world_size=1):
         check_window_fits(tokens, block_size)
-        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.tokens, self.block_size, self.batch_size, self.sampling = tokens, block_size, batch_size, sampling
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed + 1000 * rank)
+        self.batches, self.epoch, self.order = 0, None, None  # epochs: batches this process has read; the epoch's order
+
+    def window_start(self, i):
+        """The start of the i-th window of the run's stream of epochs."""
+        count = (len(self.tokens) - 1) // self.block_size  # whole windows, each with the token after it
+        epoch, j = divmod(i, count)
+        if epoch != self.epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self.epoch, self.order = epoch, torch.randperm(count, generator=generator)
+        return int(self.order[j]) * self.block_size
 
     def next(self, device="cpu"):
         """The next batch (x, y) on device (from pinned memory, without waiting, on CUDA)."""
-        offsets = torch.randint(n_windows(self.tokens, self.block_size), (self.batch_size,), generator=self.generator)
-        x, y = windows_to_batch(self.tokens, offsets.tolist(), self.block_size)
+        if self.sampling == "epochs":
+            first = (self.batches * self.world_size + self.rank) * self.batch_size
+            offsets = [self.window_start(i) for i in range(first, first + self.batch_size)]
+            self.batches += 1
+        else:
+            offsets = torch.randint(n_windows(self.tokens, self.block_size), (self.batch_size,),
+                                    generator=self.generator).tolist()
+        x, y = windows_to_batch(self.tokens, offsets, self.block_size)
         if torch.device(device).type == "cuda":
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x.to(device), y.to(device)
 
     def state_dict(self):
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "batches": self.batches}
 
     def load_state_dict(self, state):
         self.generator.set_state(state["generator"])
+        self.batches = state.get("batches", 0)  # (checkpoints of random sampling before epochs existed have none)
 
 
 @torch.no_grad()

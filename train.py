@@ -299,8 +299,12 @@ if grow_every > 0:
         fail("growing without a reference needs max_layers")
     added = raw_model.config.n_layer if GROW_INIT.doubles else grow_by
     if growth is None and raw_model.config.n_layer + added > max_depth:  # refused now, not at a round end
-        fail(f"grow_by={grow_by} cannot grow the {raw_model.config.n_layer}-layer model once: {added} more layers "
-             f"exceed max depth {max_depth} (max_layers, else the reference's depth); lower grow_by or n_layer")
+        no_room = (f"grow_by={grow_by} cannot grow the {raw_model.config.n_layer}-layer model once: {added} more "
+                   f"layers exceed max depth {max_depth}")
+        if max_layers:
+            fail(f"{no_room} (max_layers={max_layers}); raise max_layers, or lower grow_by or n_layer")
+        if master_process:  # e.g. inherit.py --n_layer=auto chose a depth near the reference's: one round, then the end
+            print(f"warning: {no_room} (the reference's depth): the run ends after its first round")
     if growth is None and GROW_INIT.needs_reference and max_depth > ref_model.config.n_layer:
         fail(f"max_layers={max_layers} is deeper than the reference's {ref_model.config.n_layer} blocks, which "
              f"grow_init={grow_init!r} adds: at most {ref_model.config.n_layer}")

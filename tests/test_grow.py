@@ -139,6 +139,14 @@ def test_target_defaults_to_reference_val_loss(char_data, reference, tmp_path):
     assert events(out, "round_end")[0]["target_val_loss"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_no_room_to_grow_below_the_reference_depth_is_one_round(char_data, reference, tmp_path):
+    r = train(char_data, tmp_path / "grow", *GROW, f"--reference={reference}", "--n_layer=3", "--max_iters=20")
+    assert "warning: grow_by=2 cannot grow the 3-layer model once: 2 more layers exceed max depth 4" in r.stdout
+    (end,) = events(tmp_path / "grow", "round_end")
+    assert (end["iter"], end["decision"]) == (10, "growth stops: 3 + 2 layers exceed max depth 4")
+    assert not events(tmp_path / "grow", "grow") and max(r["iter"] for r in read_log(tmp_path / "grow")) == 10
+
+
 def test_growth_ends_with_the_round_at_max_depth(char_data, reference, tmp_path):
     out, args = tmp_path / "grow", [*GROW, f"--reference={reference}", "--max_iters=40"]
     r = train(char_data, out, *args)
@@ -169,9 +177,8 @@ def test_resume_after_growth_is_exact(char_data, reference, tmp_path):
     (["--grow_mode=sideways"], "grow_mode='sideways'"),
     (["--grow_init=zeros", "--grow_mode=continue"], "grow_init='zeros'"),
     (["--block_size=64"], "block_size=64 is longer than the model's context of 32"),
-    (["--n_layer=3"], "grow_by=2 cannot grow the 3-layer model once: 2 more layers exceed max depth 4"),
-    (["--grow_by=3"], "grow_by=3 cannot grow the 2-layer model once: 3 more layers exceed max depth 4"),
-    (["--max_layers=3"], "2 more layers exceed max depth 3 (max_layers"),
+    (["--max_layers=3"], "grow_by=2 cannot grow the 2-layer model once: 2 more layers exceed max depth 3 (max_layers"),
+    (["--grow_by=5", "--max_layers=4"], "grow_by=5 cannot grow the 2-layer model once: 5 more layers exceed max dep"),
     (["--max_layers=6"], "max_layers=6 is deeper than the reference's 4 blocks"),
     (["--sampling=shuffled"], "sampling='shuffled' is not one of random, epochs"),
 ])
@@ -251,4 +258,4 @@ TRAIN_DEFAULTS = dict(learning_rate=6e-4, batch_size=12, block_size=64, gradient
                       grad_clip=1.0, vocab_size=0, grow_every=0, max_layers=0, target_val_loss=0.0, fsdp_shard_size=0,
                       dropout=0.0, beta1=0.9, beta2=0.95, dtype="auto", backend="auto", grow_mode="restart",
                       grow_init="reference", fsdp=False, kd_alpha=0.6, kd_temperature=1.0, head_dim=0, decay_lr=True,
-                      collapse_every=0, collapse_windows=20, collapse_seq_len=128)
+                      collapse_every=0, collapse_windows=20, collapse_seq_len=128, sampling="random")

@@ -303,26 +303,18 @@ def check_window_fits(tokens, block_size):
                     f"{block_size + 1} tokens: {fix}")
 
 
-def fixed_offsets(tokens, block_size, count, seed):
-    """count window starts drawn once with seed: the same for every call (and every run) on the same data."""
-    check_window_fits(tokens, block_size)
-    n = n_windows(tokens, block_size)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(n, (count,), generator=g).tolist()
-
-
 def eval_offsets(tokens, block_size, eval_iters, batch_size, seed):
-    """The validation windows of train.py's evaluation (also used for inherit.py's reference loss)."""
-    return fixed_offsets(tokens, block_size, eval_iters * batch_size, seed)
+    """The eval_iters * batch_size window starts of train.py's evaluation (also inherit.py's reference loss), drawn once
+    with seed: the same for every call (and every run) on the same data."""
+    check_window_fits(tokens, block_size)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(n_windows(tokens, block_size), (eval_iters * batch_size,), generator=generator).tolist()
 
 
 class TrainBatches:
-    """Training windows from a seeded generator; state_dict() makes a resumed run draw the same batches.
-
-    sampling="random": windows at any start, drawn with replacement (each process its own generator, seed + 1000 *
-    rank). sampling="epochs": the non-overlapping windows (starts at multiples of block_size), each read once per epoch
-    in an order drawn anew each epoch with seed + epoch; the processes share that order and take its batches in turn,
-    so that the run reads every window once per epoch."""
+    """Training windows; state_dict() makes a resumed run draw the same batches. sampling="random": any start, drawn
+    with replacement (each process its generator, seed + 1000 * rank). "epochs": the non-overlapping windows, each once
+    per epoch, in an order drawn with seed + epoch that the processes share and take batches of in turn."""
 
     def __init__(self, tokens, block_size, batch_size, seed, sampling="random", rank=0, world_size=1):
         check_window_fits(tokens, block_size)

@@ -328,11 +328,13 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on 2-D weights only (matmuls, embeddings), none on biases and LayerNorms."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, decay_embeddings=True):
+        """AdamW with weight decay on 2-D weights only (matmuls, embeddings), none on biases and LayerNorms;
+        decay_embeddings=False: none on the embeddings either (wte, tied to lm_head, and wpe), as the paper's code."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+        kept = set() if decay_embeddings else {m.weight for m in self.modules() if isinstance(m, nn.Embedding)}
+        decay = [p for p in params if p.dim() >= 2 and p not in kept]
+        no_decay = [p for p in params if p.dim() < 2 or p in kept]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         # one fused kernel for all parameters (on CPU 3.6x faster than the foreach default, BENCHMARKS.md)
         fused = True if device_type in ("cuda", "cpu") else None  # None: PyTorch's default (foreach) elsewhere

@@ -54,6 +54,7 @@ dataset = "openwebtext"
 data_dir = ""  # default: data/<dataset>
 gradient_accumulation_steps = 5 * 8  # global count, divided by the number of processes
 batch_size = 12  # micro-batch size per process
+sampling = "random"  # training windows: 'random' (drawn with replacement) | 'epochs' (each window once per epoch)
 # model: these and every other plain field of model.py's GPTConfig (norm, mlp, pos_emb, n_kv_head, ...) are flags, for
 # a model from scratch; pretrained, inherited and resumed models bring their shape, and a flag that disagrees is refused
 block_size = 1024
@@ -75,6 +76,7 @@ grow_mode = "restart"  # 'restart': each round afresh (new optimizer and schedul
 grow_init = "reference"  # how the new blocks are made (inherit.GROW_INITS)
 target_val_loss = 0.0  # 0: the reference's val loss (without a reference: none, grow at every round end)
 stop_at_target = True  # end the run once a round reaches the target
+stop_at_max_depth = True  # end the run with the round at max depth, as Algorithm 1 (False: train on to max_iters)
 # knowledge distillation: loss = kd_alpha * CE + (1 - kd_alpha) * kd_temperature^2 * KL(teacher || student)
 teacher = ""  # the frozen teacher: a GPT-2 name, a Hugging Face folder, or our out_dir / ckpt.pt ("": none)
 kd_alpha = 0.6  # the cross-entropy's weight; the teacher's KL gets 1 - kd_alpha
@@ -83,6 +85,7 @@ kd_temperature = 1.0  # softmax temperature of both distributions in the KL
 learning_rate = 6e-4  # peak learning rate
 max_iters = 600000
 weight_decay = 1e-1
+decay_embeddings = True  # weight decay on the embeddings too (nanoGPT); the paper's GPT-2 code: Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip gradients at this norm; 0.0 disables
@@ -113,9 +116,10 @@ given = configurator.overrides_or_exit(defaults, comment_files=["model.py"], not
 # and teacher are checked by their weights, wherever they are now). Any other key (max_iters, logging, this machine)
 # may change between attempts of one run: the same command with other values continues it.
 RUN_KEYS = MODEL_KEYS + ("dataset", "data_dir", "batch_size", "gradient_accumulation_steps", "eval_iters", "seed",
-                         "learning_rate", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr", "warmup_iters",
-                         "min_lr", "init_from", "inherit_layers", "inherit_fresh", "grow_every", "grow_by",
-                         "max_layers", "grow_mode", "grow_init", "target_val_loss", "kd_alpha", "kd_temperature")
+                         "sampling", "learning_rate", "weight_decay", "decay_embeddings", "beta1", "beta2", "grad_clip",
+                         "decay_lr", "warmup_iters", "min_lr", "init_from", "inherit_layers", "inherit_fresh",
+                         "grow_every", "grow_by", "max_layers", "grow_mode", "grow_init", "target_val_loss", "kd_alpha",
+                         "kd_temperature")
 # a resumed run takes these (this machine's and this command's) from the command line, the rest from its checkpoint
 OWN_KEYS = ("device", "dtype", "compile", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size", "fsdp_cpu_offload",
             "activation_checkpointing", "out_dir", "init_from", "eval_only", "overwrite")
@@ -169,7 +173,8 @@ data_dir = data_dir or os.path.join("data", dataset)
 try:
     meta = data.load_meta(data_dir)
     train_tokens, val_tokens = data.open_tokens(data_dir, "train"), data.open_tokens(data_dir, "val")
-    train_batches = data.TrainBatches(train_tokens, block_size, batch_size, seed + 1000 * procs.rank)
+    train_batches = data.TrainBatches(train_tokens, block_size, batch_size, seed, sampling, procs.rank,
+                                       procs.world_size)
     eval_offsets = {split: data.eval_offsets(tokens, block_size, eval_iters, batch_size, seed)
                     for split, tokens in (("train", train_tokens), ("val", val_tokens))}
     collapse_windows_ids = analyze_rank.draw_windows(val_tokens, collapse_windows, collapse_seq_len, seed) \
@@ -294,6 +299,17 @@ if grow_every > 0:
     max_depth = max_layers or (info["source_n_layer"] if info else 0)
     if not max_depth:
         fail("growing without a reference needs max_layers")
+    added = raw_model.config.n_layer if GROW_INIT.doubles else grow_by
+    if growth is None and raw_model.config.n_layer + added > max_depth:  # refused now, not at a round end
+        no_room = (f"grow_by={grow_by} cannot grow the {raw_model.config.n_layer}-layer model once: {added} more "
+                   f"layers exceed max depth {max_depth}")
+        if max_layers:
+            fail(f"{no_room} (max_layers={max_layers}); raise max_layers, or lower grow_by or n_layer")
+        if master_process:  # e.g. inherit.py --n_layer=auto chose a depth near the reference's: one round, then the end
+            print(f"warning: {no_room} (the reference's depth): the run ends after its first round")
+    if growth is None and GROW_INIT.needs_reference and max_depth > ref_model.config.n_layer:
+        fail(f"max_layers={max_layers} is deeper than the reference's {ref_model.config.n_layer} blocks, which "
+             f"grow_init={grow_init!r} adds: at most {ref_model.config.n_layer}")
     if growth is None:
         growth = {"round": 0, "layers": list(info["layers"]) if info else [None] * raw_model.config.n_layer,
                   "done": False, "target_val_loss": target_val_loss or None}
@@ -349,7 +365,7 @@ if teacher:
 # -----------------------------------------------------------------------------
 # optimizer, and a resumed run's state
 def make_optimizer(raw_model):
-    return raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    return raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, decay_embeddings)
 
 
 scaler = torch.amp.GradScaler(device_type, enabled=(procs.dtype == "float16"))
@@ -515,7 +531,10 @@ while True:
         last_collapse, t_last_log, iters_since_log = iter_num, time.time(), 0  # analysis time is not training time
     if round_end:
         decision = round_decision(losses["val_loss"])
-        if decision == "target reached" and stop_at_target:
+        if decision.startswith("growth stops") and stop_at_max_depth and master_process:
+            print(f"growth has ended at max depth {max_depth}: the run ends with this round, as Algorithm 1 "
+                  f"(--stop_at_max_depth=False trains on to max_iters)")
+        if (decision == "target reached" and stop_at_target) or (decision.startswith("growth") and stop_at_max_depth):
             save_checkpoint()
             break
         if decision == "grow":  # Inheritune: add blocks, then a new round (restart mode: a fresh warmup and cosine)

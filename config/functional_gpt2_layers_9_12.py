@@ -2,6 +2,9 @@
 # reference's layers 9-12 (0-based blocks 8,9,10,11), trained 100K steps on OpenWebText like the other 4-layer students.
 # Paper, val loss after 100K steps: random init 3.25, layers 1-4 3.22, layers 5-8 3.19, lazy layers 9-12 3.23;
 # mean attention rank (AvgRank) of the groups 8.40 / 9.48 / 1.22. This group: 3.23 (AvgRank 1.22).
+# Sources: steps, batch, schedule and AdamW settings: the paper (App. F.2); weight decay on Linear weights only:
+# the authors' released code (GPT2-experiments). The shape and scale_attn_by_inverse_layer_idx come from the
+# reference: False in OpenAI's weights, True in ours (config/scratch_gpt2_*.py, as the authors trained theirs).
 #
 #   python prepare_owt.py                      # -> data/openwebtext
 #   torchrun --standalone --nproc_per_node=8 train.py config/functional_gpt2_layers_9_12.py
@@ -24,6 +27,7 @@ learning_rate = 3e-4
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

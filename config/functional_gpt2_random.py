@@ -2,6 +2,9 @@
 # random init, trained 100K steps on OpenWebText like the 4-layer students of GPT-2's layers 1-4, 5-8 and 9-12.
 # Paper, val loss after 100K steps: random init 3.25, layers 1-4 3.22, layers 5-8 3.19, lazy layers 9-12 3.23;
 # mean attention rank (AvgRank) of the groups 8.40 / 9.48 / 1.22.
+# Sources: steps, batch, schedule and AdamW settings: the paper (App. F.2); weight decay on Linear weights only:
+# the authors' released code. scale_attn_by_inverse_layer_idx stays False, as in the students inherited from
+# OpenAI's GPT-2, so that only the initialization differs.
 #
 #   python prepare_owt.py                      # -> data/openwebtext
 #   torchrun --standalone --nproc_per_node=8 train.py config/functional_gpt2_random.py
@@ -27,6 +30,7 @@ learning_rate = 3e-4
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

@@ -6,6 +6,9 @@
 # available); the authors' released logs (github.com/sanyalsunny111/LLM-Inheritune,
 # GPT2-experiments/logs/OpenWebText_logs/Baselines/xlarge-baselines/xlarge_halfwdth.txt) ends at val loss 2.7778 at
 # step 100K. Compute: ~3.6e19 (~25 H100-hours at 40% MFU), not counting the reference's training.
+# Sources: steps, batch, schedule and AdamW settings: the paper (App. F.2); weight decay on Linear weights only:
+# the authors' released code (GPT2-experiments). The shape and scale_attn_by_inverse_layer_idx come from the
+# reference: False in OpenAI's weights, True in ours (config/scratch_gpt2_*.py, as the authors trained theirs).
 #
 #   torchrun --standalone --nproc_per_node=8 train.py config/half_width_gpt2_xl.py
 out_dir = 'out-half-width-gpt2-xl'
@@ -25,6 +28,7 @@ learning_rate = 0.00015
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

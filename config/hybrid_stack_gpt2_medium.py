@@ -4,6 +4,9 @@
 # authors' released logs (github.com/sanyalsunny111/LLM-Inheritune,
 # GPT2-experiments/logs/OpenWebText_logs/Baselines/medium-baselines/medium_hybridstacking.txt) ends at val loss 2.8393
 # at step 100K. Compute: ~6.8e19 (~47 H100-hours at 40% MFU), not counting the reference's training.
+# Sources: steps, batch, schedule and AdamW settings: the paper (App. F.2); weight decay on Linear weights only:
+# the authors' released code (GPT2-experiments). The shape and scale_attn_by_inverse_layer_idx come from the
+# reference: False in OpenAI's weights, True in ours (config/scratch_gpt2_*.py, as the authors trained theirs).
 #
 #   torchrun --standalone --nproc_per_node=8 train.py config/hybrid_stack_gpt2_medium.py
 out_dir = 'out-hybrid-stack-gpt2-medium'
@@ -21,6 +24,7 @@ learning_rate = 0.0003
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

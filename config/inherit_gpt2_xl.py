@@ -2,6 +2,9 @@
 # Paper (OpenWebText, 100K steps): reference 48 layers 2.65, Inheritune 24 layers 2.64, 24 layers from
 # scratch 2.69. Compute: one 100K-step round of the 24-layer model at 128K tokens/step is ~7.1e19 FLOPs
 # (~50 H100-hours at 40% MFU).
+# Sources: steps, batch, schedule and AdamW settings: the paper (App. F.2); weight decay on Linear weights only:
+# the authors' released code (GPT2-experiments). The shape and scale_attn_by_inverse_layer_idx come from the
+# reference: False in OpenAI's weights, True in ours (config/scratch_gpt2_*.py, as the authors trained theirs).
 #
 #   torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_xl.py
 out_dir = 'out-inherit-gpt2-xl'
@@ -22,6 +25,7 @@ learning_rate = 1.5e-4
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

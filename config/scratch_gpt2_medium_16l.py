@@ -1,6 +1,9 @@
 # Baseline for config/inherit_gpt2_medium.py: a 16-layer GPT-2 medium shape trained from scratch on
 # OpenWebText for 100K steps with the paper's hyperparameters (arXiv 2404.08634, App. F).
 # Paper: 16 layers from scratch 2.86. Compute: ~6.8e19 FLOPs (~47 H100-hours at 40% MFU).
+# Sources: shape, steps, batch, schedule and AdamW settings: the paper (App. F.2); the authors' released code
+# (GPT2-experiments) adds two the paper does not state: attention logits scaled by 1/(layer + 1) and weight
+# decay on Linear weights only (none on the embeddings).
 #
 #   torchrun --standalone --nproc_per_node=8 train.py config/scratch_gpt2_medium_16l.py
 out_dir = 'out-scratch-gpt2-medium-16l'
@@ -10,6 +13,7 @@ n_head = 16
 n_embd = 1024
 vocab_size = 50304
 bias = False
+scale_attn_by_inverse_layer_idx = True
 dropout = 0.0
 dataset = 'openwebtext'
 batch_size = 12
@@ -21,6 +25,7 @@ learning_rate = 0.0003
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

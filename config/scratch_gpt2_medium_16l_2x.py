@@ -6,6 +6,9 @@
 # GPT2-experiments/logs/OpenWebText_logs/medium-scratch/medium-200k_log.txt) ends at val loss 2.8310 at step 200K
 # (same initialization as medium_log-ly16.txt, the 16-layer run at 100K: 2.8693). Compute: ~1.35e20 (~95 H100-hours at
 # 40% MFU).
+# Sources: shape, steps, batch, schedule and AdamW settings: the paper (App. F.2); the authors' released code
+# (GPT2-experiments) adds two the paper does not state: attention logits scaled by 1/(layer + 1) and weight
+# decay on Linear weights only (none on the embeddings).
 #
 #   torchrun --standalone --nproc_per_node=8 train.py config/scratch_gpt2_medium_16l_2x.py
 out_dir = 'out-scratch-gpt2-medium-16l-2x'
@@ -15,6 +18,7 @@ n_head = 16
 n_embd = 1024
 vocab_size = 50304
 bias = False
+scale_attn_by_inverse_layer_idx = True
 max_iters = 200000
 lr_decay_iters = 200000
 dataset = 'openwebtext'
@@ -26,6 +30,7 @@ learning_rate = 0.0003
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

@@ -7,6 +7,9 @@
 # 200K (same initialization as xlarge_half_ly24.txt, the 24-layer run at 100K: 2.6977). (issue 10 quotes the paper's
 # XL row as 2.62 for this model against Inheritune's 2.64; not checked here) Compute: ~1.41e20 (~99 H100-hours at 40%
 # MFU).
+# Sources: shape, steps, batch, schedule and AdamW settings: the paper (App. F.2); the authors' released code
+# (GPT2-experiments) adds two the paper does not state: attention logits scaled by 1/(layer + 1) and weight
+# decay on Linear weights only (none on the embeddings).
 #
 #   torchrun --standalone --nproc_per_node=8 train.py config/scratch_gpt2_xl_24l_2x.py
 out_dir = 'out-scratch-gpt2-xl-24l-2x'
@@ -16,6 +19,7 @@ n_head = 25
 n_embd = 1600
 vocab_size = 50304
 bias = False
+scale_attn_by_inverse_layer_idx = True
 max_iters = 200000
 lr_decay_iters = 200000
 dataset = 'openwebtext'
@@ -27,6 +31,7 @@ learning_rate = 0.00015
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

@@ -7,6 +7,9 @@
 # GPT2-experiments/logs/OpenWebText_logs/Baselines/large-baselines/large_stacking_1rnd.txt, large_stacking_2rnd.txt)
 # end at val loss 3.0363 (9 layers) and 2.8781 (18 layers) at step 100K of each stage. Compute: ~5.7e19 (~40
 # H100-hours at 40% MFU) for both stages.
+# Sources: shape, steps, batch, schedule and AdamW settings: the paper (App. F.2); the authors' released code
+# (GPT2-experiments) adds two the paper does not state: attention logits scaled by 1/(layer + 1) and weight
+# decay on Linear weights only (none on the embeddings).
 #
 #   torchrun --standalone --nproc_per_node=8 train.py config/stack_gpt2_large.py
 out_dir = 'out-stack-gpt2-large'
@@ -16,6 +19,7 @@ n_head = 20
 n_embd = 1280
 vocab_size = 50304
 bias = False
+scale_attn_by_inverse_layer_idx = True
 grow_every = 100000
 grow_mode = 'restart'
 grow_init = 'stack'
@@ -31,6 +35,7 @@ learning_rate = 0.0002
 min_lr = 1e-5
 warmup_iters = 2000
 weight_decay = 0.1
+decay_embeddings = False   # Linear weights only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0

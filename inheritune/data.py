@@ -287,40 +287,55 @@ def check_window_fits(tokens, block_size):
                     f"{block_size + 1} tokens: {fix}")
 
 
-def fixed_offsets(tokens, block_size, count, seed):
-    """count window starts drawn once with seed: the same for every call (and every run) on the same data."""
-    check_window_fits(tokens, block_size)
-    n = n_windows(tokens, block_size)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(n, (count,), generator=g).tolist()
-
-
 def eval_offsets(tokens, block_size, eval_iters, batch_size, seed):
-    """The validation windows of train.py's evaluation (also used for inherit.py's reference loss)."""
-    return fixed_offsets(tokens, block_size, eval_iters * batch_size, seed)
+    """The eval_iters * batch_size window starts of train.py's evaluation (also inherit.py's reference loss), drawn once
+    with seed: the same for every call (and every run) on the same data."""
+    check_window_fits(tokens, block_size)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(n_windows(tokens, block_size), (eval_iters * batch_size,), generator=generator).tolist()
 
 
 class TrainBatches:
-    """Random training windows from a seeded generator; state_dict() makes a resumed run draw the same batches."""
+    """Training windows; state_dict() makes a resumed run draw the same batches. sampling="random": any start, drawn
+    with replacement (each process its generator, seed + 1000 * rank). "epochs": the non-overlapping windows, each once
+    per epoch, in an order drawn with seed + epoch that the processes share and take batches of in turn."""
 
-    def __init__(self, tokens, block_size, batch_size, seed):
+    def __init__(self, tokens, block_size, batch_size, seed, sampling="random", rank=0, world_size=1):
         check_window_fits(tokens, block_size)
-        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.tokens, self.block_size, self.batch_size, self.sampling = tokens, block_size, batch_size, sampling
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed + 1000 * rank)
+        self.batches, self.epoch, self.order = 0, None, None  # epochs: batches this process has read; the epoch's order
+
+    def window_start(self, i):
+        """The start of the i-th window of the run's stream of epochs."""
+        count = (len(self.tokens) - 1) // self.block_size  # whole windows, each with the token after it
+        epoch, j = divmod(i, count)
+        if epoch != self.epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self.epoch, self.order = epoch, torch.randperm(count, generator=generator)
+        return int(self.order[j]) * self.block_size
 
     def next(self, device="cpu"):
         """The next batch (x, y) on device (from pinned memory, without waiting, on CUDA)."""
-        offsets = torch.randint(n_windows(self.tokens, self.block_size), (self.batch_size,), generator=self.generator)
-        x, y = windows_to_batch(self.tokens, offsets.tolist(), self.block_size)
+        if self.sampling == "epochs":
+            first = (self.batches * self.world_size + self.rank) * self.batch_size
+            offsets = [self.window_start(i) for i in range(first, first + self.batch_size)]
+            self.batches += 1
+        else:
+            offsets = torch.randint(n_windows(self.tokens, self.block_size), (self.batch_size,),
+                                    generator=self.generator).tolist()
+        x, y = windows_to_batch(self.tokens, offsets, self.block_size)
         if torch.device(device).type == "cuda":
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x.to(device), y.to(device)
 
     def state_dict(self):
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "batches": self.batches}
 
     def load_state_dict(self, state):
         self.generator.set_state(state["generator"])
+        self.batches = state.get("batches", 0)  # (checkpoints of random sampling before epochs existed have none)
 
 
 @torch.no_grad()

@@ -95,10 +95,12 @@ def exit_if_complete(ckpt, cfg):
              f"({done_iters}): pass --max_iters above {done_iters} to train on")
     evaluated = (ckpt.get("last_eval") or {"iter": done_iters})["iter"] == done_iters
     at_target = growth_end == "target reached" and cfg["stop_at_target"]
-    if (done_iters == cfg["max_iters"] and evaluated) or at_target:
+    at_max_depth = (growth_end or "").startswith("growth stops") and cfg["stop_at_max_depth"]
+    if (done_iters == cfg["max_iters"] and evaluated) or at_target or at_max_depth:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"nothing to do: the run in {cfg['out_dir']} is complete at iter {done_iters} ("
                   + ("it reached its target val loss; --stop_at_target=False trains on" if at_target
+                     else "its growth ended at max depth; --stop_at_max_depth=False trains on" if at_max_depth
                      else f"max_iters={cfg['max_iters']}; a larger --max_iters trains on") + ")")
         sys.exit(0)
 
@@ -140,7 +142,8 @@ def check_settings(cfg, new_model, grow_inits):
         if not 0 <= cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]!r} must be at least 0 and below 1")
     for key, allowed in (("dtype", ("auto", "float32", "bfloat16", "float16")), ("backend", ("auto", "nccl", "gloo")),
-                         ("grow_mode", ("restart", "continue")), ("grow_init", tuple(grow_inits))):
+                         ("grow_mode", ("restart", "continue")), ("grow_init", tuple(grow_inits)),
+                         ("sampling", ("random", "epochs"))):
         if cfg[key] not in allowed:
             raise ConfigError(f"{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
     if cfg["collapse_every"] and cfg["collapse_seq_len"] > cfg["block_size"]:

@@ -250,6 +250,33 @@ def test_val_split_too_short_for_a_window_names_the_file_and_val_fraction(tiny_d
     assert "note: val.bin gets only 3 tokens (val_fraction=0.02)" in capsys.readouterr().err
 
 
+def window_starts(batches, n_batches):
+    """The first token of each window of the next n_batches batches (the tokens are their own positions)."""
+    return [int(t) for _ in range(n_batches) for t in batches.next()[0][:, 0]]
+
+
+def test_sampling_epochs_reads_every_window_once_per_epoch_in_a_seeded_order():
+    tokens = np.arange(12 * 8 + 1, dtype=np.uint16)  # 12 whole windows of 8 tokens, and the last one's target
+    ranks = [TrainBatches(tokens, 8, 3, 7, sampling="epochs", rank=r, world_size=2) for r in range(2)]
+    epochs = [[s for _ in range(2) for b in ranks for s in window_starts(b, 1)] for _ in range(3)]  # 12 windows each
+    assert all(sorted(e) == list(range(0, 96, 8)) for e in epochs) and len({tuple(e) for e in epochs}) == 3
+    x, y = TrainBatches(tokens, 8, 12, 7, sampling="epochs").next()
+    assert (y == x + 1).all() and x[:, 0].tolist() == epochs[0]  # the processes take the one order in turn
+    assert window_starts(TrainBatches(tokens, 8, 12, 8, sampling="epochs"), 1) != x[:, 0].tolist()  # another seed
+    stream = window_starts(TrainBatches(tokens[:81], 8, 3, 7, sampling="epochs"), 10)  # epochs of 10 across batches
+    assert all(sorted(stream[i:i + 10]) == list(range(0, 80, 8)) for i in (0, 10, 20))
+
+
+def test_sampling_epochs_resumes_mid_epoch_exactly():
+    tokens = np.arange(10 * 8 + 1, dtype=np.uint16)
+    straight = window_starts(TrainBatches(tokens, 8, 3, 7, sampling="epochs"), 9)  # 27 windows: into the 3rd epoch
+    stopped = TrainBatches(tokens, 8, 3, 7, sampling="epochs")
+    first = window_starts(stopped, 5)  # stopped in the 2nd epoch
+    resumed = TrainBatches(tokens, 8, 3, 7, sampling="epochs")
+    resumed.load_state_dict(stopped.state_dict())
+    assert first + window_starts(resumed, 4) == straight
+
+
 def test_vocab_that_does_not_fit_uint32_is_refused_before_loading(tmp_path, monkeypatch):
     class Oversized:  # (vocabularies above 65,536 ids are written as uint32: tests/test_open_models.py)
         n_vocab, eot = 2**32 + 1, 0

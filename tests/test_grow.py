@@ -93,7 +93,7 @@ def without_timings(out_dir):
 
 
 def test_continuing_at_a_round_boundary_writes_each_record_once(char_data, reference, tmp_path):
-    args = [*GROW, f"--reference={reference}", "--log_interval=5"]
+    args = [*GROW, f"--reference={reference}", "--log_interval=5", "--stop_at_max_depth=False"]  # train on past it
     train(char_data, tmp_path / "straight", *args, "--max_iters=30")
     train(char_data, tmp_path / "run", *args, "--max_iters=20")  # ends at the second round's end
     assert events(tmp_path / "run", "round_end")[-1]["decision"] == "max_iters reached"
@@ -139,12 +139,25 @@ def test_target_defaults_to_reference_val_loss(char_data, reference, tmp_path):
     assert events(out, "round_end")[0]["target_val_loss"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_growth_stops_at_reference_depth(char_data, reference, tmp_path):
-    out = tmp_path / "grow"
-    train(char_data, out, *GROW, f"--reference={reference}", "--n_layer=3", "--max_iters=20")
-    (end,) = events(out, "round_end")  # no rounds after growth has stopped
-    assert end["decision"] == "growth stops: 3 + 2 layers exceed max depth 4"
-    assert not events(out, "grow")
+def test_no_room_to_grow_below_the_reference_depth_is_one_round(char_data, reference, tmp_path):
+    r = train(char_data, tmp_path / "grow", *GROW, f"--reference={reference}", "--n_layer=3", "--max_iters=20")
+    assert "warning: grow_by=2 cannot grow the 3-layer model once: 2 more layers exceed max depth 4" in r.stdout
+    (end,) = events(tmp_path / "grow", "round_end")
+    assert (end["iter"], end["decision"]) == (10, "growth stops: 3 + 2 layers exceed max depth 4")
+    assert not events(tmp_path / "grow", "grow") and max(r["iter"] for r in read_log(tmp_path / "grow")) == 10
+
+
+def test_growth_ends_with_the_round_at_max_depth(char_data, reference, tmp_path):
+    out, args = tmp_path / "grow", [*GROW, f"--reference={reference}", "--max_iters=40"]
+    r = train(char_data, out, *args)
+    assert [(e["iter"], e["decision"]) for e in events(out, "round_end")] == [
+        (10, "grow"), (20, "growth stops: 4 + 2 layers exceed max depth 4")]
+    assert "the run ends with this round" in r.stdout
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 20
+    assert "its growth ended at max depth" in train(char_data, out, *args).stdout  # a requeue: nothing to do
+    train(char_data, out, *args, "--stop_at_max_depth=False")  # the old behaviour: on at min_lr to max_iters
+    assert max(r["iter"] for r in read_log(out) if "loss" in r) == 39
+    assert len(events(out, "round_end")) == 2
 
 
 def test_resume_after_growth_is_exact(char_data, reference, tmp_path):
@@ -164,6 +177,10 @@ def test_resume_after_growth_is_exact(char_data, reference, tmp_path):
     (["--grow_mode=sideways"], "grow_mode='sideways'"),
     (["--grow_init=zeros", "--grow_mode=continue"], "grow_init='zeros'"),
     (["--block_size=64"], "block_size=64 is longer than the model's context of 32"),
+    (["--max_layers=3"], "grow_by=2 cannot grow the 2-layer model once: 2 more layers exceed max depth 3 (max_layers"),
+    (["--grow_by=5", "--max_layers=4"], "grow_by=5 cannot grow the 2-layer model once: 5 more layers exceed max dep"),
+    (["--max_layers=6"], "max_layers=6 is deeper than the reference's 4 blocks"),
+    (["--sampling=shuffled"], "sampling='shuffled' is not one of random, epochs"),
 ])
 def test_bad_growth_settings(char_data, reference, tmp_path, args, message):
     r = train(char_data, tmp_path / "x", *GROW, f"--reference={reference}", "--max_iters=10", *args, expect_rc=1)
@@ -241,4 +258,4 @@ TRAIN_DEFAULTS = dict(learning_rate=6e-4, batch_size=12, block_size=64, gradient
                       grad_clip=1.0, vocab_size=0, grow_every=0, max_layers=0, target_val_loss=0.0, fsdp_shard_size=0,
                       dropout=0.0, beta1=0.9, beta2=0.95, dtype="auto", backend="auto", grow_mode="restart",
                       grow_init="reference", fsdp=False, kd_alpha=0.6, kd_temperature=1.0, head_dim=0, decay_lr=True,
-                      collapse_every=0, collapse_windows=20, collapse_seq_len=128)
+                      collapse_every=0, collapse_windows=20, collapse_seq_len=128, sampling="random")

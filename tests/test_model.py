@@ -209,3 +209,16 @@ def test_export_refuses_a_model_field_it_does_not_know(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot export a model with qk_norm=True: .*hf.EXPORT_FIELDS"):
         export_hf(model, str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("decay_embeddings,decayed", [(True, 10), (False, 8)])
+def test_weight_decay_on_linear_weights_and_the_embeddings_if_asked(decay_embeddings, decayed):
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    decay, no_decay = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", decay_embeddings).param_groups
+    name_of = {p: name for name, p in model.named_parameters()}  # wte is also lm_head's weight (tied): one name
+    embeddings = {"transformer.wte.weight", "transformer.wpe.weight"}
+    linear = {f"{m}.weight" for m, module in model.named_modules() if isinstance(module, torch.nn.Linear)} - {
+        "lm_head.weight"}
+    assert {name_of[p] for p in decay["params"]} == linear | (embeddings if decay_embeddings else set())
+    assert len(decay["params"]) == decayed and (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(name_of)

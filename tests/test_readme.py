@@ -95,6 +95,8 @@ TABLE = {
     "python prepare_owt.py --num_proc=16": Cannot(f"{NETWORK}: downloads OpenWebText (~54 GB)"),
     "python prepare_owt.py --dataset=HuggingFaceFW/fineweb-edu --subset=sample-10BT --out_dir=data/fineweb_edu":
         Cannot(f"{NETWORK}: a Hub dataset (the local-folder path of --dataset runs in test_data_preparation)"),
+    "python prepare_owt.py --dataset=HuggingFaceFW/fineweb-edu --subset=sample-100BT --out_dir=data/fineweb_edu_100bt":
+        Cannot(f"{NETWORK}: FineWeb-Edu sample-100BT (~100B tokens)"),
     "python prepare_owt.py --input=my_corpus/ --out_dir=data/my_corpus": Run("test_data_preparation"),
     "python prepare_owt.py --max_docs=2000 --out_dir=data/owt_tiny":
         Run("test_data_preparation", subs={"--max_docs=2000": "--max_docs=2000 --dataset={saved_dataset}"}),
@@ -124,6 +126,17 @@ TABLE = {
         Run("test_hub_model_commands_on_local_folders", subs={"--init_from=gpt2": "--init_from={gpt2_folder}"}),
     "python inherit.py --init_from=out-shakespeare-char --n_layer=2 --dataset=shakespeare_char "
     "--out_dir=out-inherit-2l": Run("test_user_chain", {"inherit.py": ["--eval_iters=2"]}),
+    "torchrun --standalone --nproc_per_node=8 train.py config/scratch_gpt2_medium.py":
+        Cannot(f"{GPU}: 8 of them, and OpenWebText (tests/test_paper_configs.py runs the chain shrunk)"),
+    **{f"torchrun --standalone --nproc_per_node=4 train.py config/fineweb_{run}.py":
+       Cannot(f"{GPU}: 4 of them, and FineWeb-Edu sample-100BT (tests/test_paper_configs.py runs the configs shrunk)")
+       for run in ("scratch_gpt2_medium", "inherit_gpt2_medium", "scratch_gpt2_medium_16l", "scratch_gpt2_large32",
+                   "inherit_gpt2_large32", "scratch_gpt2_large32_16l")},
+    **{f"python evaluate.py --model=out-fineweb-{run} --tasks=paper --out=eval-fineweb-{name}.json":
+       Cannot(f"the FineWeb-Edu runs above, and {NETWORK} for the tasks' datasets")
+       for run, name in (("scratch-gpt2-medium", "medium-ref"), ("inherit-gpt2-medium", "medium-inherit"),
+                         ("scratch-gpt2-medium-16l", "medium-16l"), ("scratch-gpt2-large32", "large32-ref"),
+                         ("inherit-gpt2-large32", "large32-inherit"), ("scratch-gpt2-large32-16l", "large32-16l"))},
     # docs/baselines.md
     "torchrun --standalone --nproc_per_node=8 train.py config/stack_gpt2_large.py":
         Cannot(f"{GPU}: 8 of them, and OpenWebText (stacking on tiny models: tests/test_baselines.py, test_demo)"),

@@ -58,15 +58,23 @@ def test_gradient_accumulation_must_divide_world_size(char_data, tmp_path):
     assert result.returncode != 0 and "gradient_accumulation_steps=3" in result.stderr
 
 
-def test_resume_is_bit_exact(char_data, tmp_path):
+@pytest.mark.parametrize("sampling", ["random", "epochs"])
+def test_resume_is_bit_exact(char_data, tmp_path, sampling):
     # dropout on: the resumed run must also restore the RNG states, not only the weights and batches
-    args = ["--dropout=0.1", "--eval_interval=5", "--gradient_accumulation_steps=2"]
+    args = ["--dropout=0.1", "--eval_interval=5", "--gradient_accumulation_steps=2", f"--sampling={sampling}"]
     train(char_data, tmp_path / "straight", *args, "--max_iters=12")
     train(char_data, tmp_path / "stopped", *args, "--max_iters=7")
     train(char_data, tmp_path / "stopped", *args, "--max_iters=12", "--init_from=resume")
     straight, resumed = train_losses(tmp_path / "straight"), train_losses(tmp_path / "stopped")
     assert sorted(resumed) == list(range(12))
     assert resumed == straight
+
+
+def test_decay_embeddings_reaches_the_optimizer(char_data, tmp_path):
+    for decay_embeddings, decayed in (("True", 10), ("False", 8)):  # TINY: 8 Linear weights, wte, wpe, 5 norms
+        train(char_data, tmp_path / decay_embeddings, "--max_iters=1", f"--decay_embeddings={decay_embeddings}")
+        groups = torch.load(tmp_path / decay_embeddings / "ckpt.pt", weights_only=True)["optimizer"]["param_groups"]
+        assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(decayed, 0.1), (15 - decayed, 0.0)]
 
 
 def test_resume_keeps_extra_checkpoint_keys(char_data, tmp_path):

@@ -174,10 +174,18 @@ def load_sharded_checkpoint(folder, weights=True):
         raise damaged(folder, f"no model_args in its {EXTRAS_NAME}")
     if not weights:
         return ckpt
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
     model = empty_model(ckpt["model_args"], folder)
-    optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu") if "optimizer" in shard_keys(folder) else None
-    load_shards(folder, model, optimizer)
-    return ckpt | {"model": model.state_dict()} | ({"optimizer": optimizer.state_dict()} if optimizer else {})
+    read_shards(folder, {"model": model.state_dict()})  # in place; shards of another shape are named as damage
+    if "optimizer" not in shard_keys(folder):
+        return ckpt | {"model": model.state_dict()}
+    state = {}  # the optimizer's state read as format_utils.dcp_to_torch_save reads: no optimizer is built for it
+    _load_state_dict(state, FileSystemReader(folder), planner=_EmptyStateDictLoadPlanner(keys={"optimizer"}),
+                     no_dist=True)
+    return ckpt | {"model": model.state_dict(), "optimizer": optimizer_by_index(state["optimizer"])}
 
 
 def empty_model(model_args, path="the checkpoint"):
@@ -231,15 +239,15 @@ def read_shards(folder, state, collective=False):
         raise damaged(folder, f"its shards do not fit its model_args: {first_line(dcp_failure(e))}") from None
 
 
-def shard_keys(folder):
-    """The top-level keys ("model", "optimizer") a sharded checkpoint's shards hold."""
+def shard_keys(folder, flat=False):
+    """The top-level keys ("model", "optimizer") a sharded checkpoint's shards hold (flat: every key, dotted)."""
     from torch.distributed.checkpoint import FileSystemReader
 
     try:
         metadata = FileSystemReader(folder).read_metadata()
     except Exception as e:
         raise damaged(folder, f"its .metadata: {type(e).__name__}: {first_line(e)}") from None
-    return {key.split(".", 1)[0] for key in metadata.state_dict_metadata}
+    return {key if flat else key.split(".", 1)[0] for key in metadata.state_dict_metadata}
 
 
 def training_state(model, optimizer=None):
@@ -269,6 +277,9 @@ def load_shards(folder, model, optimizer=None):
     if "optimizer" not in shard_keys(folder):  # converted from a weights-only checkpoint: a fresh optimizer
         optimizer = None
     state = training_state(model, optimizer)
+    if optimizer is not None and "optimizer.param_groups.0.param_names" not in shard_keys(folder, flat=True):
+        for group in state["optimizer"]["param_groups"]:  # saved before configure_optimizers named the parameters
+            group.pop("param_names", None)
     read_shards(folder, state, collective=isinstance(next(model.parameters()), DTensor) and dist.is_initialized())
     set_model_state_dict(model, state["model"])
     if optimizer is not None:
@@ -284,17 +295,30 @@ def load_optimizer_state(model, optimizer, state):
     if not isinstance(next(model.parameters()), DTensor):
         optimizer.load_state_dict(state)
         return
-    # ckpt.pt numbers the parameters in the optimizer's order; torch.distributed.checkpoint names them
-    name_of = {p: name for name, p in model.named_parameters()}
+    name_of = {p: name for name, p in model.named_parameters()}  # (a checkpoint older than param_names has none)
     names = [name_of[p] for group in optimizer.param_groups for p in group["params"]]
-    by_name = {"state": {names[i]: s for i, s in state["state"].items()},
-               "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
-    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, optimizer_by_name(state, names),
+                             options=StateDictOptions(full_state_dict=True))
 
 
-def save_sharded_checkpoint(extras, path, model, optimizer=None):
-    """Write model's and optimizer's state (FSDP-sharded or plain) and extras (every other key) as out_dir path's
-    sharded checkpoint, atomically as a whole; then remove the folder's ckpt.pt, if any.
+def optimizer_by_name(state, names):
+    """An optimizer.state_dict() (ckpt.pt numbers the parameters in the optimizer's order) keyed by parameter names,
+    as torch.distributed.checkpoint keeps it; names: the parameters' in that order."""
+    return {"state": {names[i]: s for i, s in state["state"].items()},
+            "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
+def optimizer_by_index(state):
+    """An optimizer state keyed by parameter names (a sharded checkpoint's) numbered as optimizer.state_dict() does."""
+    index = {name: i for i, name in enumerate(name for group in state["param_groups"] for name in group["params"])}
+    return {"state": {index[name]: s for name, s in state["state"].items()},
+            "param_groups": [g | {"params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+
+
+def save_sharded_checkpoint(extras, path, model=None, optimizer=None, state=None):
+    """Write model's and optimizer's state (FSDP-sharded or plain; or state, a conversion's {"model", "optimizer"}
+    keyed by name) and extras (every other key) as out_dir path's sharded checkpoint, atomically as a whole; then
+    remove the folder's ckpt.pt, if any.
 
     Under a process group every rank calls this and writes its own shards; rank 0 writes extras.pt and swaps the
     folder in. A failed write (a full disk) raises its OSError on every rank and leaves the previous checkpoint.
@@ -318,7 +342,7 @@ def save_sharded_checkpoint(extras, path, model, optimizer=None):
     try:
         try:
             # an optimizer that has not stepped yet (a restart growth's) is saved as none: a fresh one when loaded
-            state = training_state(model, optimizer if optimizer is not None and optimizer.state else None)
+            state = state or training_state(model, optimizer if optimizer is not None and optimizer.state else None)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "torch.distributed is disabled")
                 dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
@@ -449,13 +473,15 @@ def to_sharded(source, out):
     if str(out).endswith(".pt"):
         raise CheckpointError(f"--out={out} ends in .pt: a sharded checkpoint goes into an out_dir folder")
     ckpt = load_checkpoint(source)
-    model = model_from_checkpoint(ckpt, checkpoint_path(source))
-    optimizer = None
-    if "optimizer" in ckpt:
-        optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu")
-        optimizer.load_state_dict(ckpt["optimizer"])
+    state = {"model": model_from_checkpoint(ckpt, checkpoint_path(source)).state_dict()}
+    if "optimizer" in ckpt:  # no optimizer is built: its state is renamed as saved
+        names = [name for group in ckpt["optimizer"]["param_groups"] for name in group.get("param_names", ())]
+        if not names:
+            raise CheckpointError(f"the optimizer state in {source} does not name its parameters (saved by an older "
+                                  f"train.py): resume the run for one checkpoint first, then convert")
+        state["optimizer"] = optimizer_by_name(ckpt["optimizer"], names)
     extras = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
-    save_sharded_checkpoint(extras, out, model, optimizer)
+    save_sharded_checkpoint(extras, out, state=state)
     return os.path.join(out, SHARDED_NAME)
 
 

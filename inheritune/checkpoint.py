@@ -400,6 +400,19 @@ def select_blocks(state_dict, layers):
     return out
 
 
+def matching_tensors(given, expected, what_given, what_expected, error=CheckpointError):
+    """given (name -> tensor) when it has exactly expected's names, each of expected's shape; else error, one line
+    naming both sides. Every copy of weights checks with it: a tensor copied by position, or broadcast by copy_,
+    would pass silently."""
+    for name in [*expected, *(name for name in given if name not in expected)]:
+        theirs, ours = given.get(name), expected.get(name)
+        if theirs is None or ours is None or theirs.shape != ours.shape:
+            has = f"has no {name}" if theirs is None else f"has {name} {list(theirs.shape)}"
+            raise error(f"{what_given} {has}, {what_expected} " + ("has none" if ours is None else
+                                                                   f"expects {list(ours.shape)}"))
+    return given
+
+
 def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
     """Our GPT of a checkpoint dict; layers: only these blocks (any order, repeats allowed), as hf.load_folder."""
     args, state_dict = ckpt["model_args"], strip_wrapper_prefixes(ckpt["model"])
@@ -412,9 +425,9 @@ def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
         args, state_dict = dict(args, n_layer=len(layers)), select_blocks(state_dict, layers)
     try:
         model = GPT(GPTConfig(**args))
-        model.load_state_dict(state_dict)
-    except (TypeError, RuntimeError, ValueError, AttributeError) as e:  # weights that do not fit model_args
-        raise damaged(path, f"its weights do not fit its model_args: {str(e).splitlines()[0][:120]}") from None
+    except (TypeError, ValueError) as e:
+        raise damaged(path, f"its model_args are not a model: {first_line(e)}") from None
+    model.load_state_dict(matching_tensors(state_dict, model.state_dict(), path, "a model of its model_args"))
     return model
 
 

@@ -27,6 +27,7 @@ import tempfile
 import torch
 from safetensors import SafetensorError, safe_open
 
+from inheritune.checkpoint import matching_tensors
 from model import GPT, GPTConfig
 from inheritune.tokenizer import GPT2_BPE_DIR
 
@@ -341,11 +342,8 @@ def load_folder(folder, config, source, layers=None, dtype=torch.float32):
     config = dataclasses.replace(config, n_layer=len(layers))
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = GPT(config)
-    try:
-        model.load_state_dict(sd, assign=True)
-    except RuntimeError as e:  # missing, unexpected or wrongly shaped tensors
-        raise ModelLoadError(f"{source}: weights do not match a model of its config.json "
-                             f"({' '.join(str(e).split())[:300]})") from None
+    model.load_state_dict(matching_tensors(sd, model.state_dict(), f"{source}'s weights",
+                                           "a model of its config.json", ModelLoadError), assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
     return model
@@ -525,6 +523,7 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
     token ids are written, and its tokenizer files copied unless tokenizer_meta names one.
     """
     from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
 
     from inheritune.source import open_source  # source.py builds on this file
 
@@ -537,12 +536,16 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
     if kind == "hf" and source_config is None:
         source_config = {k: tokenizer_meta[k] for k in ("bos_token_id", "eos_token_id")}
     hf_config = hf_config_from_gpt(model.config, source_config)  # refuses a model no architecture computes
+    with torch.device("meta"):  # the architecture's own parameters (a tied head once): ours must match them
+        expected = dict(AutoModelForCausalLM.from_config(hf_config).named_parameters())
+    weights = matching_tensors(state_dict_to_hf(model), expected, "our weights in Hugging Face's names",
+                               f"transformers' {hf_config.architectures[0]}", ModelLoadError)
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         write_hf_config(hf_config, model.config, tmp)
-        save_file(state_dict_to_hf(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         if kind == "gpt2":
             write_gpt2_tokenizer(tmp, model.config.block_size)
         elif kind == "char":

@@ -35,7 +35,8 @@ import sys
 import torch
 import torch.nn as nn
 
-from inheritune.checkpoint import BLOCK_NAME, checkpoint_path, find_checkpoint, matching_tensors, save_checkpoint
+from inheritune.checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint, matching_tensors, model_with,
+                                   save_checkpoint, select_blocks)
 from inheritune.source import open_source
 from model import GPT, norm_layer
 
@@ -131,19 +132,12 @@ def inherit(reference, layers, fresh=(), block_size=None, dropout=None):
     read_here = isinstance(reference, Reference)
     if read_here:  # the chosen blocks only, read for this student: their tensors become its weights
         reference, layers = reference.load(layers), range(len(layers))
-    weights = {k: v for k, v in reference.state_dict().items() if not BLOCK_NAME.match(k)}
+    weights = select_blocks(reference.state_dict(), layers)
     if "transformer.wpe.weight" in weights:
         weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][:block_size]
-    for j, i in enumerate(layers):
-        weights |= {f"transformer.h.{j}.{k}": v for k, v in reference.transformer.h[i].state_dict().items()}
     if not read_here:  # the student owns its weights
         weights = {k: v.detach().clone() for k, v in weights.items()}
-    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        student = GPT(config)
-    student.load_state_dict(matching_tensors(weights, student.state_dict(), "the reference", "the student",
-                                             InheritError), assign=True)
-    if config.tie_embeddings:
-        student.lm_head.weight = student.transformer.wte.weight  # assign=True gave the two names their own Parameters
+    student = model_with(config, weights, "the reference", "the student", InheritError)
     device = student.lm_head.weight.device
     for part in fresh:  # as GPT(config) initializes them
         module = nn.Embedding(block_size, config.n_embd) if part == "wpe" else norm_layer(config)
@@ -195,13 +189,7 @@ class GrowInit:
     modes: tuple = ("continue",)  # the grow_mode values it works in
     needs_reference: bool = False  # its blocks come from the reference (which train.py then keeps at hand)
     doubles: bool = False  # it adds as many blocks as the model has (grow_by is ignored)
-    kept_at: object = None  # kept_at(old_n, grow_by): each trained block's index when grown (None: where it was)
-
-
-def kept_places(init, old_n, grow_by):
-    """The index each trained block gets in the grown model: GROW_INITS[init].kept_at's, by default its own."""
-    kept_at = GROW_INITS[init].kept_at
-    return list(kept_at(old_n, grow_by) if kept_at else range(old_n))
+    kept_at: object = lambda old_n, grow_by: range(old_n)  # kept_at(old_n, grow_by): each trained block's new index
 
 
 # Adding a growth init: one entry here and its fill function; train.py's checks, --help and messages read this table.
@@ -223,14 +211,14 @@ def moved_names(names, kept_at):
 
 
 def grow(model, grow_by, init, reference=None, next_reference_layer=None):
-    """model with grow_by new blocks, made as GROW_INITS[init] says; the trained blocks are kept, where kept_places
+    """model with grow_by new blocks, made as GROW_INITS[init] says; the trained blocks are kept, where its kept_at
     says (by default the new blocks go on top, below the final norm). reference, next_reference_layer: where
     init="reference" reads the new blocks from (a GPT, or a Reference: then only those blocks are read)."""
     if init not in GROW_INITS:
         raise InheritError(f"grow_init={init!r}: choose from {', '.join(GROW_INITS)}")
     old_n = model.config.n_layer
     grow_by = old_n if GROW_INITS[init].doubles else grow_by
-    kept_at = kept_places(init, old_n, grow_by)
+    kept_at = list(GROW_INITS[init].kept_at(old_n, grow_by))
     grown = GPT(dataclasses.replace(model.config, n_layer=old_n + grow_by)).to(model.lm_head.weight.device)
     moved = moved_names(model.state_dict(), kept_at)
     grown.load_state_dict({moved[k]: v for k, v in model.state_dict().items()}, strict=False)  # all but the new blocks
@@ -248,16 +236,14 @@ def growth_step(config, trained, init, mode, grow_by, reference, layers, fresh=(
     entry = GROW_INITS[init]
     if entry.needs_reference and mode == "restart":
         layers = layers + [layers[-1] + 1 + j for j in range(grow_by)]
-        student = inherit(reference, layers, fresh, block_size=config.block_size, dropout=config.dropout)
-        with torch.device("meta"):  # this run's model, deeper: a reference built otherwise must not replace it
-            expected = GPT(dataclasses.replace(config, n_layer=len(layers))).state_dict()
-        matching_tensors(student.state_dict(), expected, f"the student of reference blocks {layers}",
-                         "the growing model", InheritError)
-        return student, layers, {}
+        weights = inherit(reference, layers, fresh, block_size=config.block_size).state_dict()
+        # this run's model, deeper, of those blocks: a reference whose blocks are built otherwise is refused
+        return model_with(dataclasses.replace(config, n_layer=len(layers)), weights,
+                          f"the student of reference blocks {layers}", "the growing model", InheritError), layers, {}
     model, grow_by = trained(), config.n_layer if entry.doubles else grow_by
     next_layer = max((i for i in layers if i is not None), default=-1) + 1
     added = iter([next_layer + j if entry.needs_reference else None for j in range(grow_by)])
-    kept_at = kept_places(init, config.n_layer, grow_by)
+    kept_at = list(entry.kept_at(config.n_layer, grow_by))
     kept = dict(zip(kept_at, layers))  # the grown model's block index -> its reference block
     grown_layers = layers * 2 if entry.doubles else [kept[i] if i in kept else next(added)
                                                        for i in range(len(layers) + grow_by)]
@@ -342,13 +328,7 @@ def shrink_width(model, n_embd=None, n_head=None):
             if kept[axis] is not None:
                 tensor = tensor.index_select(dim, kept[axis].to(tensor.device))
         narrowed[name] = tensor
-    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        student = GPT(new)
-    student.load_state_dict(matching_tensors(narrowed, student.state_dict(), "the model narrowed by WIDTH_AXES",
-                                             f"a model {new.n_embd} wide", InheritError), assign=True)
-    if new.tie_embeddings:
-        student.lm_head.weight = student.transformer.wte.weight  # assign=True gave the two names their own tensors
-    return student
+    return model_with(new, narrowed, "the model narrowed by WIDTH_AXES", f"a model {new.n_embd} wide", InheritError)
 
 
 def inherit_metadata(source, layers, reference, fresh):

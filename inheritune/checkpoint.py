@@ -185,7 +185,9 @@ def load_sharded_checkpoint(folder, weights=True):
     state = {}  # the optimizer's state read as format_utils.dcp_to_torch_save reads: no optimizer is built for it
     _load_state_dict(state, FileSystemReader(folder), planner=_EmptyStateDictLoadPlanner(keys={"optimizer"}),
                      no_dist=True)
-    return ckpt | {"model": model.state_dict(), "optimizer": optimizer_by_index(state["optimizer"])}
+    names = [name for group in state["optimizer"]["param_groups"] for name in group["params"]]
+    index = {name: i for i, name in enumerate(names)}  # ckpt.pt's numbering: the order of the param_groups
+    return ckpt | {"model": model.state_dict(), "optimizer": rekeyed(state["optimizer"], index)}
 
 
 def empty_model(model_args, path="the checkpoint"):
@@ -204,11 +206,7 @@ def empty_model(model_args, path="the checkpoint"):
 def load_sharded_model(folder, model_args, layers=None):
     """The GPT a sharded checkpoint holds, read in this one process; layers: only these blocks (any order, repeats
     allowed, renumbered in that order) with everything outside the blocks, the other blocks' shards left unread."""
-    n_layer = model_args.get("n_layer")
-    layers = list(range(n_layer)) if layers is None else list(layers)
-    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_layer)]
-    if bad:
-        raise CheckpointError(f"layers {bad} are not block indices of {folder} ({n_layer} blocks, 0..{n_layer - 1})")
+    layers = list(range(model_args.get("n_layer"))) if layers is None else block_indices(layers, model_args, folder)
     model = empty_model(dict(model_args, n_layer=len(layers)), folder)
     sources = {}  # a tensor's name in the checkpoint: the model's tensors it fills (a repeated block: several)
     for name, tensor in model.state_dict().items():
@@ -297,22 +295,14 @@ def load_optimizer_state(model, optimizer, state):
         return
     name_of = {p: name for name, p in model.named_parameters()}  # (a checkpoint older than param_names has none)
     names = [name_of[p] for group in optimizer.param_groups for p in group["params"]]
-    set_optimizer_state_dict(model, optimizer, optimizer_by_name(state, names),
-                             options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, rekeyed(state, names), options=StateDictOptions(full_state_dict=True))
 
 
-def optimizer_by_name(state, names):
-    """An optimizer.state_dict() (ckpt.pt numbers the parameters in the optimizer's order) keyed by parameter names,
-    as torch.distributed.checkpoint keeps it; names: the parameters' in that order."""
-    return {"state": {names[i]: s for i, s in state["state"].items()},
-            "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
-
-
-def optimizer_by_index(state):
-    """An optimizer state keyed by parameter names (a sharded checkpoint's) numbered as optimizer.state_dict() does."""
-    index = {name: i for i, name in enumerate(name for group in state["param_groups"] for name in group["params"])}
-    return {"state": {index[name]: s for name, s in state["state"].items()},
-            "param_groups": [g | {"params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+def rekeyed(optimizer_state, key_of):
+    """An optimizer's state dict with each parameter's key replaced by key_of[key]: ckpt.pt numbers the parameters
+    in the optimizer's order (optimizer.state_dict()), torch.distributed.checkpoint names them."""
+    return {"state": {key_of[k]: s for k, s in optimizer_state["state"].items()},
+            "param_groups": [g | {"params": [key_of[k] for k in g["params"]]} for g in optimizer_state["param_groups"]]}
 
 
 def save_sharded_checkpoint(extras, path, model=None, optimizer=None, state=None):
@@ -413,15 +403,31 @@ def matching_tensors(given, expected, what_given, what_expected, error=Checkpoin
     return given
 
 
+def block_indices(layers, model_args, path, error=CheckpointError):
+    """layers as a list, refused unless it names blocks of the model of model_args (a GPTConfig or its dict)."""
+    layers, n_layer = list(layers), model_args["n_layer"] if isinstance(model_args, dict) else model_args.n_layer
+    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_layer)]
+    if bad or not layers:
+        raise error(f"layers {bad or layers} are not block indices of {path} ({n_layer} blocks, 0..{n_layer - 1})")
+    return layers
+
+
+def model_with(config, weights, what_given, what_expected, error=CheckpointError):
+    """A GPT of config holding weights (name -> tensor), which must have its tensors' names and shapes; it allocates
+    and initializes nothing of its own."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.load_state_dict(matching_tensors(weights, model.state_dict(), what_given, what_expected, error), assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
+    return model
+
+
 def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
     """Our GPT of a checkpoint dict; layers: only these blocks (any order, repeats allowed), as hf.load_folder."""
     args, state_dict = ckpt["model_args"], strip_wrapper_prefixes(ckpt["model"])
     if layers is not None:
-        layers = list(layers)
-        n_layer = args.get("n_layer")
-        bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_layer)]
-        if bad:
-            raise CheckpointError(f"layers {bad} are not block indices of {path} ({n_layer} blocks, 0..{n_layer - 1})")
+        layers = block_indices(layers, args, path)
         args, state_dict = dict(args, n_layer=len(layers)), select_blocks(state_dict, layers)
     try:
         model = GPT(GPTConfig(**args))
@@ -492,7 +498,7 @@ def to_sharded(source, out):
         if not names:
             raise CheckpointError(f"the optimizer state in {source} does not name its parameters (saved by an older "
                                   f"train.py): resume the run for one checkpoint first, then convert")
-        state["optimizer"] = optimizer_by_name(ckpt["optimizer"], names)
+        state["optimizer"] = rekeyed(ckpt["optimizer"], names)
     extras = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
     save_sharded_checkpoint(extras, out, state=state)
     return os.path.join(out, SHARDED_NAME)

@@ -27,8 +27,8 @@ import tempfile
 import torch
 from safetensors import SafetensorError, safe_open
 
-from inheritune.checkpoint import matching_tensors
-from model import GPT, GPTConfig
+from inheritune.checkpoint import block_indices, matching_tensors, model_with
+from model import GPTConfig
 from inheritune.tokenizer import GPT2_BPE_DIR
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
@@ -333,20 +333,10 @@ def load_folder(folder, config, source, layers=None, dtype=torch.float32):
     None: every block. Weights become dtype (bf16 checkpoints load as float32).
     With GPT-2's scale_attn_by_inverse_layer_idx a block's attention scale follows its new position (as inherit.py).
     """
-    layers = list(range(config.n_layer)) if layers is None else list(layers)
-    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < config.n_layer)]
-    if bad or not layers:
-        raise ModelLoadError(f"layers {bad or layers} are not block indices of {source} "
-                             f"({config.n_layer} blocks, 0..{config.n_layer - 1})")
-    sd = our_state_dict(folder, config, layers, source, dtype)
-    config = dataclasses.replace(config, n_layer=len(layers))
-    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        model = GPT(config)
-    model.load_state_dict(matching_tensors(sd, model.state_dict(), f"{source}'s weights",
-                                           "a model of its config.json", ModelLoadError), assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
-    return model
+    layers = list(range(config.n_layer)) if layers is None else block_indices(layers, config, source, ModelLoadError)
+    weights = our_state_dict(folder, config, layers, source, dtype)
+    return model_with(dataclasses.replace(config, n_layer=len(layers)), weights, f"{source}'s weights",
+                      "a model of its config.json", ModelLoadError)
 
 
 def our_state_dict(folder, config, layers, source, dtype=torch.float32, rest=True):

@@ -35,7 +35,8 @@ import sys
 import torch
 import torch.nn as nn
 
-from inheritune.checkpoint import BLOCK_NAME, checkpoint_path, find_checkpoint, save_checkpoint
+from inheritune.checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint, matching_tensors, model_with,
+                                   save_checkpoint, select_blocks)
 from inheritune.source import open_source
 from model import GPT, norm_layer
 
@@ -103,10 +104,10 @@ def parse_layers(layers, n_layer, source_n_layer):
     return list(range(n_layer))
 
 
-def copy_block(dst, src):
+def copy_block(dst, src, what_dst="the new block", what_src="the block copied"):
+    """src's tensors into dst's of the same names; a missing, extra or differently shaped one is refused."""
     with torch.no_grad():
-        for p_dst, p_src in zip(dst.parameters(), src.parameters()):
-            p_dst.copy_(p_src)
+        dst.load_state_dict(matching_tensors(src.state_dict(), dst.state_dict(), what_src, what_dst, InheritError))
 
 
 def inherit(reference, layers, fresh=(), block_size=None, dropout=None):
@@ -131,18 +132,12 @@ def inherit(reference, layers, fresh=(), block_size=None, dropout=None):
     read_here = isinstance(reference, Reference)
     if read_here:  # the chosen blocks only, read for this student: their tensors become its weights
         reference, layers = reference.load(layers), range(len(layers))
-    weights = {k: v for k, v in reference.state_dict().items() if not BLOCK_NAME.match(k)}
+    weights = select_blocks(reference.state_dict(), layers)
     if "transformer.wpe.weight" in weights:
         weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][:block_size]
-    for j, i in enumerate(layers):
-        weights |= {f"transformer.h.{j}.{k}": v for k, v in reference.transformer.h[i].state_dict().items()}
     if not read_here:  # the student owns its weights
         weights = {k: v.detach().clone() for k, v in weights.items()}
-    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        student = GPT(config)
-    student.load_state_dict(weights, assign=True)
-    if config.tie_embeddings:
-        student.lm_head.weight = student.transformer.wte.weight  # assign=True gave the two names their own Parameters
+    student = model_with(config, weights, "the reference", "the student", InheritError)
     device = student.lm_head.weight.device
     for part in fresh:  # as GPT(config) initializes them
         module = nn.Embedding(block_size, config.n_embd) if part == "wpe" else norm_layer(config)
@@ -158,10 +153,10 @@ def reference_blocks(new, model, reference, next_layer):
     if next_layer + len(new) > reference.config.n_layer:
         raise InheritError(f"cannot grow by {len(new)} from reference block {next_layer}: the reference has "
                            f"{reference.config.n_layer} blocks")
-    if isinstance(reference, Reference):
-        reference, next_layer = reference.load(range(next_layer, next_layer + len(new))), 0
-    for j, block in enumerate(new):
-        copy_block(block, reference.transformer.h[next_layer + j])
+    blocks = reference.load(range(next_layer, next_layer + len(new))).transformer.h \
+        if isinstance(reference, Reference) else reference.transformer.h[next_layer:]
+    for j, (block, source) in enumerate(zip(new, blocks)):
+        copy_block(block, source, f"new block {j}", f"block {next_layer + j} of the reference")
 
 
 def copied_blocks(new, model, reference, next_layer):
@@ -194,6 +189,7 @@ class GrowInit:
     modes: tuple = ("continue",)  # the grow_mode values it works in
     needs_reference: bool = False  # its blocks come from the reference (which train.py then keeps at hand)
     doubles: bool = False  # it adds as many blocks as the model has (grow_by is ignored)
+    kept_at: object = lambda old_n, grow_by: range(old_n)  # kept_at(old_n, grow_by): each trained block's new index
 
 
 # Adding a growth init: one entry here and its fill function; train.py's checks, --help and messages read this table.
@@ -208,34 +204,50 @@ GROW_INITS = {
 }
 
 
+def moved_names(names, kept_at):
+    """{name: its name in the grown model} of the trained model's tensor names, its block i moved to kept_at[i]."""
+    return {name: name if (match := BLOCK_NAME.match(name)) is None
+            else f"transformer.h.{kept_at[int(match.group(1))]}.{match.group(2)}" for name in names}
+
+
 def grow(model, grow_by, init, reference=None, next_reference_layer=None):
-    """model with grow_by new blocks on top (below the final norm), made as GROW_INITS[init] says; the trained
-    blocks are kept. reference, next_reference_layer: where init="reference" reads the new blocks from (a GPT, or
-    a Reference: then only those blocks are read)."""
+    """model with grow_by new blocks, made as GROW_INITS[init] says; the trained blocks are kept, where its kept_at
+    says (by default the new blocks go on top, below the final norm). reference, next_reference_layer: where
+    init="reference" reads the new blocks from (a GPT, or a Reference: then only those blocks are read)."""
     if init not in GROW_INITS:
         raise InheritError(f"grow_init={init!r}: choose from {', '.join(GROW_INITS)}")
     old_n = model.config.n_layer
     grow_by = old_n if GROW_INITS[init].doubles else grow_by
+    kept_at = list(GROW_INITS[init].kept_at(old_n, grow_by))
     grown = GPT(dataclasses.replace(model.config, n_layer=old_n + grow_by)).to(model.lm_head.weight.device)
-    grown.load_state_dict(model.state_dict(), strict=False)  # everything but the new blocks
-    GROW_INITS[init].fill(grown.transformer.h[old_n:], model, reference, next_reference_layer)
+    moved = moved_names(model.state_dict(), kept_at)
+    grown.load_state_dict({moved[k]: v for k, v in model.state_dict().items()}, strict=False)  # all but the new blocks
+    new = [block for i, block in enumerate(grown.transformer.h) if i not in kept_at]
+    GROW_INITS[init].fill(new, model, reference, next_reference_layer)
     return grown
 
 
 def growth_step(config, trained, init, mode, grow_by, reference, layers, fresh=()):
     """Inheritune's growth step: (the grown model, the reference block each of its blocks came from, None where
-    none did). config: the model's; trained(): the trained model (train.py gathers it under FSDP), called only
-    when its blocks are kept. In restart mode a reference init starts the round afresh from the reference's first
-    l + grow_by blocks (Algorithm 1); every other step keeps the trained blocks and adds new ones on top."""
+    none did, where each kept tensor went: old name -> new name). config: the model's; trained(): the trained model
+    (train.py gathers it under FSDP), called only when its blocks are kept. In restart mode a reference init starts
+    the round afresh from the reference's first l + grow_by blocks (Algorithm 1), keeping none; every other step
+    keeps the trained blocks and adds new ones (on top unless the init's kept_at places them between)."""
     entry = GROW_INITS[init]
     if entry.needs_reference and mode == "restart":
         layers = layers + [layers[-1] + 1 + j for j in range(grow_by)]
-        return inherit(reference, layers, fresh, block_size=config.block_size, dropout=config.dropout), layers
-    if entry.doubles:
-        return grow(trained(), config.n_layer, init), layers * 2
+        weights = inherit(reference, layers, fresh, block_size=config.block_size).state_dict()
+        # this run's model, deeper, of those blocks: a reference whose blocks are built otherwise is refused
+        return model_with(dataclasses.replace(config, n_layer=len(layers)), weights,
+                          f"the student of reference blocks {layers}", "the growing model", InheritError), layers, {}
+    model, grow_by = trained(), config.n_layer if entry.doubles else grow_by
     next_layer = max((i for i in layers if i is not None), default=-1) + 1
-    added = [next_layer + j if entry.needs_reference else None for j in range(grow_by)]
-    return grow(trained(), grow_by, init, reference, next_layer), layers + added
+    added = iter([next_layer + j if entry.needs_reference else None for j in range(grow_by)])
+    kept_at = list(entry.kept_at(config.n_layer, grow_by))
+    kept = dict(zip(kept_at, layers))  # the grown model's block index -> its reference block
+    grown_layers = layers * 2 if entry.doubles else [kept[i] if i in kept else next(added)
+                                                       for i in range(len(layers) + grow_by)]
+    return grow(model, grow_by, init, reference, next_layer), grown_layers, moved_names(model.state_dict(), kept_at)
 
 
 # What each dimension of each parameter indexes, by its name in model.py's scheme (a block's parameters without
@@ -316,12 +328,7 @@ def shrink_width(model, n_embd=None, n_head=None):
             if kept[axis] is not None:
                 tensor = tensor.index_select(dim, kept[axis].to(tensor.device))
         narrowed[name] = tensor
-    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        student = GPT(new)
-    student.load_state_dict(narrowed, assign=True)
-    if new.tie_embeddings:
-        student.lm_head.weight = student.transformer.wte.weight  # assign=True gave the two names their own tensors
-    return student
+    return model_with(new, narrowed, "the model narrowed by WIDTH_AXES", f"a model {new.n_embd} wide", InheritError)
 
 
 def inherit_metadata(source, layers, reference, fresh):

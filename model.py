@@ -328,6 +328,7 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
+    # The optimizer's home: nothing else builds one, so swapping it is a change here only (resume keeps working).
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, decay_embeddings=True):
         """AdamW with weight decay on 2-D weights only (matmuls, embeddings), none on biases and LayerNorms;
         decay_embeddings=False: none on the embeddings either (wte, tied to lm_head, and wpe), as the paper's code."""
@@ -336,6 +337,8 @@ class GPT(nn.Module):
         decay = [p for p in params if p.dim() >= 2 and p not in kept]
         no_decay = [p for p in params if p.dim() < 2 or p in kept]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        name_of = {p: name for name, p in self.named_parameters()}  # named: checkpoints then key its state by name
+        groups = [g | {"params": [(name_of[p], p) for p in g["params"]]} for g in groups]
         # one fused kernel for all parameters (on CPU 3.6x faster than the foreach default, BENCHMARKS.md)
         fused = True if device_type in ("cuda", "cpu") else None  # None: PyTorch's default (foreach) elsewhere
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)

@@ -481,18 +481,19 @@ def grow_model():
     fresh = checkpoint_extras["inherit"]["fresh"] if "inherit" in checkpoint_extras else ()
     try:
         with procs.shapes_only():
-            grown, layers = inherit.growth_step(raw_model.config, lambda: procs.full_model(raw_model), grow_init,
-                                                grow_mode, grow_by, ref_model, growth["layers"], fresh)
+            grown, layers, moved = inherit.growth_step(raw_model.config, lambda: procs.full_model(raw_model),
+                                                       grow_init, grow_mode, grow_by, ref_model, growth["layers"],
+                                                       fresh)
     except (inherit.InheritError, CheckpointError, ModelLoadError) as e:
         fail(f"growing at iter {iter_num}: {e} (the last checkpoint, before this growth, stays)")
     new_model = procs.wrap(grown if grown.lm_head.weight.is_meta else grown.to(procs.build_device))
     new_raw = procs.unwrapped(new_model, grown)
     new_optimizer = make_optimizer(new_raw)
-    if grow_mode == "continue":
-        old_params = dict(raw_model.named_parameters())
-        for name, p in new_raw.named_parameters():
-            if name in old_params and old_params[name] in optimizer.state:
-                new_optimizer.state[p] = optimizer.state[old_params[name]]
+    if grow_mode == "continue":  # the state follows each kept parameter to where the growth put it
+        new_params = dict(new_raw.named_parameters())
+        for name, p in raw_model.named_parameters():
+            if p in optimizer.state:
+                new_optimizer.state[new_params[moved[name]]] = optimizer.state[p]
     return new_model, new_raw, new_optimizer, layers
 
 

@@ -174,10 +174,20 @@ def load_sharded_checkpoint(folder, weights=True):
         raise damaged(folder, f"no model_args in its {EXTRAS_NAME}")
     if not weights:
         return ckpt
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
     model = empty_model(ckpt["model_args"], folder)
-    optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu") if "optimizer" in shard_keys(folder) else None
-    load_shards(folder, model, optimizer)
-    return ckpt | {"model": model.state_dict()} | ({"optimizer": optimizer.state_dict()} if optimizer else {})
+    read_shards(folder, {"model": model.state_dict()})  # in place; shards of another shape are named as damage
+    if "optimizer" not in shard_keys(folder):
+        return ckpt | {"model": model.state_dict()}
+    state = {}  # the optimizer's state read as format_utils.dcp_to_torch_save reads: no optimizer is built for it
+    _load_state_dict(state, FileSystemReader(folder), planner=_EmptyStateDictLoadPlanner(keys={"optimizer"}),
+                     no_dist=True)
+    names = [name for group in state["optimizer"]["param_groups"] for name in group["params"]]
+    index = {name: i for i, name in enumerate(names)}  # ckpt.pt's numbering: the order of the param_groups
+    return ckpt | {"model": model.state_dict(), "optimizer": rekeyed(state["optimizer"], index)}
 
 
 def empty_model(model_args, path="the checkpoint"):
@@ -196,11 +206,7 @@ def empty_model(model_args, path="the checkpoint"):
 def load_sharded_model(folder, model_args, layers=None):
     """The GPT a sharded checkpoint holds, read in this one process; layers: only these blocks (any order, repeats
     allowed, renumbered in that order) with everything outside the blocks, the other blocks' shards left unread."""
-    n_layer = model_args.get("n_layer")
-    layers = list(range(n_layer)) if layers is None else list(layers)
-    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_layer)]
-    if bad:
-        raise CheckpointError(f"layers {bad} are not block indices of {folder} ({n_layer} blocks, 0..{n_layer - 1})")
+    layers = list(range(model_args.get("n_layer"))) if layers is None else block_indices(layers, model_args, folder)
     model = empty_model(dict(model_args, n_layer=len(layers)), folder)
     sources = {}  # a tensor's name in the checkpoint: the model's tensors it fills (a repeated block: several)
     for name, tensor in model.state_dict().items():
@@ -231,15 +237,15 @@ def read_shards(folder, state, collective=False):
         raise damaged(folder, f"its shards do not fit its model_args: {first_line(dcp_failure(e))}") from None
 
 
-def shard_keys(folder):
-    """The top-level keys ("model", "optimizer") a sharded checkpoint's shards hold."""
+def shard_keys(folder, flat=False):
+    """The top-level keys ("model", "optimizer") a sharded checkpoint's shards hold (flat: every key, dotted)."""
     from torch.distributed.checkpoint import FileSystemReader
 
     try:
         metadata = FileSystemReader(folder).read_metadata()
     except Exception as e:
         raise damaged(folder, f"its .metadata: {type(e).__name__}: {first_line(e)}") from None
-    return {key.split(".", 1)[0] for key in metadata.state_dict_metadata}
+    return {key if flat else key.split(".", 1)[0] for key in metadata.state_dict_metadata}
 
 
 def training_state(model, optimizer=None):
@@ -269,6 +275,9 @@ def load_shards(folder, model, optimizer=None):
     if "optimizer" not in shard_keys(folder):  # converted from a weights-only checkpoint: a fresh optimizer
         optimizer = None
     state = training_state(model, optimizer)
+    if optimizer is not None and "optimizer.param_groups.0.param_names" not in shard_keys(folder, flat=True):
+        for group in state["optimizer"]["param_groups"]:  # saved before configure_optimizers named the parameters
+            group.pop("param_names", None)
     read_shards(folder, state, collective=isinstance(next(model.parameters()), DTensor) and dist.is_initialized())
     set_model_state_dict(model, state["model"])
     if optimizer is not None:
@@ -284,17 +293,22 @@ def load_optimizer_state(model, optimizer, state):
     if not isinstance(next(model.parameters()), DTensor):
         optimizer.load_state_dict(state)
         return
-    # ckpt.pt numbers the parameters in the optimizer's order; torch.distributed.checkpoint names them
-    name_of = {p: name for name, p in model.named_parameters()}
+    name_of = {p: name for name, p in model.named_parameters()}  # (a checkpoint older than param_names has none)
     names = [name_of[p] for group in optimizer.param_groups for p in group["params"]]
-    by_name = {"state": {names[i]: s for i, s in state["state"].items()},
-               "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
-    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, rekeyed(state, names), options=StateDictOptions(full_state_dict=True))
 
 
-def save_sharded_checkpoint(extras, path, model, optimizer=None):
-    """Write model's and optimizer's state (FSDP-sharded or plain) and extras (every other key) as out_dir path's
-    sharded checkpoint, atomically as a whole; then remove the folder's ckpt.pt, if any.
+def rekeyed(optimizer_state, key_of):
+    """An optimizer's state dict with each parameter's key replaced by key_of[key]: ckpt.pt numbers the parameters
+    in the optimizer's order (optimizer.state_dict()), torch.distributed.checkpoint names them."""
+    return {"state": {key_of[k]: s for k, s in optimizer_state["state"].items()},
+            "param_groups": [g | {"params": [key_of[k] for k in g["params"]]} for g in optimizer_state["param_groups"]]}
+
+
+def save_sharded_checkpoint(extras, path, model=None, optimizer=None, state=None):
+    """Write model's and optimizer's state (FSDP-sharded or plain; or state, a conversion's {"model", "optimizer"}
+    keyed by name) and extras (every other key) as out_dir path's sharded checkpoint, atomically as a whole; then
+    remove the folder's ckpt.pt, if any.
 
     Under a process group every rank calls this and writes its own shards; rank 0 writes extras.pt and swaps the
     folder in. A failed write (a full disk) raises its OSError on every rank and leaves the previous checkpoint.
@@ -318,7 +332,7 @@ def save_sharded_checkpoint(extras, path, model, optimizer=None):
     try:
         try:
             # an optimizer that has not stepped yet (a restart growth's) is saved as none: a fresh one when loaded
-            state = training_state(model, optimizer if optimizer is not None and optimizer.state else None)
+            state = state or training_state(model, optimizer if optimizer is not None and optimizer.state else None)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "torch.distributed is disabled")
                 dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
@@ -376,21 +390,50 @@ def select_blocks(state_dict, layers):
     return out
 
 
+def matching_tensors(given, expected, what_given, what_expected, error=CheckpointError):
+    """given (name -> tensor) when it has exactly expected's names, each of expected's shape; else error, one line
+    naming both sides. Every copy of weights checks with it: a tensor copied by position, or broadcast by copy_,
+    would pass silently."""
+    for name in [*expected, *(name for name in given if name not in expected)]:
+        theirs, ours = given.get(name), expected.get(name)
+        if theirs is None or ours is None or theirs.shape != ours.shape:
+            has = f"has no {name}" if theirs is None else f"has {name} {list(theirs.shape)}"
+            raise error(f"{what_given} {has}, {what_expected} " + ("has none" if ours is None else
+                                                                   f"expects {list(ours.shape)}"))
+    return given
+
+
+def block_indices(layers, model_args, path, error=CheckpointError):
+    """layers as a list, refused unless it names blocks of the model of model_args (a GPTConfig or its dict)."""
+    layers, n_layer = list(layers), model_args["n_layer"] if isinstance(model_args, dict) else model_args.n_layer
+    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_layer)]
+    if bad or not layers:
+        raise error(f"layers {bad or layers} are not block indices of {path} ({n_layer} blocks, 0..{n_layer - 1})")
+    return layers
+
+
+def model_with(config, weights, what_given, what_expected, error=CheckpointError):
+    """A GPT of config holding weights (name -> tensor), which must have its tensors' names and shapes; it allocates
+    and initializes nothing of its own."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.load_state_dict(matching_tensors(weights, model.state_dict(), what_given, what_expected, error), assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
+    return model
+
+
 def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
     """Our GPT of a checkpoint dict; layers: only these blocks (any order, repeats allowed), as hf.load_folder."""
     args, state_dict = ckpt["model_args"], strip_wrapper_prefixes(ckpt["model"])
     if layers is not None:
-        layers = list(layers)
-        n_layer = args.get("n_layer")
-        bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_layer)]
-        if bad:
-            raise CheckpointError(f"layers {bad} are not block indices of {path} ({n_layer} blocks, 0..{n_layer - 1})")
+        layers = block_indices(layers, args, path)
         args, state_dict = dict(args, n_layer=len(layers)), select_blocks(state_dict, layers)
     try:
         model = GPT(GPTConfig(**args))
-        model.load_state_dict(state_dict)
-    except (TypeError, RuntimeError, ValueError, AttributeError) as e:  # weights that do not fit model_args
-        raise damaged(path, f"its weights do not fit its model_args: {str(e).splitlines()[0][:120]}") from None
+    except (TypeError, ValueError) as e:
+        raise damaged(path, f"its model_args are not a model: {first_line(e)}") from None
+    model.load_state_dict(matching_tensors(state_dict, model.state_dict(), path, "a model of its model_args"))
     return model
 
 
@@ -431,13 +474,15 @@ def to_sharded(source, out):
     if str(out).endswith(".pt"):
         raise CheckpointError(f"--out={out} ends in .pt: a sharded checkpoint goes into an out_dir folder")
     ckpt = load_checkpoint(source)
-    model = model_from_checkpoint(ckpt, checkpoint_path(source))
-    optimizer = None
-    if "optimizer" in ckpt:
-        optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu")
-        optimizer.load_state_dict(ckpt["optimizer"])
+    state = {"model": model_from_checkpoint(ckpt, checkpoint_path(source)).state_dict()}
+    if "optimizer" in ckpt:  # no optimizer is built: its state is renamed as saved
+        names = [name for group in ckpt["optimizer"]["param_groups"] for name in group.get("param_names", ())]
+        if not names:
+            raise CheckpointError(f"the optimizer state in {source} does not name its parameters (saved by an older "
+                                  f"train.py): resume the run for one checkpoint first, then convert")
+        state["optimizer"] = rekeyed(ckpt["optimizer"], names)
     extras = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
-    save_sharded_checkpoint(extras, out, model, optimizer)
+    save_sharded_checkpoint(extras, out, state=state)
     return os.path.join(out, SHARDED_NAME)
 
 

@@ -28,8 +28,9 @@ import tempfile
 import torch
 from safetensors import SafetensorError, safe_open
 
-from model import GPT, GPTConfig
+from inheritune.checkpoint import block_indices, matching_tensors, model_with
 from inheritune.hub import hub_unreachable
+from model import GPTConfig
 from inheritune.tokenizer import GPT2_BPE_DIR
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
@@ -387,23 +388,10 @@ def load_folder(folder, config, source, layers=None, dtype=torch.float32):
     None: every block. Weights become dtype (bf16 checkpoints load as float32).
     With GPT-2's scale_attn_by_inverse_layer_idx a block's attention scale follows its new position (as inherit.py).
     """
-    layers = list(range(config.n_layer)) if layers is None else list(layers)
-    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < config.n_layer)]
-    if bad or not layers:
-        raise ModelLoadError(f"layers {bad or layers} are not block indices of {source} "
-                             f"({config.n_layer} blocks, 0..{config.n_layer - 1})")
-    sd = our_state_dict(folder, config, layers, source, dtype)
-    config = dataclasses.replace(config, n_layer=len(layers))
-    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        model = GPT(config)
-    try:
-        model.load_state_dict(sd, assign=True)
-    except RuntimeError as e:  # missing, unexpected or wrongly shaped tensors
-        raise ModelLoadError(f"{source}: weights do not match a model of its config.json "
-                             f"({' '.join(str(e).split())[:300]})") from None
-    if config.tie_embeddings:
-        model.lm_head.weight = model.transformer.wte.weight  # assign=True gave the two names their own Parameters
-    return model
+    layers = list(range(config.n_layer)) if layers is None else block_indices(layers, config, source, ModelLoadError)
+    weights = our_state_dict(folder, config, layers, source, dtype)
+    return model_with(dataclasses.replace(config, n_layer=len(layers)), weights, f"{source}'s weights",
+                      "a model of its config.json", ModelLoadError)
 
 
 def our_state_dict(folder, config, layers, source, dtype=torch.float32, rest=True):
@@ -580,6 +568,7 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
     token ids are written, and its tokenizer files copied unless tokenizer_meta names one.
     """
     from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
 
     source_config = read_hf_config(source) if source else None
     kind = (tokenizer_meta or {}).get("tokenizer")
@@ -590,12 +579,16 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
     if kind == "hf" and source_config is None:
         source_config = {k: tokenizer_meta[k] for k in ("bos_token_id", "eos_token_id")}
     hf_config = hf_config_from_gpt(model.config, source_config)  # refuses a model no architecture computes
+    with torch.device("meta"):  # the architecture's own parameters (a tied head once): ours must match them
+        expected = dict(AutoModelForCausalLM.from_config(hf_config).named_parameters())
+    weights = matching_tensors(state_dict_to_hf(model), expected, "our weights in Hugging Face's names",
+                               f"transformers' {hf_config.architectures[0]}", ModelLoadError)
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         write_hf_config(hf_config, model.config, tmp)
-        save_file(state_dict_to_hf(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         if kind == "gpt2":
             write_gpt2_tokenizer(tmp, model.config.block_size)
         elif kind == "char":

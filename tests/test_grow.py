@@ -3,6 +3,7 @@ identity growth keeps the loss, restart equals inheriting deeper directly, resum
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -230,8 +231,9 @@ def test_a_new_growth_init_is_one_table_entry(monkeypatch):
     monkeypatch.setitem(inherit.GROW_INITS, "bottom", entry)
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32))
-    grown, layers = inherit.growth_step(model.config, lambda: model, "bottom", "continue", 2, None, [0, 1])
-    assert grown.config.n_layer == 4 and layers == [0, 1, None, None]
+    grown, layers, moved = inherit.growth_step(model.config, lambda: model, "bottom", "continue", 2, None, [0, 1])
+    assert grown.config.n_layer == 4 and layers == [0, 1, None, None] and moved["transformer.h.1.ln_1.weight"] == \
+        "transformer.h.1.ln_1.weight"
     for i in (2, 3):
         assert all(torch.equal(a, b) for a, b in zip(grown.transformer.h[i].parameters(),
                                                      model.transformer.h[0].parameters()))
@@ -240,6 +242,34 @@ def test_a_new_growth_init_is_one_table_entry(monkeypatch):
     with pytest.raises(ValueError, match="grow_init='bottom' \\(copies of the bottom block\\) works in grow_mode "
                                          "'continue', not 'restart'"):
         run.check_settings(dict(cfg, grow_mode="restart"), False, inherit.GROW_INITS)
+
+
+def test_optimizer_state_follows_each_kept_block_to_its_new_place(char_data, reference, tmp_path, monkeypatch):
+    # a fork's init that adds each new block above a trained one (trained blocks 0, 1 go to 0, 2): in continue mode
+    # every kept parameter keeps its own AdamW moments, wherever the growth put it
+    import inherit
+    from inheritune import run
+
+    entry = inherit.GrowInit("a fresh block above each trained one", inherit.identity_blocks,
+                             kept_at=lambda old_n, grow_by: range(0, 2 * old_n, 2))
+    monkeypatch.setitem(inherit.GROW_INITS, "between", entry)
+    saved = []  # (n_layer, the optimizer's state by parameter name) of each checkpoint, as it was saved
+    monkeypatch.setattr(run, "save_checkpoint", lambda ckpt, path: saved.append((ckpt["model_args"]["n_layer"], {
+        name: {k: v.clone() for k, v in ckpt["optimizer"]["state"][i].items()} for i, name in enumerate(
+            name for group in ckpt["optimizer"]["param_groups"] for name in group["param_names"])
+        if i in ckpt["optimizer"]["state"]})))
+    train(char_data, tmp_path, *GROW, f"--reference={reference}", "--grow_mode=continue", "--grow_init=between",
+          "--max_iters=11")
+    (grow,) = events(tmp_path, "grow")
+    assert grow["n_layer"] == 4 and grow["layers"] == [0, None, 1, None]
+    before = [state for n_layer, state in saved if n_layer == 2][-1]
+    after = next(state for n_layer, state in saved if n_layer == 4)
+    assert len(before) == 15 and len(after) == 15  # the new blocks 1 and 3 have no moments yet
+    for name, state in before.items():
+        new_name = re.sub(r"^transformer\.h\.(\d+)\.", lambda m: f"transformer.h.{2 * int(m.group(1))}.", name)
+        assert state.keys() == after[new_name].keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(state[k], after[new_name][k]) for k in state), name
+        assert int(state["step"]) == 10
 
 
 def test_help_and_refusals_list_every_growth_init(char_data, tmp_path):

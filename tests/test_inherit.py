@@ -2,16 +2,18 @@
 
 import dataclasses
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from inheritune.checkpoint import load_checkpoint, model_fingerprint, model_from_checkpoint, save_checkpoint
+from inheritune.checkpoint import (CheckpointError, load_checkpoint, model_fingerprint, model_from_checkpoint,
+                                   save_checkpoint)
 from conftest import run_in_process
 from inheritune.data import write_meta, write_tokens
-from inheritune.source import load_pretrained
-from inherit import InheritError, grow, inherit, parse_layers
+from inheritune.source import load_model, load_pretrained
+from inherit import InheritError, grow, growth_step, inherit, parse_layers
 from model import GPT, GPTConfig
 
 
@@ -107,6 +109,25 @@ def test_grow_past_reference_depth_and_bad_init():
         grow(inherit(ref, [0, 1, 2]), 2, "reference", reference=ref, next_reference_layer=3)
     with pytest.raises(InheritError, match="choose from"):
         grow(inherit(ref, [0, 1]), 2, "zeros")
+
+
+@pytest.mark.parametrize("other,theirs,ours", [(dict(mlp="swiglu"), "mlp.c_gate.weight [128, 32]", "has none"),
+                                              (dict(intermediate_size=96), "mlp.c_fc.weight [96, 32]",
+                                               "expects [128, 32]")])
+def test_a_reference_built_otherwise_is_refused_in_one_line_naming_both_sides(tmp_path, other, theirs, ours):
+    # the same (n_layer, n_embd, n_head) as the GPT-2 student's reference, other blocks: growth and checkpoint
+    # loading refuse by name and shape (a copy by position would have put a LayerNorm's weight into an MLP matrix)
+    student, reference = inherit(tiny_reference(n_layer=4), [0, 1]), tiny_reference(n_layer=4, **other)
+    with pytest.raises(InheritError, match=re.escape(f"block 2 of the reference has {theirs}, new block 0 {ours}")):
+        grow(student, 2, "reference", reference=reference, next_reference_layer=2)
+    with pytest.raises(InheritError, match=re.escape(f"the student of reference blocks [0, 1, 2, 3] has "
+                                                     f"transformer.h.0.{theirs}, the growing model {ours}")):
+        growth_step(student.config, lambda: student, "reference", "restart", 2, reference, [0, 1])
+    save_checkpoint({"model": reference.state_dict(), "model_args": dataclasses.asdict(tiny_reference(4).config)},
+                    tmp_path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'ckpt.pt'} has transformer.h.0.{theirs}, a "
+                                                        f"model of its model_args {ours}")):
+        load_model(str(tmp_path))
 
 
 @pytest.mark.parametrize("layers,n_layer,message", [

@@ -2,6 +2,7 @@
 config options of the Llama family (their parity with transformers is in test_families.py)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -124,6 +125,25 @@ def test_folder_without_weights(make_hf_gpt2, tmp_path):
     (tmp_path / "hf-gpt2" / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="has no weights"):
         load_pretrained(folder)
+
+
+def test_hf_weights_of_another_shape_are_refused_in_one_line_both_ways(make_hf_gpt2, tmp_path, monkeypatch):
+    from inheritune import hf
+
+    folder = make_hf_gpt2()
+    model = GPT.from_pretrained(folder)
+    config = json.loads((tmp_path / "hf-gpt2" / "config.json").read_text())
+    (tmp_path / "hf-gpt2" / "config.json").write_text(json.dumps(config | {"n_inner": 64}))  # its weights: 4 * 32
+    with pytest.raises(ModelLoadError, match=re.escape(f"{folder}'s weights has transformer.h.0.mlp.c_fc.weight "
+                                                       f"[128, 32], a model of its config.json expects [64, 32]")):
+        GPT.from_pretrained(folder)
+    to_hf = hf.state_dict_to_hf  # an export that forgot a tensor is refused before anything is written
+    monkeypatch.setattr(hf, "state_dict_to_hf", lambda m: {k: v for k, v in to_hf(m).items() if "ln_f.b" not in k})
+    with pytest.raises(ModelLoadError, match=re.escape("our weights in Hugging Face's names has no "
+                                                       "transformer.ln_f.bias, transformers' GPT2LMHeadModel "
+                                                       "expects [32]")):
+        export_hf(model, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("shape", [dict(GPT2_SHAPE, n_layer=2, n_head=2, n_embd=32), LLAMA_SHAPE])

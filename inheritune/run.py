@@ -2,11 +2,12 @@
 atomic save of its checkpoint, and its random state (for an exact resume).
 
 Requeue-safe: the same command run again (a Slurm requeue, a torchrun restart) continues from out_dir's checkpoint
-when that checkpoint's run is this command's: its defining settings (train.py's RUN_KEYS: the model, the data, the
-optimizer and schedule, how it starts) agree, whatever else differs (max_iters, logging, evaluation, this machine).
+when that checkpoint's run is this command's: its defining settings (train.py's config block says which: every key
+outside its last two sections) agree, whatever else differs (max_iters, logging, evaluation, this machine).
 A new run never replaces another run's checkpoint or log: it stops with an error unless given --overwrite=True.
 """
 
+import ast
 import dataclasses
 import json
 import os
@@ -21,6 +22,25 @@ from inheritune.checkpoint import SHARDED_NAME, checkpoint_path, find_checkpoint
 from inheritune.checkpoint import save_sharded_checkpoint
 from inheritune.configurator import ConfigError
 from inheritune.distributed import fail
+
+
+def refuse_assigned_keys(script, keys):
+    """Refuse a script that assigns a config key after its default (outside functions): that line would overwrite
+    what the config files and flags set, silently. One line naming the key and both lines."""
+    with open(script) as f:
+        nodes, assigned = list(ast.iter_child_nodes(ast.parse(f.read()))), {}
+    while nodes:  # the module's own names: not those of functions, classes or comprehensions (their own scopes)
+        node = nodes.pop()
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id in keys:
+            assigned.setdefault(node.id, []).append(node.lineno)
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp,
+                                 ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            nodes.extend(ast.iter_child_nodes(node))
+    for key, lines in assigned.items():
+        if len(lines) > 1:
+            first, again = sorted(lines)[:2]
+            fail(f"{script}:{again} assigns {key}, a config key (its default at line {first}): the script would "
+                 f"overwrite --{key}; rename the script's variable or the key")
 
 
 def recorded_config(ckpt, defaults, given, own_keys):

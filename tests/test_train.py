@@ -1,6 +1,7 @@
 """train.py end to end on tiny models: learning, DDP, exact resume, atomic saves, preemption, config errors."""
 
 import glob
+import os
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, kill_when_writing, read_log, train, train_cmd
+from conftest import REPO, kill_when_writing, read_log, run_in_process, train, train_cmd
 
 
 def train_losses(out_dir):
@@ -294,3 +295,56 @@ def test_flags_outside_the_run_identity_may_change_between_attempts(char_data, t
     r = train(char_data, tmp_path, "--max_iters=8", "--gradient_accumulation_steps=1", "--weight_decay=0.0",
               expect_rc=1)
     assert "holds another run" in r.stderr and "weight_decay=0.1 there, 0.0 here" in r.stderr
+
+
+def test_missing_data_fails_before_the_config_is_printed(tmp_path):
+    r = train(tmp_path / "no_data", tmp_path / "out", "--max_iters=1", expect_rc=1)
+    assert r.stdout == "" and r.stderr.strip() == f"error: {tmp_path / 'no_data'} has no meta.json: prepare the data " \
+        "first (python prepare_owt.py ..., or python data/shakespeare/prepare.py)"
+
+
+# -- a fork: a copy of train.py with one line added, run with the repo's modules ------------------------------
+def fork_of_train_py(tmp_path, after, line):
+    """tmp_path/fork/train.py: train.py with line added after the line `after`, nothing else edited."""
+    source = open(os.path.join(REPO, "train.py")).read()
+    assert f"\n{after}\n" in source
+    fork = tmp_path / "fork" / "train.py"
+    fork.parent.mkdir()
+    fork.write_text(source.replace(f"\n{after}\n", f"\n{after}\n{line}\n"))
+    return fork
+
+
+def run_fork(fork, char_data, out_dir, *args, expect_rc=0):
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(fork), *train_cmd(char_data, out_dir, *args)[2:]], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == expect_rc, r.stderr[-3000:]
+    return r
+
+
+def test_a_key_a_fork_adds_defines_the_run_and_a_student_inherits_it(char_data, tmp_path):
+    fork = fork_of_train_py(tmp_path, "beta2 = 0.95", "adam_eps = 1e-8  # a fork's new optimizer setting")
+    run_fork(fork, char_data, tmp_path / "ref", "--max_iters=2", "--eval_interval=2", "--adam_eps=1e-6")
+    assert torch.load(tmp_path / "ref" / "ckpt.pt", weights_only=True)["config"]["adam_eps"] == 1e-6
+    r = run_fork(fork, char_data, tmp_path / "ref", "--max_iters=4", "--eval_interval=2", "--adam_eps=1e-7",
+                 expect_rc=1)
+    assert r.stderr.count("\n") == 1 and "holds another run" in r.stderr and "adam_eps=1e-06 there, 1e-07 here" \
+        in r.stderr
+    r = run_in_process("inherit.py", [f"--init_from={tmp_path / 'ref'}", "--n_layer=1", "--device=cpu",
+                                      f"--out_dir={tmp_path / 'student'}"])
+    assert r.returncode == 0, r.stderr
+    assert torch.load(tmp_path / "student" / "ckpt.pt", weights_only=True)["config"]["adam_eps"] == 1e-6
+    r = run_fork(fork, char_data, tmp_path / "student", "--init_from=resume", "--n_layer=1", "--max_iters=1",
+                 "--eval_interval=1")
+    assert '"adam_eps": 1e-06' in r.stdout  # the student trains with it
+
+
+def test_a_key_the_script_assigns_is_refused_before_any_work(char_data, tmp_path):
+    fork = fork_of_train_py(tmp_path, "beta2 = 0.95", 'optimizer = "adamw"  # a fork\'s new flag, named as a variable')
+    lines = fork.read_text().splitlines()
+    default, again = (next(i for i, text in enumerate(lines, 1) if text.startswith(start))
+                      for start in ('optimizer = "adamw"', "optimizer = make_optimizer("))
+    r = run_fork(fork, char_data, tmp_path / "out", "--max_iters=1", expect_rc=1)
+    assert r.stderr.strip() == f"error: {fork}:{again} assigns optimizer, a config key (its default at line " \
+        f"{default}): the script would overwrite --optimizer; rename the script's variable or the key"
+    assert r.stdout == "" and not (tmp_path / "out").exists()

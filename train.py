@@ -424,7 +424,8 @@ def val_distillation():
                                 lambda m, x, y: distillation_loss(m(x)[0], teacher_model(x)[0]))}
 
 
-# What an eval logs: each function returns a dict, logged together. A new metric is one function and one entry here.
+# What an eval logs: each function returns a dict of JSON values (numbers, lists, nested dicts: per-layer values), all
+# logged together (log.jsonl, wandb flattened, compare.py). A new metric is one function and one entry here.
 EVAL_METRICS = [split_losses, val_distillation]
 
 

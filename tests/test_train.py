@@ -6,10 +6,12 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 
+from inheritune import run
 from conftest import REPO, kill_when_writing, read_log, run_in_process, train, train_cmd
 
 
@@ -256,9 +258,12 @@ def test_training_steps_read_the_device_only_at_log_steps(char_data, tmp_path, p
     # loss, the non-finite count and the stop flag travel together, once per log step; other steps never wait
     short = count_reads(char_data, tmp_path / "short", 20, processes)
     long = count_reads(char_data, tmp_path / "long", 40, processes)
-    if processes == 1:  # the 20-step run: the two eval offset lists drawn on the host at set-up, 2 log steps (iters 0
-        # and 10), 2 evals (iters 0 and 20) of the train and val loss; nothing per step
-        assert short == {"tolist": 2 + 2, "item": 2 * 2}, short
+    if processes == 1:  # the 20-step run: one eval offset list per split drawn on the host at set-up, one read per
+        # log step and one per number an eval logs (each loss of each split); nothing per step
+        log = read_log(tmp_path / "short")
+        evals, log_steps = [r for r in log if "val_loss" in r], [r for r in log if "loss" in r]
+        splits = [k for k in evals[0] if k.endswith("_loss")]
+        assert short == {"tolist": len(splits) + len(log_steps), "item": len(splits) * len(evals)}, short
     extra = {k: long.get(k, 0) - short.get(k, 0) for k in long.keys() | short.keys()}
     assert {k: v for k, v in extra.items() if v} == ({"tolist": 2} if processes == 1 else
                                                     {"tolist": 2, "all_reduce": 2}), (short, long)
@@ -348,3 +353,22 @@ def test_a_key_the_script_assigns_is_refused_before_any_work(char_data, tmp_path
     assert r.stderr.strip() == f"error: {fork}:{again} assigns optimizer, a config key (its default at line " \
         f"{default}): the script would overwrite --optimizer; rename the script's variable or the key"
     assert r.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_an_eval_metric_of_any_json_shape_is_logged_whole(char_data, tmp_path):
+    fork = fork_of_train_py(tmp_path, "EVAL_METRICS = [split_losses, val_distillation]",
+                            'EVAL_METRICS.append(lambda: {"per_layer": [0.5, 1.5], "probe": {"depth": {"last": 2}}})')
+    r = run_fork(fork, char_data, tmp_path / "out", "--max_iters=2", "--eval_interval=2")
+    evals = [rec for rec in read_log(tmp_path / "out") if "val_loss" in rec]
+    assert [(rec["per_layer"], rec["probe"]) for rec in evals] == [([0.5, 1.5], {"depth": {"last": 2}})] * 2
+    assert "per_layer: 2 in log.jsonl | probe: 1 in log.jsonl" in r.stdout
+
+
+def test_wandb_gets_every_metric_flattened(tmp_path, monkeypatch):
+    logged = []
+    run_of = types.SimpleNamespace(log=lambda numbers, step: logged.append((step, numbers)), finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **settings: run_of))
+    rundir = run.RunDir(str(tmp_path), types.SimpleNamespace(master=True), wandb=("project", "name"))
+    rundir.start_log({}, resuming=False)
+    rundir.log({"iter": 5, "val_loss": 1.5, "per_layer": [0.5, 1.5], "probe": {"depth": {"last": 2}}, "lr": None})
+    assert logged == [(5, {"iter": 5, "val_loss": 1.5, "per_layer/0": 0.5, "per_layer/1": 1.5, "probe/depth/last": 2})]

@@ -268,14 +268,15 @@ def format_report(result):
     return "\n".join(lines)
 
 
-def plot(result, series, metric, path):
-    """metric (series: {run name: read_series}) against steps and against FLOPs, one line per run, the matched budgets
-    dotted; written atomically."""
+def plot(result, path, metric="val_loss", series=None):
+    """metric (series: {run name: its read_series}, read if not given) against steps and against FLOPs, one line per
+    run, the matched budgets dotted; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series = series or {run["name"]: read_series(run["name"], metric) for run in result["runs"]}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in result["runs"]:
         label = f"{run['name']} ({'->'.join(map(str, run['layers']))} layers)"
@@ -319,7 +320,7 @@ def main(argv=None):
     except CompareError as e:
         sys.exit(f"error: {e}")
     print(format_report(result))
-    plot(result, series, config["metric"], config["out"])
+    plot(result, config["out"], config["metric"], series)
     if config["json"]:
         os.makedirs(os.path.dirname(os.path.abspath(config["json"])), exist_ok=True)
         with atomic_write(config["json"], "w") as f:

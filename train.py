@@ -66,7 +66,7 @@ grad_clip = 1.0  # clip gradients at this norm; 0.0 disables
 decay_lr = True
 warmup_iters = 2000
 min_lr = 6e-5  # ~ learning_rate / 10 per Chinchilla
-TRAINED_KEYS = config_keys()
+TRAINED_KEYS = config_keys()  # the sections above: how the model trains
 # how the run begins: it defines the run, but a student that inherit.py makes of this run does not take it
 init_from = "scratch"  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'inherit' | a GPT-2 name, HF folder or our checkpoint
 # Inheritune: init_from='inherit' takes the first n_layer blocks (or inherit_layers) of a reference model
@@ -84,7 +84,7 @@ target_val_loss = 0.0  # 0: the reference's val loss (without a reference: none,
 teacher = ""  # the frozen teacher: a GPT-2 name, a Hugging Face folder, or our out_dir / ckpt.pt ("": none)
 kd_alpha = 0.6  # the cross-entropy's weight; the teacher's KL gets 1 - kd_alpha
 kd_temperature = 1.0  # softmax temperature of both distributions in the KL
-BEGIN_KEYS = config_keys(TRAINED_KEYS)
+BEGIN_KEYS = config_keys(TRAINED_KEYS)  # how the run begins
 # may change between attempts of one run: how long, evaluation, logging (a continue keeps its recorded value unless
 # given; a student takes it too)
 max_iters = 600000
@@ -99,7 +99,7 @@ collapse_seq_len = 128  # ... of this many tokens (analyze_rank.py --seq_len; at
 wandb_log = False
 wandb_project = "inheritune"
 wandb_run_name = "gpt2"
-KEPT_KEYS = config_keys(TRAINED_KEYS + BEGIN_KEYS)
+KEPT_KEYS = config_keys(TRAINED_KEYS + BEGIN_KEYS)  # may change, kept by a continue
 # this command and this machine: a continue takes them from its command line (or these defaults), not its checkpoint
 out_dir = "out"  # a folder: ckpt.pt and log.jsonl go there (it is created when first written to)
 overwrite = False  # True: a new run may replace the checkpoint and log.jsonl of another run in out_dir
@@ -114,7 +114,7 @@ fsdp_shard_size = 0  # processes per shard group, 0: all; e.g. GPUs per node: sh
 fsdp_cpu_offload = False  # FSDP: keep the shards of parameters, gradients and AdamW state in CPU memory
 activation_checkpointing = False  # recompute each block's activations in the backward pass instead of keeping them
 # -----------------------------------------------------------------------------
-OWN_KEYS = config_keys(TRAINED_KEYS + BEGIN_KEYS + KEPT_KEYS)
+OWN_KEYS = config_keys(TRAINED_KEYS + BEGIN_KEYS + KEPT_KEYS)  # this command's and this machine's
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if type(f.default) in (int, float, bool, str)]
 RUN_KEYS = list(dict.fromkeys(TRAINED_KEYS + BEGIN_KEYS + MODEL_KEYS))  # every GPTConfig field defines the run too
 STUDENT_KEYS = config_keys(BEGIN_KEYS + OWN_KEYS)  # what a student of this run trains with (inherit.py)

@@ -11,9 +11,8 @@ outside the curve: never extrapolated). A run inherited from a reference did not
 that cost is listed apart (from the reference's log.jsonl when it is one of our runs), with the total including it;
 likewise a distilled run's teacher (its own forward passes during distillation are in the run's FLOPs).
 Tokens and FLOPs are not reconstructed for logs written before train.py counted them: a resume may have changed
-the batch and a growth the depth, and a guess is not a measurement. The PNG draws --metric: val loss, or any other
-number the runs log (an eval metric, the training loss, lr, ...; a nested one by its path, e.g. layer_loss/3, as
-wandb names it); --json carries every key of every eval record.
+the batch and a growth the depth, and a guess is not a measurement. The PNG draws --metric: any number the runs log,
+a nested one by its path as wandb names it (layer_loss/3); --json carries every key of every eval record.
 
 A run trained with --collapse_every also gets OUT-collapse-RUN.png next to --out (RUN: its out_dir, "/" as "_"):
 layers x iterations heatmaps of MaxRank and sink share (blank where a growing run's layer did not exist yet) and,
@@ -76,8 +75,7 @@ def read_series(out_dir, name):
     path, e.g. layer_loss/3), the last logged per iteration winning, in iteration order."""
     by_iter, names = {}, set()
     for record in read_log(out_dir):
-        numbers = {k: v for key, value in record.items() for k, v in flat(key, value).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {k: v for k, v in flat(record).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         names |= {k.split("/")[0] for k in numbers}
         if name in numbers:
             by_iter[record["iter"]] = (record["iter"], record.get("flops"), numbers[name])

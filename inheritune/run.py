@@ -236,8 +236,7 @@ class RunDir:
             return
         self.append(record)
         if self.wandb:
-            flattened = {k: v for key, value in record.items() for k, v in flat(key, value).items() if v is not None}
-            self.wandb.log(flattened, step=record["iter"])
+            self.wandb.log({k: v for k, v in flat(record).items() if v is not None}, step=record["iter"])
 
     def finish(self):
         if self.wandb and self.procs.master:
@@ -279,12 +278,12 @@ class RunDir:
         self.checkpoint_iter = state["iter_num"]
 
 
-def flat(key, value):
-    """{key: value}, a nested dict's or list's numbers spread out as {"key/sub/...": number} (wandb charts scalars)."""
+def flat(value, key=""):
+    """value as {key: value}, its nested dicts' and lists' items spread out as {"key/sub/...": item} (for wandb)."""
     if not isinstance(value, (dict, list)):
         return {key: value}
     items = value.items() if isinstance(value, dict) else enumerate(value)
-    return {k: v for sub, item in items for k, v in flat(f"{key}/{sub}", item).items()}
+    return {k: v for sub, item in items for k, v in flat(item, f"{key}/{sub}" if key else str(sub)).items()}
 
 
 def rng_state(device_type):

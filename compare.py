@@ -267,14 +267,15 @@ def format_report(result):
 
 
 def plot(result, path, metric="val_loss", series=None):
-    """metric (series: {run name: its read_series}, read if not given) against steps and against FLOPs, one line per
-    run, the matched budgets dotted; written atomically."""
+    """metric (series: {run name: its read_series}; by default from the runs' eval records) against steps and against
+    FLOPs, one line per run, the matched budgets dotted; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = series or {run["name"]: read_series(run["name"], metric) for run in result["runs"]}
+    series = series or {run["name"]: [(r["iter"], r["flops"], r[metric]) for r in run["evals"]]
+                        for run in result["runs"]}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in result["runs"]:
         label = f"{run['name']} ({'->'.join(map(str, run['layers']))} layers)"

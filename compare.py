@@ -2,6 +2,7 @@
 Compare train.py runs at equal steps and at equal compute: a table, and a PNG of val loss against steps and FLOPs.
 
     python compare.py out-inherit out-scratch out-scratch-2x --out=compare.png --json=compare.json
+    python compare.py out-inherit out-scratch --metric=lr --out=lr.png   # any number in log.jsonl, by name
 
 One row per run (an out_dir with log.jsonl): layers (a growing run's path, e.g. 4->6), parameters, steps, training
 tokens and FLOPs (all rounds; train.py logs them with every eval), final and best val loss, and the val loss at the
@@ -10,7 +11,8 @@ outside the curve: never extrapolated). A run inherited from a reference did not
 that cost is listed apart (from the reference's log.jsonl when it is one of our runs), with the total including it;
 likewise a distilled run's teacher (its own forward passes during distillation are in the run's FLOPs).
 Tokens and FLOPs are not reconstructed for logs written before train.py counted them: a resume may have changed
-the batch and a growth the depth, and a guess is not a measurement.
+the batch and a growth the depth, and a guess is not a measurement. The PNG draws --metric: any number the runs log,
+a nested one by its path as wandb names it (layer_loss/3); --json carries every key of every eval record.
 
 A run trained with --collapse_every also gets OUT-collapse-RUN.png next to --out (RUN: its out_dir, "/" as "_"):
 layers x iterations heatmaps of MaxRank and sink share (blank where a growing run's layer did not exist yet) and,
@@ -28,11 +30,13 @@ import torch
 from inheritune.atomic import atomic_write
 from inheritune.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from inheritune.configurator import configure_or_exit
+from inheritune.run import flat
 from model import GPT, GPTConfig
 
 DEFAULTS = dict(
     out="compare.png",  # the PNG to write: val loss against steps and against FLOPs
     json="",  # also write the comparison as JSON to this file
+    metric="val_loss",  # the number the PNG draws against steps and FLOPs (a nested one by its path: key/sub)
 )
 
 
@@ -40,26 +44,44 @@ class CompareError(ValueError):
     pass
 
 
-def read_evals(out_dir):
-    """The eval records of out_dir/log.jsonl, one per iteration (the last logged wins: a resumed run logs its
-    iteration again), in iteration order."""
-    path = os.path.join(out_dir, "log.jsonl")
+def read_log(out_dir):
+    """The records of out_dir/log.jsonl, in its order."""
+    path, records = os.path.join(out_dir, "log.jsonl"), []
     if not os.path.isfile(path):
         raise CompareError(f"{out_dir} has no log.jsonl: pass the out_dirs of train.py runs")
-    by_iter = {}
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             try:
-                record = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 raise CompareError(f"{path} is damaged: line {lineno} is not JSON") from None
-            if "val_loss" in record:
-                by_iter[record["iter"]] = record
+    return records
+
+
+def read_evals(out_dir):
+    """The eval records of out_dir/log.jsonl, one per iteration (the last logged wins: a resumed run logs its
+    iteration again), in iteration order."""
+    by_iter, path = {r["iter"]: r for r in read_log(out_dir) if "val_loss" in r}, os.path.join(out_dir, "log.jsonl")
     if not by_iter:
         raise CompareError(f"{path} has no eval records (val_loss): the run has not reached its first eval")
     if any("flops" not in r for r in by_iter.values()):
         raise CompareError(f"{path} has eval records without tokens and FLOPs (written by a train.py from before "
                            f"they were counted): re-run the training to compare it at equal compute")
+    return [by_iter[i] for i in sorted(by_iter)]
+
+
+def read_series(out_dir, name):
+    """[(iter, FLOPs or None, value)] of the number called name in out_dir/log.jsonl's records (nested values by their
+    path, e.g. layer_loss/3), the last logged per iteration winning, in iteration order."""
+    by_iter, names = {}, set()
+    for record in read_log(out_dir):
+        numbers = {k: v for k, v in flat(record).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        names |= {k.split("/")[0] for k in numbers}
+        if name in numbers:
+            by_iter[record["iter"]] = (record["iter"], record.get("flops"), numbers[name])
+    if not by_iter:
+        raise CompareError(f"{out_dir}/log.jsonl has no number named {name!r} (--metric): it logs "
+                           f"{', '.join(sorted(names))} (a nested one by its path, e.g. key/0)")
     return [by_iter[i] for i in sorted(by_iter)]
 
 
@@ -70,22 +92,19 @@ GRAD_KEYS = ("grad_q", "bound_q", "grad_k", "bound_k")  # optional: records writ
 def read_collapse(out_dir):
     """{iter: {layer: {COLLAPSE_KEYS, and the GRAD_KEYS logged}}} of out_dir/log.jsonl's collapse
     records (the last logged wins, as for evals); {} for a run without them."""
-    path = os.path.join(out_dir, "log.jsonl")
     by_iter = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            record = json.loads(line)  # read_evals has already refused a line that is not JSON
-            if not isinstance(record, dict) or record.get("event") != "collapse":
-                continue
-            try:
-                layers = {int(layer["layer"]): {k: float(layer[k]) for k in (*COLLAPSE_KEYS, *GRAD_KEYS)
-                                                if k in COLLAPSE_KEYS or k in layer} for layer in record["layers"]}
-                if not layers or min(layers) < 0:  # the heatmap's rows are the layers 0 .. n_layer - 1
-                    raise ValueError
-                by_iter[int(record["iter"])] = layers
-            except (KeyError, TypeError, ValueError):
-                raise CompareError(f"{path} is damaged: line {lineno} is not a collapse record (iter, and layers "
-                                   f"with layer, max_rank, sink_share, eps)") from None
+    for lineno, record in enumerate(read_log(out_dir), 1):
+        if not isinstance(record, dict) or record.get("event") != "collapse":
+            continue
+        try:
+            layers = {int(layer["layer"]): {k: float(layer[k]) for k in (*COLLAPSE_KEYS, *GRAD_KEYS)
+                                            if k in COLLAPSE_KEYS or k in layer} for layer in record["layers"]}
+            if not layers or min(layers) < 0:  # the heatmap's rows are the layers 0 .. n_layer - 1
+                raise ValueError
+            by_iter[int(record["iter"])] = layers
+        except (KeyError, TypeError, ValueError):
+            raise CompareError(f"{os.path.join(out_dir, 'log.jsonl')} is damaged: line {lineno} is not a collapse "
+                               f"record (iter, and layers with layer, max_rank, sink_share, eps)") from None
     return by_iter
 
 
@@ -198,7 +217,7 @@ def summarize(out_dir):
             "flops": last["flops"], "final_val_loss": last["val_loss"],
             "best_val_loss": min(r["val_loss"] for r in evals),
             "reference": reference_cost(source) if source else None, "reference_kind": kind,
-            "evals": [{k: r[k] for k in ("iter", "tokens", "flops", "val_loss")} for r in evals]}
+            "evals": evals}
 
 
 def compare(out_dirs):
@@ -253,29 +272,33 @@ def format_report(result):
     return "\n".join(lines)
 
 
-def plot(result, path):
-    """Val loss against steps and against FLOPs, one line per run, the matched budgets dotted; written atomically."""
+def plot(result, path, metric="val_loss", series=None):
+    """metric (series: {run name: its read_series}; by default from the runs' eval records) against steps and against
+    FLOPs, one line per run, the matched budgets dotted; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series = series or {run["name"]: [(r["iter"], r["flops"], r[metric]) for r in run["evals"]]
+                        for run in result["runs"]}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in result["runs"]:
         label = f"{run['name']} ({'->'.join(map(str, run['layers']))} layers)"
-        losses = [r["val_loss"] for r in run["evals"]]
-        for ax, key in zip(axes, ("iter", "flops")):
-            line, = ax.plot([r[key] for r in run["evals"]], losses, marker=".", label=label)
+        points = series[run["name"]]
+        line, = axes[0].plot([p[0] for p in points], [p[2] for p in points], marker=".", label=label)
+        flops, values = [p[1] for p in points if p[1] is not None], [p[2] for p in points if p[1] is not None]
+        axes[1].plot(flops, values, marker=".", color=line.get_color(), label=label)
         if run["flops_incl_reference"] is not None:  # the same curve, moved right by what the reference cost
-            axes[1].plot([r["flops"] + run["reference"]["flops"] for r in run["evals"]], losses, linestyle="--",
+            axes[1].plot([f + run["reference"]["flops"] for f in flops], values, linestyle="--",
                          color=line.get_color(), label=f"{run['name']} incl. {run['reference_kind']}")
     for ax, x, xlabel in zip(axes, (result["matched_steps"], result["matched_flops"]), ("steps", "training FLOPs")):
         ax.axvline(x, color="gray", linestyle=":", linewidth=1)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("val loss")
+        ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
-    axes[0].set_title("val loss at equal steps")
-    axes[1].set_title("val loss at equal compute (dashed: incl. reference / teacher)")
+    axes[0].set_title(f"{metric} at equal steps")
+    axes[1].set_title(f"{metric} at equal compute (dashed: incl. reference / teacher)")
     for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -297,11 +320,12 @@ def main(argv=None):
         sys.exit(f"error: out={config['out']!r} is not a .png file path: pass --out=NAME.png")
     try:
         result = compare(out_dirs)
-        collapses = {d: read_collapse(d) for d in out_dirs}  # all read before anything is written
+        series = {d: read_series(d, config["metric"]) for d in out_dirs}  # all read before anything is written
+        collapses = {d: read_collapse(d) for d in out_dirs}
     except CompareError as e:
         sys.exit(f"error: {e}")
     print(format_report(result))
-    plot(result, config["out"])
+    plot(result, config["out"], config["metric"], series)
     if config["json"]:
         os.makedirs(os.path.dirname(os.path.abspath(config["json"])), exist_ok=True)
         with atomic_write(config["json"], "w") as f:

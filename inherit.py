@@ -41,11 +41,6 @@ from inheritune.source import open_source
 from model import GPT, norm_layer
 
 FRESH_PARTS = ("wpe", "ln_f")  # parts that can be left at fresh init (the paper's released code did)
-# train.py keys of the reference run's config that the student trains with by default (how to train, not what)
-TRAINING_KEYS = ("dataset", "data_dir", "gradient_accumulation_steps", "batch_size", "block_size", "dropout",
-                 "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr",
-                 "warmup_iters", "lr_decay_iters", "min_lr", "eval_interval", "log_interval", "eval_iters",
-                 "always_save_checkpoint", "seed", "wandb_project")
 EVAL_DEFAULTS = dict(eval_iters=200, batch_size=12, seed=1337)  # train.py's, for a reference without a run config
 
 
@@ -374,19 +369,19 @@ def check_analysis_is_of(analysis, reference, source):
                            f"(fingerprint {ours}): run python analyze_rank.py --model={source} first")
 
 
-def student_config(cfg, reference_run_config, layers, block_size, data_given):
+def student_config(cfg, reference_checkpoint, layers, block_size):
     """The student's run config, as train.py keys: what train.py --init_from=resume trains it with unless told
-    otherwise. The reference run's training settings (when it has a train.py config), then how the student was
-    made, then this command's data and evaluation settings."""
-    recorded = {k: v for k, v in (reference_run_config or {}).items() if k in TRAINING_KEYS}
+    otherwise. The reference run's training settings (when it is a train.py run: the keys its checkpoint records
+    as student_keys, all but how it began and its machine's), then how the student was made, then this command's
+    data and evaluation settings."""
+    run_config = (reference_checkpoint or {}).get("config") or {}
+    recorded = {k: run_config[k] for k in (reference_checkpoint or {}).get("student_keys", ()) if k in run_config}
     if cfg["dataset"] and not cfg["data_dir"]:
         recorded.pop("data_dir", None)  # --dataset names the data; the reference's data_dir would win over it
     recorded |= dict(init_from="inherit", reference=cfg["init_from"], n_layer=len(layers), block_size=block_size,
                      inherit_layers=",".join(map(str, layers)), inherit_fresh=cfg["fresh"])
     recorded |= {k: cfg[k] for k in ("dataset", "data_dir") if cfg[k]}
-    if data_given:  # the reference's loss was measured with these: train.py must evaluate alike to reuse it
-        recorded |= {k: cfg[k] for k in EVAL_DEFAULTS}
-    return recorded
+    return recorded | {k: cfg[k] for k in EVAL_DEFAULTS}  # the reference's loss was measured with these
 
 
 def train_command(out_dir, config):
@@ -483,7 +478,7 @@ def main(cfg):
                                               eval_iters=cfg["eval_iters"], batch_size=cfg["batch_size"],
                                               seed=cfg["seed"])
         print(f"reference val loss on {data_dir}: {ref_loss:.4f} (the growth target)")
-    config = student_config(cfg, reference_run, layers, block_size, data_given=bool(data_dir))
+    config = student_config(cfg, reference.checkpoint, layers, block_size)
     if width:
         config |= {"n_embd": student.config.n_embd, "n_head": student.config.n_head}
     save_checkpoint({

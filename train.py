@@ -31,30 +31,25 @@ from inheritune.hf import ModelLoadError
 from inheritune.source import known_model_tokenizer_meta, load_model
 from model import GPT, GPTConfig
 
+
+def config_keys(before=()):
+    """The config keys assigned so far (nanoGPT's config_keys: the plain values among the globals), less before."""
+    return [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))
+            and k not in before]
+
+
 # -----------------------------------------------------------------------------
-# default config, overridden by config files and --key=value (see inheritune/configurator.py)
-# I/O
-out_dir = "out"  # a folder: ckpt.pt and log.jsonl go there (it is created when first written to)
-init_from = "scratch"  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'inherit' | a GPT-2 name, HF folder or our checkpoint
-overwrite = False  # True: a new run may replace the checkpoint and log.jsonl of another run in out_dir
-eval_interval = 2000
-log_interval = 1  # also how often the loss is read back from the device (NaN check, stop requests)
-eval_iters = 200  # validation batches per eval: eval_iters * batch_size fixed windows
-eval_only = False  # evaluate once, print the losses and exit (writes nothing)
-always_save_checkpoint = True  # save at every eval, not only when val loss improves
-collapse_every = 0  # log analyze_rank.py's attention-collapse metrics per layer every N iterations (0: off)
-collapse_windows = 20  # ... on this many fixed non-overlapping val windows (analyze_rank.py --num_samples; --seed=seed)
-collapse_seq_len = 128  # ... of this many tokens (analyze_rank.py --seq_len; at most block_size)
-# wandb logging
-wandb_log = False
-wandb_project = "inheritune"
-wandb_run_name = "gpt2"
+# default config, overridden by config files and --key=value (see inheritune/configurator.py). Every key defines the
+# run (recorded in its checkpoint; a continue with another value is refused) unless it is in the last two sections:
+# a fork's new key goes in the section where it belongs, and is then handled as its section says.
 # data
 dataset = "openwebtext"
 data_dir = ""  # default: data/<dataset>
 gradient_accumulation_steps = 5 * 8  # global count, divided by the number of processes
 batch_size = 12  # micro-batch size per process
 sampling = "random"  # training windows: 'random' (drawn with replacement) | 'epochs' (each window once per epoch)
+eval_iters = 200  # validation batches per eval: eval_iters * batch_size fixed windows
+seed = 1337
 # model: these and every other plain field of model.py's GPTConfig (norm, mlp, pos_emb, n_kv_head, ...) are flags, for
 # a model from scratch; pretrained, inherited and resumed models bring their shape, and a flag that disagrees is refused
 block_size = 1024
@@ -64,6 +59,20 @@ n_embd = 768
 dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
 bias = False  # biases in Linears and LayerNorms; False is a bit faster
 vocab_size = 0  # 0: the dataset's (meta.json); GPT-2 configs pad 50257 to 50304, a multiple of 64, for speed
+# AdamW
+learning_rate = 6e-4  # peak learning rate
+weight_decay = 1e-1
+decay_embeddings = True  # weight decay on the embeddings too (nanoGPT); the paper's GPT-2 code: Linear weights only
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this norm; 0.0 disables
+# learning rate schedule: linear warmup, then cosine decay to min_lr (counted from the round's start)
+decay_lr = True
+warmup_iters = 2000
+min_lr = 6e-5  # ~ learning_rate / 10 per Chinchilla
+TRAINED_KEYS = config_keys()  # the sections above: how the model trains
+# how the run begins: it defines the run, but a student that inherit.py makes of this run does not take it
+init_from = "scratch"  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'inherit' | a GPT-2 name, HF folder or our checkpoint
 # Inheritune: init_from='inherit' takes the first n_layer blocks (or inherit_layers) of a reference model
 reference = ""  # the larger pre-trained model: a GPT-2 name, an HF GPT-2 / Llama / Qwen2 / Mistral folder, our out_dir
 inherit_layers = ""  # explicit reference block indices, e.g. "0,1,2,3" (default: the first n_layer)
@@ -75,26 +84,31 @@ max_layers = 0  # 0: the reference's depth
 grow_mode = "restart"  # 'restart': each round afresh (new optimizer and schedule) | 'continue': both go on
 grow_init = "reference"  # how the new blocks are made (inherit.GROW_INITS)
 target_val_loss = 0.0  # 0: the reference's val loss (without a reference: none, grow at every round end)
-stop_at_target = True  # end the run once a round reaches the target
-stop_at_max_depth = True  # end the run with the round at max depth, as Algorithm 1 (False: train on to max_iters)
 # knowledge distillation: loss = kd_alpha * CE + (1 - kd_alpha) * kd_temperature^2 * KL(teacher || student)
 teacher = ""  # the frozen teacher: a GPT-2 name, a Hugging Face folder, or our out_dir / ckpt.pt ("": none)
 kd_alpha = 0.6  # the cross-entropy's weight; the teacher's KL gets 1 - kd_alpha
 kd_temperature = 1.0  # softmax temperature of both distributions in the KL
-# AdamW
-learning_rate = 6e-4  # peak learning rate
+BEGIN_KEYS = config_keys(TRAINED_KEYS)  # how the run begins
+# may change between attempts of one run: how long, evaluation, logging (a continue keeps its recorded value unless
+# given; a student takes it too)
 max_iters = 600000
-weight_decay = 1e-1
-decay_embeddings = True  # weight decay on the embeddings too (nanoGPT); the paper's GPT-2 code: Linear weights only
-beta1 = 0.9
-beta2 = 0.95
-grad_clip = 1.0  # clip gradients at this norm; 0.0 disables
-# learning rate schedule: linear warmup, then cosine decay to min_lr (counted from the round's start)
-decay_lr = True
-warmup_iters = 2000
-lr_decay_iters = 600000  # ~ max_iters per Chinchilla
-min_lr = 6e-5  # ~ learning_rate / 10 per Chinchilla
-# system
+lr_decay_iters = 600000  # ~ max_iters per Chinchilla; a continue that extends max_iters may extend the cosine with it
+stop_at_target = True  # end the run once a growth round reaches the target
+stop_at_max_depth = True  # end the run with the round at max depth, as Algorithm 1 (False: train on to max_iters)
+eval_interval = 2000
+log_interval = 1  # also how often the loss is read back from the device (NaN check, stop requests)
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+collapse_every = 0  # log analyze_rank.py's attention-collapse metrics per layer every N iterations (0: off)
+collapse_windows = 20  # ... on this many fixed non-overlapping val windows (analyze_rank.py --num_samples; --seed=seed)
+collapse_seq_len = 128  # ... of this many tokens (analyze_rank.py --seq_len; at most block_size)
+wandb_log = False
+wandb_project = "inheritune"
+wandb_run_name = "gpt2"
+KEPT_KEYS = config_keys(TRAINED_KEYS + BEGIN_KEYS)  # may change, kept by a continue
+# this command and this machine: a continue takes them from its command line (or these defaults), not its checkpoint
+out_dir = "out"  # a folder: ckpt.pt and log.jsonl go there (it is created when first written to)
+overwrite = False  # True: a new run may replace the checkpoint and log.jsonl of another run in out_dir
+eval_only = False  # evaluate once, print the losses and exit (writes nothing)
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 dtype = "auto"  # 'float32' | 'bfloat16' | 'float16' | 'auto': bfloat16 on CUDA (float16 on old GPUs), else float32
 compile = device == "cuda"  # torch.compile the model; works on CPU too, but is slow to start there
@@ -104,25 +118,16 @@ fsdp = False  # under torchrun: shard parameters, gradients and AdamW state over
 fsdp_shard_size = 0  # processes per shard group, 0: all; e.g. GPUs per node: shard in a node, replicate across (HSDP)
 fsdp_cpu_offload = False  # FSDP: keep the shards of parameters, gradients and AdamW state in CPU memory
 activation_checkpointing = False  # recompute each block's activations in the backward pass instead of keeping them
-seed = 1337
 # -----------------------------------------------------------------------------
-MODEL_KEYS = tuple(f.name for f in fields(GPTConfig) if type(f.default) in (int, float, bool, str))
-defaults = {k: v for k, v in globals().items() if not k.startswith("_") and not k.isupper()
-            and isinstance(v, (int, float, bool, str))}
+OWN_KEYS = config_keys(TRAINED_KEYS + BEGIN_KEYS + KEPT_KEYS)  # this command's and this machine's
+MODEL_KEYS = [f.name for f in fields(GPTConfig) if type(f.default) in (int, float, bool, str)]
+RUN_KEYS = list(dict.fromkeys(TRAINED_KEYS + BEGIN_KEYS + MODEL_KEYS))  # every GPTConfig field defines the run too
+STUDENT_KEYS = config_keys(BEGIN_KEYS + OWN_KEYS)  # what a student of this run trains with (inherit.py)
+defaults = {k: globals()[k] for k in config_keys()}
 defaults |= {f.name: f.default for f in fields(GPTConfig) if f.name in MODEL_KEYS and f.name not in defaults}
+run.refuse_assigned_keys(__file__, defaults)
 given = configurator.overrides_or_exit(defaults, comment_files=["model.py"], notes={"grow_init": "; ".join(
     f"{name}: {init.what}" for name, init in inherit.GROW_INITS.items())})
-# What defines a run: its model, data and evaluation windows, optimizer and schedule, and how it starts (the reference
-# and teacher are checked by their weights, wherever they are now). Any other key (max_iters, logging, this machine)
-# may change between attempts of one run: the same command with other values continues it.
-RUN_KEYS = MODEL_KEYS + ("dataset", "data_dir", "batch_size", "gradient_accumulation_steps", "eval_iters", "seed",
-                         "sampling", "learning_rate", "weight_decay", "decay_embeddings", "beta1", "beta2", "grad_clip",
-                         "decay_lr", "warmup_iters", "min_lr", "init_from", "inherit_layers", "inherit_fresh",
-                         "grow_every", "grow_by", "max_layers", "grow_mode", "grow_init", "target_val_loss", "kd_alpha",
-                         "kd_temperature")
-# a resumed run takes these (this machine's and this command's) from the command line, the rest from its checkpoint
-OWN_KEYS = ("device", "dtype", "compile", "backend", "dist_timeout_s", "fsdp", "fsdp_shard_size", "fsdp_cpu_offload",
-            "activation_checkpointing", "out_dir", "init_from", "eval_only", "overwrite")
 
 # -----------------------------------------------------------------------------
 # the run: a new one, or one to continue (--init_from=resume, or the same command again after a crash)
@@ -154,7 +159,7 @@ if resuming and not eval_only:
 # setup: processes, devices, precision
 procs = Processes(device, dtype, backend, dist_timeout_s, fsdp, fsdp_shard_size, fsdp_cpu_offload, compile,
                   activation_checkpointing)
-master_process, device, device_type = procs.master, procs.device, procs.device_type
+master_process, rank_device, device_type = procs.master, procs.device, procs.device_type
 if gradient_accumulation_steps % procs.world_size != 0:
     fail(f"gradient_accumulation_steps={gradient_accumulation_steps} (the global count) is not divisible by "
          f"the {procs.world_size} processes; make it a multiple of {procs.world_size}")
@@ -164,15 +169,12 @@ config["dtype"] = procs.dtype
 run.seed_everything(seed + 1000 * procs.rank)  # DDP broadcasts rank 0's initial weights, so ranks may differ here
 torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 matmuls and convolutions on Ampere and later
 torch.backends.cudnn.conv.fp32_precision = "tf32"
-if master_process:
-    print(f"config:\n{json.dumps(config, indent=1)}")
-    print(f"{procs.describe()}, {grad_accum_per_process} micro-steps each: {tokens_per_iter:,} tokens per iteration")
 
-# data
-data_dir = data_dir or os.path.join("data", dataset)
+# data, checked before the config is printed: a missing dataset is one line, not a line after 70
+data_folder = data_dir or os.path.join("data", dataset)
 try:
-    meta = data.load_meta(data_dir)
-    train_tokens, val_tokens = data.open_tokens(data_dir, "train"), data.open_tokens(data_dir, "val")
+    meta = data.load_meta(data_folder)
+    train_tokens, val_tokens = data.open_tokens(data_folder, "train"), data.open_tokens(data_folder, "val")
     train_batches = data.TrainBatches(train_tokens, block_size, batch_size, seed, sampling, procs.rank,
                                        procs.world_size)
     eval_offsets = {split: data.eval_offsets(tokens, block_size, eval_iters, batch_size, seed)
@@ -181,11 +183,14 @@ try:
         if collapse_every else None
 except ValueError as e:  # a DataError, or an AnalysisError: too few val windows for the collapse metrics
     fail(e)
+if master_process:
+    print(f"config:\n{json.dumps(config, indent=1)}")
+    print(f"{procs.describe()}, {grad_accum_per_process} micro-steps each: {tokens_per_iter:,} tokens per iteration")
 
 
 def eval_loss(model, tokens, offsets, loss_fn=None):
     """model's mean loss on the fixed windows at offsets, the same number on every rank."""
-    return data.evaluate_loss(model, tokens, offsets, block_size, batch_size, device, procs.autocast, procs.rank,
+    return data.evaluate_loss(model, tokens, offsets, block_size, batch_size, rank_device, procs.autocast, procs.rank,
                               procs.world_size, loss_fn=loss_fn)
 
 
@@ -262,12 +267,12 @@ if block_size < raw_model.config.block_size:
     raw_model.crop_block_size(block_size)
     model_args["block_size"] = block_size
 if meta["vocab_size"] > model_args["vocab_size"]:
-    fail(f"{data_dir} has a vocabulary of {meta['vocab_size']} ids but the model only {model_args['vocab_size']}: "
+    fail(f"{data_folder} has a vocabulary of {meta['vocab_size']} ids but the model only {model_args['vocab_size']}: "
          f"use a dataset made with the model's tokenizer (from scratch: vocab_size=0 takes the dataset's)")
 if not resuming and init_from != "scratch":  # a pretrained model's data must be tokenized as it was trained
     try:
         model_source = reference if init_from == "inherit" else init_from
-        data.check_data_tokenizer(meta, data_dir, known_model_tokenizer_meta(model_source), model_source)
+        data.check_data_tokenizer(meta, data_folder, known_model_tokenizer_meta(model_source), model_source)
     except ValueError as e:  # DataError, or a TokenizerError: the model's tokenizer files cannot be read
         fail(e)
 if master_process:
@@ -292,7 +297,8 @@ if grow_every > 0:
                  f"{inherit.source_shape(ref_model.config)} is not the one this run was inherited from "
                  f"{inherit.source_shape(raw_model.config, info)}")
     if GROW_INIT.needs_reference and meta["vocab_size"] > ref_model.config.vocab_size:
-        fail(f"{data_dir} has {meta['vocab_size']} token ids, more than the reference's {ref_model.config.vocab_size}")
+        fail(f"{data_folder} has {meta['vocab_size']} token ids, more than the reference's "
+             f"{ref_model.config.vocab_size}")
     if GROW_INIT.needs_reference and ref_model.config.n_embd != model_args["n_embd"]:
         fail(f"grow_init={grow_init!r} adds the reference's {ref_model.config.n_embd}-wide blocks to a "
              f"{model_args['n_embd']}-wide model: grow a narrowed model with another grow_init (--help lists them)")
@@ -315,7 +321,7 @@ if grow_every > 0:
                   "done": False, "target_val_loss": target_val_loss or None}
     if target_val_loss:
         growth["target_val_loss"] = target_val_loss
-    this_eval = dict(data_dir=os.path.abspath(data_dir), block_size=block_size, eval_iters=eval_iters,
+    this_eval = dict(data_dir=os.path.abspath(data_folder), block_size=block_size, eval_iters=eval_iters,
                      batch_size=batch_size, seed=seed)
     if growth["target_val_loss"] is None and info and info.get("reference_eval") == this_eval:
         growth["target_val_loss"] = info["reference_val_loss"]  # inherit.py measured it on these very windows
@@ -347,7 +353,7 @@ if teacher:
     fingerprint = share_from_rank0(model_fingerprint(teacher_model) if master_process else None)
     if meta["vocab_size"] > teacher_model.config.vocab_size:
         fail(f"teacher {teacher!r} has a vocabulary of {teacher_model.config.vocab_size} ids, fewer than the "
-             f"{meta['vocab_size']} of {data_dir}: distill from a teacher of the data's tokenizer")
+             f"{meta['vocab_size']} of {data_folder}: distill from a teacher of the data's tokenizer")
     if block_size > teacher_model.config.block_size:
         fail(f"teacher {teacher!r} has a context of {teacher_model.config.block_size} tokens, shorter than "
              f"block_size={block_size}: lower block_size or pick a teacher with a longer context")
@@ -384,7 +390,7 @@ if resuming:
     run.restore_random_state(ckpt, procs, train_batches)
 rundir.start_log(config, resuming, ckpt.get("log_size") if resuming else None)
 del ckpt  # free the weights and optimizer state it held
-gpu_name, peak_flops = perf.gpu_peak_flops(device)
+gpu_name, peak_flops = perf.gpu_peak_flops(rank_device)
 flops_per_token = raw_model.flops_per_token(block_size) + teacher_flops_per_token  # a KD step runs the teacher too
 if master_process:
     print(perf.describe_peak(gpu_name, peak_flops, device_type))
@@ -435,7 +441,8 @@ def val_distillation():
                                 lambda m, x, y: distillation_loss(m(x)[0], teacher_model(x)[0]))}
 
 
-# What an eval logs: each function returns a dict, logged together. A new metric is one function and one entry here.
+# What an eval logs: each function returns a dict of JSON values (numbers, lists, nested dicts: per-layer values), all
+# logged together (log.jsonl, wandb flattened, compare.py). A new metric is one function and one entry here.
 EVAL_METRICS = [split_losses, val_distillation]
 
 
@@ -445,9 +452,9 @@ def evaluate():
 
 def training_state():
     """What a checkpoint holds besides the weights and the optimizer: everything needed to continue exactly."""
-    return dict(checkpoint_extras, model_args=model_args, config=config, scaler=scaler.state_dict(),
-                iter_num=iter_num, round_start_iter=round_start_iter, best_val_loss=best_val_loss, compute=compute,
-                last_collapse=last_collapse,
+    return dict(checkpoint_extras, model_args=model_args, config=config, student_keys=STUDENT_KEYS,
+                scaler=scaler.state_dict(), iter_num=iter_num, round_start_iter=round_start_iter,
+                best_val_loss=best_val_loss, compute=compute, last_collapse=last_collapse,
                 rng=gather(run.rng_state(device_type)), sampler=gather(train_batches.state_dict()),
                 last_eval=last_eval)
 
@@ -501,7 +508,7 @@ def grow_model():
 # training loop
 t_last_log, iters_since_log = time.time(), 0
 # device-side sums between log steps, read back only at log steps: no host sync on the other steps
-nonfinite_steps = torch.zeros((), device=device)
+nonfinite_steps = torch.zeros((), device=rank_device)
 while True:
     lr = get_lr(iter_num)
     round_end = (grow_every > 0 and not growth["done"] and iter_num > 0 and iter_num % grow_every == 0
@@ -525,7 +532,7 @@ while True:
     if collapse_every and iter_num % collapse_every == 0 and last_collapse != iter_num and not eval_only:
         t_collapse = time.time()
         whole = procs.full_model(raw_model)  # FSDP: gathered on rank 0 (every rank takes part); else raw_model
-        layers = analyze_rank.collapse_record(whole.to(device), collapse_windows_ids, device=device) \
+        layers = analyze_rank.collapse_record(whole.to(rank_device), collapse_windows_ids, device=rank_device) \
             if master_process else None
         log({"iter": iter_num, "event": "collapse", "round": (growth or {}).get("round", 0),
              "n_layer": raw_model.config.n_layer, "layers": layers, "seconds": round(time.time() - t_collapse, 3)})
@@ -555,11 +562,11 @@ while True:
 
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss_sum = torch.zeros((), device=device)
-    kd_parts = torch.zeros(2, device=device)  # with a teacher: the step's mean CE and KL, logged apart
+    loss_sum = torch.zeros((), device=rank_device)
+    kd_parts = torch.zeros(2, device=rank_device)  # with a teacher: the step's mean CE and KL, logged apart
     for micro_step in range(grad_accum_per_process):
         procs.no_sync_unless(model, micro_step == grad_accum_per_process - 1)
-        x, y = train_batches.next(device)
+        x, y = train_batches.next(rank_device)
         with procs.autocast:
             logits, loss = model(x, y)
             if teacher_model is not None:  # distillation: the CE weighted kd_alpha, the teacher's KL the rest
@@ -572,7 +579,7 @@ while True:
         loss_sum += loss.detach()
         scaler.scale(loss).backward()
     nonfinite_steps += ~torch.isfinite(loss_sum)
-    grad_norm = torch.zeros((), device=device)
+    grad_norm = torch.zeros((), device=rank_device)
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
         grad_norm = procs.clip_gradients(raw_model.parameters(), grad_clip)
@@ -584,10 +591,10 @@ while True:
     stop_requested = False
     if iter_num % log_interval == 0:  # a training step's one host sync: one all-reduce and one read, at log steps
         summed = sum_over_processes(torch.stack([loss_sum, nonfinite_steps, *kd_parts,
-                                                 torch.tensor(float(stop["signal"] is not None), device=device)]))
+                                                 torch.tensor(float(stop["signal"] is not None), device=rank_device)]))
         n = procs.world_size
         step_loss, nonfinite, ce, kd, stop_requested, norm = torch.cat(
-            [summed / torch.tensor([n, 1, n, n, 1], device=device), grad_norm.float().reshape(1)]).tolist()
+            [summed / torch.tensor([n, 1, n, n, 1], device=rank_device), grad_norm.float().reshape(1)]).tolist()
         if nonfinite:
             found = find_checkpoint(out_dir)
             kept = f"the last good checkpoint ({found[1]}) stays" if found else "no checkpoint written"

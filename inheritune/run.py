@@ -2,11 +2,12 @@
 atomic save of its checkpoint, and its random state (for an exact resume).
 
 Requeue-safe: the same command run again (a Slurm requeue, a torchrun restart) continues from out_dir's checkpoint
-when that checkpoint's run is this command's: its defining settings (train.py's RUN_KEYS: the model, the data, the
-optimizer and schedule, how it starts) agree, whatever else differs (max_iters, logging, evaluation, this machine).
+when that checkpoint's run is this command's: its defining settings (train.py's config block says which: every key
+outside its last two sections) agree, whatever else differs (max_iters, logging, evaluation, this machine).
 A new run never replaces another run's checkpoint or log: it stops with an error unless given --overwrite=True.
 """
 
+import ast
 import dataclasses
 import json
 import os
@@ -23,6 +24,18 @@ from inheritune.configurator import ConfigError
 from inheritune.distributed import fail
 
 
+def refuse_assigned_keys(script, keys):
+    """Refuse a script that assigns a config key's name again after its default (anywhere): the line would overwrite
+    what the config files and flags set, silently. One line naming the key and both lines."""
+    with open(script) as f:
+        names = [n for n in ast.walk(ast.parse(f.read())) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+    for key in keys:
+        lines = sorted(n.lineno for n in names if n.id == key)
+        if len(lines) > 1:
+            fail(f"{script}:{lines[1]} assigns {key}, a config key (its default at line {lines[0]}): the script would "
+                 f"overwrite --{key}; rename the script's variable or the key")
+
+
 def recorded_config(ckpt, defaults, given, own_keys):
     """The settings a checkpoint records of its run, as train.py keys: its model's context and its saved config
     (keys this train.py knows, with a value of the right type; an empty string means "not recorded"), less
@@ -33,11 +46,6 @@ def recorded_config(ckpt, defaults, given, own_keys):
     if "dataset" in given and "data_dir" not in given:
         recorded.pop("data_dir", None)  # --dataset names the data; the run's recorded data_dir would win over it
     return recorded
-
-
-def run_differences(saved, cfg, run_keys):
-    """'key=value there, value here' for each defining setting in which two runs differ."""
-    return [f"{k}={saved[k]!r} there, {cfg[k]!r} here" for k in run_keys if k in saved and saved[k] != cfg[k]]
 
 
 def logged_run_config(path):
@@ -73,7 +81,8 @@ def open_run(out_dir, config, run_keys, weights=True):
         return None
     previous = load_checkpoint(out_dir, weights=weights) if has_checkpoint else None
     saved = (previous.get("config") if previous else logged_run_config(log_path)) or {}
-    differences = run_differences(saved, config, run_keys)
+    differences = [f"{k}={saved[k]!r} there, {v!r} here" for k, v in config.items() if k in run_keys and k in saved
+                   and saved[k] != v]
     if not saved or differences:
         what = f"the checkpoint (iter {previous.get('iter_num', 0)})" if previous else "the log.jsonl"
         why = f" has {'; '.join(differences[:3])}" if differences else " records no config to compare"
@@ -207,7 +216,7 @@ class RunDir:
         if self.wandb and self.procs.master:
             import wandb
 
-            wandb.init(project=self.wandb[0], name=self.wandb[1], config=config)
+            self.wandb = wandb.init(project=self.wandb[0], name=self.wandb[1], config=config)  # the run, from now on
         if not self.procs.master or self.eval_only:
             return
         if resuming and os.path.isfile(self.log_path):
@@ -223,22 +232,18 @@ class RunDir:
         """Print a record and append it as one JSON line to log.jsonl (and wandb)."""
         if not self.procs.master:
             return
-        print(" | ".join(f"{k} {v:.4f}" if k.endswith("loss") else f"{k} {v:.4g}" if isinstance(v, float)
-                         else f"{k}: {len(v)} in log.jsonl" if isinstance(v, list) and v and isinstance(v[0], dict)
+        print(" | ".join(f"{k} {v:.4f}" if k.endswith("loss") and isinstance(v, float) else f"{k} {v:.4g}"
+                         if isinstance(v, float) else f"{k}: {len(v)} in log.jsonl" if isinstance(v, (list, dict))
                          else f"{k} {v}" for k, v in record.items() if v is not None))
         if self.eval_only:
             return
         self.append(record)
         if self.wandb:
-            import wandb
-
-            wandb.log({k: v for k, v in record.items() if v is not None}, step=record["iter"])
+            self.wandb.log({k: v for k, v in flat(record).items() if v is not None}, step=record["iter"])
 
     def finish(self):
         if self.wandb and self.procs.master:
-            import wandb
-
-            wandb.finish()
+            self.wandb.finish()
 
     def append(self, record):
         os.makedirs(self.out_dir, exist_ok=True)  # out_dir appears with the first thing written into it
@@ -274,6 +279,14 @@ class RunDir:
         if error:
             fail(error)
         self.checkpoint_iter = state["iter_num"]
+
+
+def flat(value, key=""):
+    """value as {key: value}, its nested dicts' and lists' items spread out as {"key/sub/...": item} (for wandb)."""
+    if not isinstance(value, (dict, list)):
+        return {key: value}
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    return {k: v for sub, item in items for k, v in flat(item, f"{key}/{sub}" if key else str(sub)).items()}
 
 
 def rng_state(device_type):

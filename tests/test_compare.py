@@ -163,7 +163,8 @@ def test_bad_arguments(runs, tmp_path, monkeypatch, capsys):
     assert e.value.code == 0 and "python compare.py out-inherit" in capsys.readouterr().out
     for argv, message in (([], "pass the out_dirs of the runs to compare"),
                           ([runs["grow"], "--out=cmp.jpg"], "out='cmp.jpg' is not a .png file path"),
-                          ([runs["grow"], "--outt=x.png"], "unknown config key 'outt'")):
+                          ([runs["grow"], "--outt=x.png"], "unknown config key 'outt'"),
+                          ([runs["grow"], "--metric=nope"], "has no number named 'nope' (--metric): it logs")):
         with pytest.raises(SystemExit) as e:
             compare.main(argv)
         assert message in str(e.value.code)
@@ -225,3 +226,25 @@ def test_damaged_collapse_record(tmp_path, monkeypatch, damage):
     assert e.value.code == (f"error: {os.path.join('run', 'log.jsonl')} is damaged: line 3 is not a collapse record "
                             f"(iter, and layers with layer, max_rank, sink_share, eps)")
     assert sorted(os.listdir(tmp_path)) == ["run"]  # nothing written
+
+
+def test_json_carries_every_eval_key_and_metric_plots_any_number(tmp_path, monkeypatch, capsys):
+    # an eval metric of any JSON shape (per-layer lists, nested dicts): --json keeps it whole, --metric draws a number
+    monkeypatch.chdir(tmp_path)
+    records = [{"iter": it, "loss": 3.0 - it / 10, "lr": 1e-3 * (it + 1)} for it in range(3)]
+    records += [{"iter": it, "train_loss": 2.0, "val_loss": 2.5 - it / 10, "tokens": 100 * it, "flops": 1e9 * it,
+                 "layer_loss": [1.0 + it, 2.0 + it], "probe": {"kind": "made up", "depth": {"last": it / 2}}}
+                for it in (0, 2)]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for metric, points in (("layer_loss/1", [(0, 0.0, 2.0), (2, 2e9, 4.0)]), ("probe/depth/last", [(0, 0.0, 0.0),
+                           (2, 2e9, 1.0)]), ("lr", [(0, None, 1e-3), (1, None, 2e-3), (2, None, 3e-3)])):
+        assert compare.read_series("run", metric) == points
+        compare.main(["run", f"--metric={metric}", "--out=m.png", "--json=m.json"])
+        assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "m.json").read_text())["runs"][0]["evals"] == records[3:]
+    with pytest.raises(SystemExit) as e:
+        compare.main(["run", "--metric=probe/kind"])  # not a number
+    assert str(e.value.code) == ("error: run/log.jsonl has no number named 'probe/kind' (--metric): it logs flops, "
+                                 "iter, layer_loss, loss, lr, probe, tokens, train_loss, val_loss (a nested one by its "
+                                 "path, e.g. key/0)")

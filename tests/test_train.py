@@ -1,15 +1,18 @@
 """train.py end to end on tiny models: learning, DDP, exact resume, atomic saves, preemption, config errors."""
 
 import glob
+import os
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 
-from conftest import REPO, kill_when_writing, read_log, train, train_cmd
+from inheritune import run
+from conftest import REPO, kill_when_writing, read_log, run_in_process, train, train_cmd
 
 
 def train_losses(out_dir):
@@ -263,9 +266,12 @@ def test_training_steps_read_the_device_only_at_log_steps(char_data, tmp_path, p
     # loss, the non-finite count and the stop flag travel together, once per log step; other steps never wait
     short = count_reads(char_data, tmp_path / "short", 20, processes)
     long = count_reads(char_data, tmp_path / "long", 40, processes)
-    if processes == 1:  # the 20-step run: the two eval offset lists drawn on the host at set-up, 2 log steps (iters 0
-        # and 10), 2 evals (iters 0 and 20) of the train and val loss; nothing per step
-        assert short == {"tolist": 2 + 2, "item": 2 * 2}, short
+    if processes == 1:  # the 20-step run: one eval offset list per split drawn on the host at set-up, one read per
+        # log step and one per number an eval logs (each loss of each split); nothing per step
+        log = read_log(tmp_path / "short")
+        evals, log_steps = [r for r in log if "val_loss" in r], [r for r in log if "loss" in r]
+        splits = [k for k in evals[0] if k.endswith("_loss")]
+        assert short == {"tolist": len(splits) + len(log_steps), "item": len(splits) * len(evals)}, short
     extra = {k: long.get(k, 0) - short.get(k, 0) for k in long.keys() | short.keys()}
     assert {k: v for k, v in extra.items() if v} == ({"tolist": 2} if processes == 1 else
                                                     {"tolist": 2, "all_reduce": 2}), (short, long)
@@ -302,3 +308,75 @@ def test_flags_outside_the_run_identity_may_change_between_attempts(char_data, t
     r = train(char_data, tmp_path, "--max_iters=8", "--gradient_accumulation_steps=1", "--weight_decay=0.0",
               expect_rc=1)
     assert "holds another run" in r.stderr and "weight_decay=0.1 there, 0.0 here" in r.stderr
+
+
+def test_missing_data_fails_before_the_config_is_printed(tmp_path):
+    r = train(tmp_path / "no_data", tmp_path / "out", "--max_iters=1", expect_rc=1)
+    assert r.stdout == "" and r.stderr.strip() == f"error: {tmp_path / 'no_data'} has no meta.json: prepare the data " \
+        "first (python prepare_owt.py ..., or python data/shakespeare/prepare.py)"
+
+
+# -- a fork: a copy of train.py with one line added, run with the repo's modules ------------------------------
+def fork_of_train_py(tmp_path, after, line):
+    """tmp_path/fork/train.py: train.py with line added after the line `after`, nothing else edited."""
+    source = open(os.path.join(REPO, "train.py")).read()
+    assert f"\n{after}\n" in source
+    fork = tmp_path / "fork" / "train.py"
+    fork.parent.mkdir()
+    fork.write_text(source.replace(f"\n{after}\n", f"\n{after}\n{line}\n"))
+    return fork
+
+
+def run_fork(fork, char_data, out_dir, *args, expect_rc=0):
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(fork), *train_cmd(char_data, out_dir, *args)[2:]], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == expect_rc, r.stderr[-3000:]
+    return r
+
+
+def test_a_key_a_fork_adds_defines_the_run_and_a_student_inherits_it(char_data, tmp_path):
+    fork = fork_of_train_py(tmp_path, "beta2 = 0.95", "adam_eps = 1e-8  # a fork's new optimizer setting")
+    run_fork(fork, char_data, tmp_path / "ref", "--max_iters=2", "--eval_interval=2", "--adam_eps=1e-6")
+    assert torch.load(tmp_path / "ref" / "ckpt.pt", weights_only=True)["config"]["adam_eps"] == 1e-6
+    r = run_fork(fork, char_data, tmp_path / "ref", "--max_iters=4", "--eval_interval=2", "--adam_eps=1e-7",
+                 expect_rc=1)
+    assert r.stderr.count("\n") == 1 and "holds another run" in r.stderr and "adam_eps=1e-06 there, 1e-07 here" \
+        in r.stderr
+    r = run_in_process("inherit.py", [f"--init_from={tmp_path / 'ref'}", "--n_layer=1", "--device=cpu",
+                                      f"--out_dir={tmp_path / 'student'}"])
+    assert r.returncode == 0, r.stderr
+    assert torch.load(tmp_path / "student" / "ckpt.pt", weights_only=True)["config"]["adam_eps"] == 1e-6
+    r = run_fork(fork, char_data, tmp_path / "student", "--init_from=resume", "--n_layer=1", "--max_iters=1",
+                 "--eval_interval=1")
+    assert '"adam_eps": 1e-06' in r.stdout  # the student trains with it
+
+
+def test_a_key_the_script_assigns_is_refused_before_any_work(char_data, tmp_path):
+    fork = fork_of_train_py(tmp_path, "beta2 = 0.95", 'optimizer = "adamw"  # a fork\'s new flag, named as a variable')
+    lines = fork.read_text().splitlines()
+    default, again = (next(i for i, text in enumerate(lines, 1) if text.startswith(start))
+                      for start in ('optimizer = "adamw"', "optimizer = make_optimizer("))
+    r = run_fork(fork, char_data, tmp_path / "out", "--max_iters=1", expect_rc=1)
+    assert r.stderr.strip() == f"error: {fork}:{again} assigns optimizer, a config key (its default at line " \
+        f"{default}): the script would overwrite --optimizer; rename the script's variable or the key"
+    assert r.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_an_eval_metric_of_any_json_shape_is_logged_whole(char_data, tmp_path):
+    fork = fork_of_train_py(tmp_path, "EVAL_METRICS = [split_losses, val_distillation]",
+                            'EVAL_METRICS.append(lambda: {"per_layer": [0.5, 1.5], "probe": {"depth": {"last": 2}}})')
+    r = run_fork(fork, char_data, tmp_path / "out", "--max_iters=2", "--eval_interval=2")
+    evals = [rec for rec in read_log(tmp_path / "out") if "val_loss" in rec]
+    assert [(rec["per_layer"], rec["probe"]) for rec in evals] == [([0.5, 1.5], {"depth": {"last": 2}})] * 2
+    assert "per_layer: 2 in log.jsonl | probe: 1 in log.jsonl" in r.stdout
+
+
+def test_wandb_gets_every_metric_flattened(tmp_path, monkeypatch):
+    logged = []
+    run_of = types.SimpleNamespace(log=lambda numbers, step: logged.append((step, numbers)), finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **settings: run_of))
+    rundir = run.RunDir(str(tmp_path), types.SimpleNamespace(master=True), wandb=("project", "name"))
+    rundir.start_log({}, resuming=False)
+    rundir.log({"iter": 5, "val_loss": 1.5, "per_layer": [0.5, 1.5], "probe": {"depth": {"last": 2}}, "lr": None})
+    assert logged == [(5, {"iter": 5, "val_loss": 1.5, "per_layer/0": 0.5, "per_layer/1": 1.5, "probe/depth/last": 2})]

@@ -45,31 +45,31 @@ def config_keys(before=()):
 # data
 dataset = "openwebtext"
 data_dir = ""  # default: data/<dataset>
-gradient_accumulation_steps = 5 * 8  # global count, divided by the number of processes
-batch_size = 12  # micro-batch size per process
+gradient_accumulation_steps = 5 * 8  # [1, inf): global count, divided by the number of processes
+batch_size = 12  # [1, inf): micro-batch size per process
 sampling = "random"  # training windows: 'random' (drawn with replacement) | 'epochs' (each window once per epoch)
-eval_iters = 200  # validation batches per eval: eval_iters * batch_size fixed windows
-seed = 1337
+eval_iters = 200  # [1, inf): validation batches per eval: eval_iters * batch_size fixed windows
+seed = 1337  # [0, 4294967295]
 # model: these and every other plain field of model.py's GPTConfig (norm, mlp, pos_emb, n_kv_head, ...) are flags, for
 # a model from scratch; pretrained, inherited and resumed models bring their shape, and a flag that disagrees is refused
-block_size = 1024
-n_layer = 12
-n_head = 12
-n_embd = 768
-dropout = 0.0  # 0 for pretraining, try 0.1+ for finetuning
+block_size = 1024  # [1, inf)
+n_layer = 12  # [1, inf)
+n_head = 12  # [1, inf)
+n_embd = 768  # [1, inf)
+dropout = 0.0  # [0, 1): 0 for pretraining, try 0.1+ for finetuning
 bias = False  # biases in Linears and LayerNorms; False is a bit faster
-vocab_size = 0  # 0: the dataset's (meta.json); GPT-2 configs pad 50257 to 50304, a multiple of 64, for speed
+vocab_size = 0  # [0, inf): 0: the dataset's (meta.json); GPT-2 configs pad 50257 to 50304, a multiple of 64, for speed
 # AdamW
-learning_rate = 6e-4  # peak learning rate
-weight_decay = 1e-1
+learning_rate = 6e-4  # (0, inf): peak learning rate
+weight_decay = 1e-1  # [0, inf)
 decay_embeddings = True  # weight decay on the embeddings too (nanoGPT); the paper's GPT-2 code: Linear weights only
-beta1 = 0.9
-beta2 = 0.95
-grad_clip = 1.0  # clip gradients at this norm; 0.0 disables
+beta1 = 0.9  # [0, 1)
+beta2 = 0.95  # [0, 1)
+grad_clip = 1.0  # [0, inf): clip gradients at this norm; 0.0 disables
 # learning rate schedule: linear warmup, then cosine decay to min_lr (counted from the round's start)
 decay_lr = True
-warmup_iters = 2000
-min_lr = 6e-5  # ~ learning_rate / 10 per Chinchilla
+warmup_iters = 2000  # [0, inf)
+min_lr = 6e-5  # [0, inf): ~ learning_rate / 10 per Chinchilla
 TRAINED_KEYS = config_keys()  # the sections above: how the model trains
 # how the run begins: it defines the run, but a student that inherit.py makes of this run does not take it
 init_from = "scratch"  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'inherit' | a GPT-2 name, HF folder or our checkpoint
@@ -78,29 +78,29 @@ reference = ""  # the larger pre-trained model: a GPT-2 name, an HF GPT-2 / Llam
 inherit_layers = ""  # explicit reference block indices, e.g. "0,1,2,3" (default: the first n_layer)
 inherit_fresh = ""  # parts left at fresh init instead of copied: "wpe", "ln_f", "wpe,ln_f"
 # growth: every grow_every iterations, evaluate; below the target stop, else add grow_by blocks
-grow_every = 0  # iterations per round; 0 = no growth
-grow_by = 2
-max_layers = 0  # 0: the reference's depth
+grow_every = 0  # [0, inf): iterations per round; 0 = no growth
+grow_by = 2  # [1, inf)
+max_layers = 0  # [0, inf): 0: the reference's depth
 grow_mode = "restart"  # 'restart': each round afresh (new optimizer and schedule) | 'continue': both go on
 grow_init = "reference"  # how the new blocks are made (inherit.GROW_INITS)
-target_val_loss = 0.0  # 0: the reference's val loss (without a reference: none, grow at every round end)
+target_val_loss = 0.0  # [0, inf): 0: the reference's val loss (without a reference: none, grow at every round end)
 # knowledge distillation: loss = kd_alpha * CE + (1 - kd_alpha) * kd_temperature^2 * KL(teacher || student)
 teacher = ""  # the frozen teacher: a GPT-2 name, a Hugging Face folder, or our out_dir / ckpt.pt ("": none)
-kd_alpha = 0.6  # the cross-entropy's weight; the teacher's KL gets 1 - kd_alpha
-kd_temperature = 1.0  # softmax temperature of both distributions in the KL
+kd_alpha = 0.6  # [0, 1]: the cross-entropy's weight; the teacher's KL gets 1 - kd_alpha
+kd_temperature = 1.0  # (0, inf): softmax temperature of both distributions in the KL
 BEGIN_KEYS = config_keys(TRAINED_KEYS)  # how the run begins
 # may change between attempts of one run: how long, evaluation, logging (a continue keeps its recorded value unless
 # given; a student takes it too)
-max_iters = 600000
-lr_decay_iters = 600000  # ~ max_iters per Chinchilla; a continue that extends max_iters may extend the cosine with it
+max_iters = 600000  # [0, inf): 0 evaluates the model once and exits
+lr_decay_iters = 600000  # [0, inf): ~ max_iters per Chinchilla; a continue extending max_iters may extend the cosine
 stop_at_target = True  # end the run once a growth round reaches the target
 stop_at_max_depth = True  # end the run with the round at max depth, as Algorithm 1 (False: train on to max_iters)
-eval_interval = 2000
-log_interval = 1  # also how often the loss is read back from the device (NaN check, stop requests)
+eval_interval = 2000  # [1, inf)
+log_interval = 1  # [1, inf): also how often the loss is read back from the device (NaN check, stop requests)
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
-collapse_every = 0  # log analyze_rank.py's attention-collapse metrics per layer every N iterations (0: off)
-collapse_windows = 20  # ... on this many fixed non-overlapping val windows (analyze_rank.py --num_samples; --seed=seed)
-collapse_seq_len = 128  # ... of this many tokens (analyze_rank.py --seq_len; at most block_size)
+collapse_every = 0  # [0, inf): log analyze_rank.py's attention-collapse metrics per layer every N iterations (0: off)
+collapse_windows = 20  # [1, inf): ... on this many fixed non-overlapping val windows (analyze_rank.py --num_samples)
+collapse_seq_len = 128  # [1, inf): ... of this many tokens (analyze_rank.py --seq_len; at most block_size)
 wandb_log = False
 wandb_project = "inheritune"
 wandb_run_name = "gpt2"
@@ -113,9 +113,9 @@ device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is
 dtype = "auto"  # 'float32' | 'bfloat16' | 'float16' | 'auto': bfloat16 on CUDA (float16 on old GPUs), else float32
 compile = device == "cuda"  # torch.compile the model; works on CPU too, but is slow to start there
 backend = "auto"  # DDP backend: 'auto' (nccl on CUDA, gloo elsewhere) | 'nccl' | 'gloo'
-dist_timeout_s = 600  # DDP: a rendezvous or collective waiting longer fails, so torchrun can restart (gloo's own: 1800)
+dist_timeout_s = 600  # (0, inf): DDP: a rendezvous or collective waiting longer fails, so torchrun can restart
 fsdp = False  # under torchrun: shard parameters, gradients and AdamW state over the processes (FSDP2) instead of DDP
-fsdp_shard_size = 0  # processes per shard group, 0: all; e.g. GPUs per node: shard in a node, replicate across (HSDP)
+fsdp_shard_size = 0  # [0, inf): processes per shard group, 0: all; e.g. GPUs per node (HSDP: replicate across nodes)
 fsdp_cpu_offload = False  # FSDP: keep the shards of parameters, gradients and AdamW state in CPU memory
 activation_checkpointing = False  # recompute each block's activations in the backward pass instead of keeping them
 # -----------------------------------------------------------------------------

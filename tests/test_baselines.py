@@ -308,8 +308,8 @@ def test_kd_resume_is_bit_exact_and_keeps_its_teacher(char_data, kd_models, tmp_
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--kd_alpha=1.5"], "kd_alpha=1.5 must be between 0 and 1"),
-    (["--kd_temperature=0"], "kd_temperature=0.0 must be positive"),
+    (["--kd_alpha=1.5"], "--kd_alpha=1.5 is outside [0, 1]"),
+    (["--kd_temperature=0"], "--kd_temperature=0 is outside (0, inf)"),
     (["--teacher={small_vocab}"], "has a vocabulary of 64 ids, fewer than the 84"),
     (["--teacher={short_context}"], "has a context of 16 tokens, shorter than block_size=32"),
     (["--teacher={missing}"], "teacher='"),

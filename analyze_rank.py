@@ -32,6 +32,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from inheritune.atomic import atomic_write
+from inheritune.checkpoint import CheckpointError, model_fingerprint
+from inheritune.configurator import ConfigError, check_device, configure_or_exit
+from inheritune.data import DataError, check_data_tokenizer, load_meta, open_tokens
+from inheritune.hf import ARCHITECTURES, ModelLoadError, read_hf_config
+from inheritune.hub import hub_unreachable
+from inheritune.source import HF_KINDS, open_source
+from inheritune.tokenizer import HFTokenizer, TokenizerError, hf_tokenizer_meta, tokenizer_from_meta
 
 # Cumulative shares within this relative tolerance of tau / eta count as reaching it: the T x T identity
 # has share exactly k/T for its top k, and rounding must not turn k* = 90 into 91 at tau = 0.9.
@@ -103,11 +113,7 @@ def squared_singular_values(A):
 
 def layer_metrics(att, tau=0.9, eta=0.9):
     """(k_star, m_star, sink_share) of attention matrices att (..., T, T), each with att's leading shape.
-
-    The squared singular values of A are the eigenvalues of A A^T: one batched eigvalsh in float32 (the
-    precision the model computes A in) gives them to ~1e-6 of the total, several times faster on CPU than
-    svdvals on the same stack; the shares are summed in float64.
-    """
+    s_i^2 by a float32 eigvalsh of A A^T (to ~1e-6 of the total, faster on CPU than svdvals); shares in float64."""
     check_threshold("tau", tau)
     check_threshold("eta", eta)
     if att.dim() < 2 or att.size(-1) != att.size(-2):
@@ -183,12 +189,8 @@ def summarize(stats, near_rank_one, lazy_tolerance=0.0):
 
 
 def recommend_depth(layers):
-    """(suggested_n_layer, paper_default_n_layer, reason) from the per-layer records.
-
-    Suggested: the leading layers before the first lazy one (at least 1). Without a lazy layer the
-    measurement gives no cut, and we fall back on the paper's default L/2 (inheriting all L layers
-    would not make a smaller model).
-    """
+    """(suggested_n_layer, paper_default_n_layer, reason): the layers before the first lazy one (at least 1); without a
+    lazy layer the paper's default L/2 (inheriting all L layers would not make a smaller model)."""
     n_layer = len(layers)
     paper_default = max(1, n_layer // 2)
     lazy = [rec["layer"] for rec in layers if rec["lazy"]]
@@ -251,9 +253,6 @@ class GPTAttentions:
         return self.source.known_tokenizer_meta()
 
     def tokenizer(self):
-        from inheritune.data import DataError
-        from inheritune.tokenizer import tokenizer_from_meta
-
         try:
             return tokenizer_from_meta(self.source.tokenizer_meta())
         except DataError as e:
@@ -277,8 +276,6 @@ class HFAttentions:
     def load(cls, source, device):
         """source: a source.ModelSource or its name."""
         from transformers import AutoModelForCausalLM
-
-        from inheritune.source import open_source
 
         source = open_source(source)
         # a Hub id by its name: transformers fetches the weight files a download of ours leaves out (.bin)
@@ -310,8 +307,6 @@ class HFAttentions:
         return self.source.known_tokenizer_meta()
 
     def tokenizer(self):
-        from inheritune.tokenizer import HFTokenizer, TokenizerError, hf_tokenizer_meta
-
         try:
             return HFTokenizer(hf_tokenizer_meta(self.source.path))
         except TokenizerError as e:
@@ -321,9 +316,6 @@ class HFAttentions:
 def load_attention_model(name, device):
     """GPTAttentions for our checkpoints and the families model.py implements (GPT-2 names, GPT-2 / Llama / Qwen2 /
     Mistral folders and Hub ids), else HFAttentions."""
-    from inheritune.hf import ARCHITECTURES, ModelLoadError, read_hf_config
-    from inheritune.source import HF_KINDS, open_source
-
     if not name:
         raise AnalysisError("no --model: pass an out_dir or .pt checkpoint, a GPT-2 name, or a Hugging Face folder")
     source = open_source(name)
@@ -339,11 +331,6 @@ def load_attention_model(name, device):
 
 def offline_model_problem(name):
     """'; and --model: why' when the Hub cannot be reached and name is not found here or in the Hub's cache, else ''."""
-    from inheritune.checkpoint import CheckpointError
-    from inheritune.hf import ModelLoadError
-    from inheritune.hub import hub_unreachable
-    from inheritune.source import open_source
-
     try:
         if name and hub_unreachable():
             open_source(name)
@@ -359,10 +346,6 @@ def offline_model_problem(name):
 def read_tokens(path, attention_model):
     """Token ids of a .bin (our preparation: refused when its meta.json names another tokenizer than the model's)
     or a .txt (tokenized with the model's tokenizer)."""
-    from inheritune.data import check_data_tokenizer, load_meta, open_tokens
-
-    if not os.path.isfile(path):
-        raise AnalysisError(f"--data={path!r}: no such file; pass a .bin of token ids or a .txt file")
     if path.endswith(".bin"):
         data_dir = os.path.dirname(path) or "."
         if os.path.isfile(os.path.join(data_dir, "meta.json")):
@@ -381,10 +364,8 @@ def read_tokens(path, attention_model):
 
 
 def draw_windows(tokens, num_samples, seq_len, seed):
-    """num_samples distinct windows tokens[i*T:(i+1)*T], i drawn without replacement with seed: (N, T) int64.
-
-    Windows never overlap, so the data holds len(tokens) // T of them.
-    """
+    """num_samples distinct, non-overlapping windows tokens[i*T:(i+1)*T], i drawn without replacement with seed:
+    (N, T) int64."""
     available = len(tokens) // seq_len
     if num_samples > available:
         raise AnalysisError(f"the data has {len(tokens)} tokens, i.e. {available} non-overlapping windows of "
@@ -422,8 +403,6 @@ def choose_seq_len(attention_model, seq_len):
 def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch_size=10, device="cpu",
             progress=True, lazy_tolerance=0.0):
     """Per-layer records for windows (N, T) token ids, streaming batch by batch and layer by layer."""
-    from tqdm import tqdm
-
     N, T = windows.shape
     check_seq_len(attention_model, T)
     top = int(windows.max())
@@ -453,13 +432,11 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
     gradients) on windows (N, T), each layer's COLLAPSE_KEYS, and collapse_gradients' grad_q, grad_k and Thm H.1's
     bound_q, bound_k."""
     was_training, threads = model.training, torch.get_num_threads()
-    model.eval()
     # one thread: squared_singular_values' per-core eig threads would leave OpenMP teams spinning beside training
     torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            layers = analyze(GPTAttentions(model, None, "the model in training"), windows, tau, eta,
-                             batch_size=batch_size, device=device, progress=False)
+    try:  # GPTAttentions puts the model in eval mode, its layers() runs without gradients
+        layers = analyze(GPTAttentions(model, None, "the model in training"), windows, tau, eta,
+                         batch_size=batch_size, device=device, progress=False)
     finally:
         torch.set_num_threads(threads)
         model.train(was_training)
@@ -470,23 +447,10 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
 
 
 def collapse_gradients(model, windows, device="cpu"):
-    """The paper's Thm H.1 (App. H) measured: per layer of a plain GPT (not DDP/FSDP-wrapped), the LM loss's gradient
-    norms grad_q = ||dL/dW_Q||_F and grad_k = ||dL/dW_K||_F (W_Q, W_K: the query and key rows of c_attn.weight) and
-    the theorem's upper bounds on them, bound_q and bound_k, with eps, the largest eps of any head and window.
-
-    windows (N, T) token ids: the loss is the mean next-token loss of w[:, t] predicting w[:, t + 1] (the last token
-    predicts nothing), so the attentions are the T x T ones collapse_record measures, and eps is theirs. Gradients
-    come from torch.autograd.grad in eval mode (no dropout): the model's .grad and its train/eval mode are left as
-    they were.
-
-    The theorem, for an eps-sink-collapsed head: the softmax Jacobian of each row has norm <= 2 eps, so
-    ||dL/dW_Q||_F <= 2 eps scale ||X||_2 ||K||_2 ||dL/dA||_F (likewise W_K with Q), X the attention's input (after
-    ln_1), K the head's keys, scale the attention's logit scale. We use ||K||_F >= ||K||_2 (valid, looser): rotary
-    turns each position's key by an orthogonal matrix, which keeps every row's norm and so ||K||_F, but not ||K||_2;
-    ||X||_2 is the spectral norm. The layer's bound is the sum of these over heads and windows (the triangle
-    inequality: the gradient is the sum of their contributions), with dL/dA over all of A's entries (the masked ones
-    included, which only loosens it).
-    """
+    """The paper's Thm H.1 (App. H) measured per layer of a plain GPT (not DDP/FSDP-wrapped) on windows (N, T):
+    grad_q, grad_k = ||dL/dW_Q||_F, ||dL/dW_K||_F and the bounds 2 eps scale ||X||_2 ||K||_F ||dL/dA||_F (Q for
+    bound_k) summed over heads and windows; ||K||_F, not ||K||_2, since rotary keeps only row norms. The model's
+    .grad and train/eval mode are left as they were. docs/analysis.md says more."""
     was_training = model.training
     model.eval()
     w = torch.as_tensor(windows, dtype=torch.long, device=device)
@@ -533,9 +497,6 @@ def collapse_gradients(model, windows, device="cpu"):
 
 
 def build_report(layers, settings, attention_model):
-    # inherit.py --n_layer=auto checks the analysis is of its reference
-    from inheritune.checkpoint import model_fingerprint
-
     suggested, paper_default, reason = recommend_depth(layers)
     return dict(
         model=settings["model"],
@@ -579,8 +540,6 @@ def print_table(report):
 def write_outputs(report, out_dir):
     """heads.csv, layers.csv, settings.csv, three PNG figures and, last, analysis.json (what inherit.py reads) in
     out_dir, each written atomically; returns the paths."""
-    from inheritune.atomic import atomic_write
-
     os.makedirs(out_dir, exist_ok=True)
     tables = {
         "heads.csv": [["layer", "head", "rank", "mass", "sink_share"]]
@@ -604,7 +563,6 @@ def write_outputs(report, out_dir):
 
 
 def save_figure(fig, path):
-    from inheritune.atomic import atomic_write
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -618,7 +576,6 @@ def plot(report, out_dir):
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     layers = report["layers"]
@@ -673,12 +630,6 @@ def plot(report, out_dir):
 
 
 def main(argv=None):
-    from inheritune.checkpoint import CheckpointError
-    from inheritune.configurator import ConfigError, check_device, configure_or_exit
-    from inheritune.data import DataError
-    from inheritune.hf import ModelLoadError
-    from inheritune.tokenizer import TokenizerError
-
     cfg = configure_or_exit(DEFAULTS, argv)
     try:
         if not cfg["data"]:

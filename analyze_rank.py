@@ -5,13 +5,9 @@ Measure attention collapse ("lazy layers") in a decoder LM, as in Inheritune (ar
     python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m
     python analyze_rank.py --model=path/to/any/hf/causal-lm --data=some.txt
 
---model is one of our checkpoints (out_dir or .pt), a GPT-2 name, a Hugging Face GPT-2, Llama, Qwen2 or
-Mistral folder or Hub id (run through model.py's explicit attention path, streamed one layer at a time), or
-any other Hugging Face causal LM (loaded with transformers, attn_implementation="eager",
-output_attentions=True; one batch's attentions of all layers are in memory at a time, so lower --batch_size
-for very large models).
---data is a .bin of token ids (our data preparation; a dataset made with another tokenizer than the model's is
-refused) or a .txt file tokenized with the model's tokenizer.
+--model: our checkpoint, a GPT-2 name, a GPT-2 / Llama / Qwen2 / Mistral folder or Hub id (model.py, one layer at a
+time) or any other Hugging Face causal LM (transformers' eager attention). --data: a .bin of token ids made with the
+model's tokenizer, or a .txt file. docs/analysis.md has the details.
 
 Metrics, for one head's T x T post-softmax attention matrix A of one sequence:
   k*(tau)  smallest k with (s_1^2 + ... + s_k^2) / (s_1^2 + ... + s_T^2) >= tau, s the singular values of A
@@ -80,8 +76,7 @@ def check_threshold(name, value):
 
 
 def is_lazy(max_rank, lazy_tolerance):
-    # compared with 1 + tolerance, not distance <= tolerance: 1.1 - 1 rounds above 0.1, 1 + 0.1 == 1.1;
-    # k* >= 1 always, so at tolerance 0 this is MaxRank == 1: every k* of every head is 1
+    # 1 + tolerance, not distance <= tolerance: 1.1 - 1 rounds above 0.1; k* >= 1, so 0 means every k* is 1
     return max_rank <= 1 + lazy_tolerance
 
 
@@ -129,46 +124,25 @@ def layer_metrics(att, tau=0.9, eta=0.9):
 
 def attention_metrics(att, tau=0.9, eta=0.9):
     """(k_star, m_star): approximate rank and column mass of att (..., T, T), int64 with att's leading shape."""
-    k_star, m_star, _ = layer_metrics(att, tau, eta)
-    return k_star, m_star
+    return layer_metrics(att, tau, eta)[:2]
 
 
 def entropy_and_eps(att):
-    """(each row's attention entropy in nats, averaged over rows; eps of the paper's Thm H.1) of att (..., T, T).
-    A head is eps-sink-collapsed when every row puts at least 1 - eps on one column; in causal attention the only
-    column every row sees is the first, so eps = the most mass a row puts elsewhere (summed off the first column,
-    not 1 - A[i, 0], which rounds to 0 in float32 once eps is below about 6e-8)."""
+    """(each row's attention entropy in nats, averaged over rows; eps of the paper's Thm H.1) of att (..., T, T): eps
+    is the most mass a row puts off the first column, the only one every causal row sees (summed there, as
+    1 - A[i, 0] rounds to 0 in float32 below about 6e-8)."""
     A = att.detach().to(torch.float64)
     entropy = -(A * A.clamp_min(1e-30).log()).sum(-1).mean(-1)
     return entropy, A[..., :, 1:].sum(-1).amax(-1).clamp_max(1)  # (a float32 row can sum to 1 + 1e-7)
 
 
-class HeadStats:
-    """Running sums of k*, m*, p_0 and the entropy, and the largest eps, per (layer, head) over the samples seen."""
-
-    def __init__(self):
-        self.sums = {}  # layer -> (4, n_head) float64: k*, m*, p_0, entropy
-        self.eps = {}  # layer -> (n_head,) float64: the largest eps of any sample
-        self.count = {}
-
-    def add(self, layer, att, tau, eta):
-        k_star, m_star, sink = layer_metrics(att, tau, eta)  # (B, n_head) each
-        entropy, eps = entropy_and_eps(att)
-        batch = torch.stack([k_star.double(), m_star.double(), sink, entropy]).sum(1).cpu()
-        self.sums[layer] = self.sums.get(layer, 0) + batch
-        self.eps[layer] = torch.maximum(self.eps.get(layer, eps.amax(0).cpu()), eps.amax(0).cpu())
-        self.count[layer] = self.count.get(layer, 0) + att.size(0)
-
-    def means(self, layer):
-        return (self.sums[layer] / self.count[layer]).tolist()  # [ranks, masses, sinks, entropies], per head
-
-
-def summarize(stats, near_rank_one, lazy_tolerance=0.0):
-    """The per-layer records of analysis.json from the running sums."""
+def summarize(sums, eps_max, count, near_rank_one, lazy_tolerance=0.0):
+    """The per-layer records of analysis.json from each layer's sums of k*, m*, p_0 and entropy (4, n_head) over
+    count samples and its largest eps (n_head,)."""
     layers = []
-    for layer in sorted(stats.sums):
-        ranks, masses, sinks, entropies = stats.means(layer)
-        eps = stats.eps[layer].tolist()
+    for layer in sorted(sums):
+        ranks, masses, sinks, entropies = (sums[layer] / count).tolist()  # per head
+        eps = eps_max[layer].tolist()
         heads = [dict(head=h, rank=r, mass=m, sink_share=s, entropy=e, eps=x)
                  for h, (r, m, s, e, x) in enumerate(zip(ranks, masses, sinks, entropies, eps))]
         max_rank = max(ranks)
@@ -249,7 +223,6 @@ class GPTAttentions:
         yield from self.model.iter_attentions(idx)
 
     def tokenizer_meta(self):
-        """The model's known tokenizer (ModelSource.known_tokenizer_meta), or None."""
         return self.source.known_tokenizer_meta()
 
     def tokenizer(self):
@@ -409,19 +382,23 @@ def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch
     if top >= attention_model.vocab_size:
         raise AnalysisError(f"the data has token id {top} but the model's vocabulary has {attention_model.vocab_size} "
                             f"ids: the data was made with another tokenizer; prepare it with the model's")
-    stats = HeadStats()
+    sums, eps_max = {}, {}  # layer -> float64 sums over the samples (4, n_head), the largest eps (n_head,)
     n_layer = attention_model.n_layer
     bar = tqdm(total=N * n_layer if n_layer else None, unit="sample-layer", disable=not progress,
                desc=f"analyzing {N} samples x {n_layer} layers")
     for start in range(0, N, batch_size):
         idx = torch.from_numpy(windows[start:start + batch_size]).to(device)
         for layer, att in enumerate(attention_model.layers(idx)):
-            stats.add(layer, att, tau, eta)
+            k_star, m_star, sink = layer_metrics(att, tau, eta)  # (B, n_head) each
+            entropy, eps = entropy_and_eps(att)
+            batch = torch.stack([k_star.double(), m_star.double(), sink, entropy]).sum(1).cpu()
+            sums[layer] = sums.get(layer, 0) + batch
+            eps_max[layer] = torch.maximum(eps_max.get(layer, eps.amax(0).cpu()), eps.amax(0).cpu())
             bar.update(len(idx))
             bar.set_postfix(samples=f"{start + len(idx)}/{N}", layer=layer)
             del att  # free this layer before the next one is computed
     bar.close()
-    return summarize(stats, near_rank_one, lazy_tolerance)
+    return summarize(sums, eps_max, N, near_rank_one, lazy_tolerance)
 
 
 COLLAPSE_KEYS = ("max_rank", "distance_from_lazy", "mean_rank", "avg_mass", "sink_share", "entropy", "eps")
@@ -562,13 +539,14 @@ def write_outputs(report, out_dir):
     return paths
 
 
-def save_figure(fig, path):
+def save_figure(fig, out_dir, name):
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    with atomic_write(path) as f:
+    with atomic_write(os.path.join(out_dir, name)) as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
+    return os.path.join(out_dir, name)
 
 
 def plot(report, out_dir):
@@ -598,8 +576,7 @@ def plot(report, out_dir):
            ylim=(0, 1.3 * max([1 + tolerance] + [rec["max_rank"] for rec in layers])))  # the legend above the bars
     ax.legend(fontsize=8, loc="upper right")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    paths.append(os.path.join(out_dir, "max_rank.png"))
-    save_figure(fig, paths[-1])
+    paths.append(save_figure(fig, out_dir, "max_rank.png"))
 
     grid = np.full((len(layers), report["n_head"]), np.nan)
     for i, rec in enumerate(layers):
@@ -612,8 +589,7 @@ def plot(report, out_dir):
            title=f"{name}\napproximate rank per head (T={report['settings']['seq_len']})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    paths.append(os.path.join(out_dir, "rank_heatmap.png"))
-    save_figure(fig, paths[-1])
+    paths.append(save_figure(fig, out_dir, "rank_heatmap.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, [rec["avg_mass"] for rec in layers], "o-", color="tab:blue")
@@ -624,17 +600,13 @@ def plot(report, out_dir):
     ax2.plot(x, [rec["sink_share"] for rec in layers], "s--", color="tab:orange")
     ax2.set(ylabel="sink share p_0", ylim=(0, 1.05))
     ax.legend(ax.get_lines() + ax2.get_lines(), ["AvgMass", "sink share"], loc="best")
-    paths.append(os.path.join(out_dir, "mass_sink.png"))
-    save_figure(fig, paths[-1])
+    paths.append(save_figure(fig, out_dir, "mass_sink.png"))
     return paths
 
 
 def main(argv=None):
     cfg = configure_or_exit(DEFAULTS, argv)
     try:
-        if not cfg["data"]:
-            raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt "
-                                f"file{offline_model_problem(cfg['model'])}")
         if not os.path.isfile(cfg["data"]):  # before loading what may be a large model
             raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file"
                                 f"{offline_model_problem(cfg['model'])}")

@@ -5,13 +5,9 @@ Measure attention collapse ("lazy layers") in a decoder LM, as in Inheritune (ar
     python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m
     python analyze_rank.py --model=path/to/any/hf/causal-lm --data=some.txt
 
---model is one of our checkpoints (out_dir or .pt), a GPT-2 name, a Hugging Face GPT-2, Llama, Qwen2 or
-Mistral folder or Hub id (run through model.py's explicit attention path, streamed one layer at a time), or
-any other Hugging Face causal LM (loaded with transformers, attn_implementation="eager",
-output_attentions=True; one batch's attentions of all layers are in memory at a time, so lower --batch_size
-for very large models).
---data is a .bin of token ids (our data preparation; a dataset made with another tokenizer than the model's is
-refused) or a .txt file tokenized with the model's tokenizer.
+--model: our checkpoint, a GPT-2 name, a GPT-2 / Llama / Qwen2 / Mistral folder or Hub id (model.py, one layer at a
+time) or any other Hugging Face causal LM (transformers' eager attention). --data: a .bin of token ids made with the
+model's tokenizer, or a .txt file. docs/analysis.md has the details.
 
 Metrics, for one head's T x T post-softmax attention matrix A of one sequence:
   k*(tau)  smallest k with (s_1^2 + ... + s_k^2) / (s_1^2 + ... + s_T^2) >= tau, s the singular values of A
@@ -32,6 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from inheritune.atomic import atomic_write
+from inheritune.checkpoint import CheckpointError, model_fingerprint
+from inheritune.configurator import ConfigError, check_device, configure_or_exit
+from inheritune.data import DataError, check_data_tokenizer, load_meta, open_tokens
+from inheritune.hf import ARCHITECTURES, ModelLoadError, read_hf_config
+from inheritune.hub import hub_unreachable
+from inheritune.source import HF_KINDS, open_source
+from inheritune.tokenizer import HFTokenizer, TokenizerError, hf_tokenizer_meta, tokenizer_from_meta
 
 # Cumulative shares within this relative tolerance of tau / eta count as reaching it: the T x T identity
 # has share exactly k/T for its top k, and rounding must not turn k* = 90 into 91 at tau = 0.9.
@@ -70,8 +76,7 @@ def check_threshold(name, value):
 
 
 def is_lazy(max_rank, lazy_tolerance):
-    # compared with 1 + tolerance, not distance <= tolerance: 1.1 - 1 rounds above 0.1, 1 + 0.1 == 1.1;
-    # k* >= 1 always, so at tolerance 0 this is MaxRank == 1: every k* of every head is 1
+    # 1 + tolerance, not distance <= tolerance: 1.1 - 1 rounds above 0.1; k* >= 1, so 0 means every k* is 1
     return max_rank <= 1 + lazy_tolerance
 
 
@@ -103,11 +108,7 @@ def squared_singular_values(A):
 
 def layer_metrics(att, tau=0.9, eta=0.9):
     """(k_star, m_star, sink_share) of attention matrices att (..., T, T), each with att's leading shape.
-
-    The squared singular values of A are the eigenvalues of A A^T: one batched eigvalsh in float32 (the
-    precision the model computes A in) gives them to ~1e-6 of the total, several times faster on CPU than
-    svdvals on the same stack; the shares are summed in float64.
-    """
+    s_i^2 by a float32 eigvalsh of A A^T (to ~1e-6 of the total, faster on CPU than svdvals); shares in float64."""
     check_threshold("tau", tau)
     check_threshold("eta", eta)
     if att.dim() < 2 or att.size(-1) != att.size(-2):
@@ -123,46 +124,25 @@ def layer_metrics(att, tau=0.9, eta=0.9):
 
 def attention_metrics(att, tau=0.9, eta=0.9):
     """(k_star, m_star): approximate rank and column mass of att (..., T, T), int64 with att's leading shape."""
-    k_star, m_star, _ = layer_metrics(att, tau, eta)
-    return k_star, m_star
+    return layer_metrics(att, tau, eta)[:2]
 
 
 def entropy_and_eps(att):
-    """(each row's attention entropy in nats, averaged over rows; eps of the paper's Thm H.1) of att (..., T, T).
-    A head is eps-sink-collapsed when every row puts at least 1 - eps on one column; in causal attention the only
-    column every row sees is the first, so eps = the most mass a row puts elsewhere (summed off the first column,
-    not 1 - A[i, 0], which rounds to 0 in float32 once eps is below about 6e-8)."""
+    """(each row's attention entropy in nats, averaged over rows; eps of the paper's Thm H.1) of att (..., T, T): eps
+    is the most mass a row puts off the first column, the only one every causal row sees (summed there, as
+    1 - A[i, 0] rounds to 0 in float32 below about 6e-8)."""
     A = att.detach().to(torch.float64)
     entropy = -(A * A.clamp_min(1e-30).log()).sum(-1).mean(-1)
     return entropy, A[..., :, 1:].sum(-1).amax(-1).clamp_max(1)  # (a float32 row can sum to 1 + 1e-7)
 
 
-class HeadStats:
-    """Running sums of k*, m*, p_0 and the entropy, and the largest eps, per (layer, head) over the samples seen."""
-
-    def __init__(self):
-        self.sums = {}  # layer -> (4, n_head) float64: k*, m*, p_0, entropy
-        self.eps = {}  # layer -> (n_head,) float64: the largest eps of any sample
-        self.count = {}
-
-    def add(self, layer, att, tau, eta):
-        k_star, m_star, sink = layer_metrics(att, tau, eta)  # (B, n_head) each
-        entropy, eps = entropy_and_eps(att)
-        batch = torch.stack([k_star.double(), m_star.double(), sink, entropy]).sum(1).cpu()
-        self.sums[layer] = self.sums.get(layer, 0) + batch
-        self.eps[layer] = torch.maximum(self.eps.get(layer, eps.amax(0).cpu()), eps.amax(0).cpu())
-        self.count[layer] = self.count.get(layer, 0) + att.size(0)
-
-    def means(self, layer):
-        return (self.sums[layer] / self.count[layer]).tolist()  # [ranks, masses, sinks, entropies], per head
-
-
-def summarize(stats, near_rank_one, lazy_tolerance=0.0):
-    """The per-layer records of analysis.json from the running sums."""
+def summarize(sums, eps_max, count, near_rank_one, lazy_tolerance=0.0):
+    """The per-layer records of analysis.json from each layer's sums of k*, m*, p_0 and entropy (4, n_head) over
+    count samples and its largest eps (n_head,)."""
     layers = []
-    for layer in sorted(stats.sums):
-        ranks, masses, sinks, entropies = stats.means(layer)
-        eps = stats.eps[layer].tolist()
+    for layer in sorted(sums):
+        ranks, masses, sinks, entropies = (sums[layer] / count).tolist()  # per head
+        eps = eps_max[layer].tolist()
         heads = [dict(head=h, rank=r, mass=m, sink_share=s, entropy=e, eps=x)
                  for h, (r, m, s, e, x) in enumerate(zip(ranks, masses, sinks, entropies, eps))]
         max_rank = max(ranks)
@@ -183,12 +163,8 @@ def summarize(stats, near_rank_one, lazy_tolerance=0.0):
 
 
 def recommend_depth(layers):
-    """(suggested_n_layer, paper_default_n_layer, reason) from the per-layer records.
-
-    Suggested: the leading layers before the first lazy one (at least 1). Without a lazy layer the
-    measurement gives no cut, and we fall back on the paper's default L/2 (inheriting all L layers
-    would not make a smaller model).
-    """
+    """(suggested_n_layer, paper_default_n_layer, reason): the layers before the first lazy one (at least 1); without a
+    lazy layer the paper's default L/2 (inheriting all L layers would not make a smaller model)."""
     n_layer = len(layers)
     paper_default = max(1, n_layer // 2)
     lazy = [rec["layer"] for rec in layers if rec["lazy"]]
@@ -247,13 +223,9 @@ class GPTAttentions:
         yield from self.model.iter_attentions(idx)
 
     def tokenizer_meta(self):
-        """The model's known tokenizer (ModelSource.known_tokenizer_meta), or None."""
         return self.source.known_tokenizer_meta()
 
     def tokenizer(self):
-        from inheritune.data import DataError
-        from inheritune.tokenizer import tokenizer_from_meta
-
         try:
             return tokenizer_from_meta(self.source.tokenizer_meta())
         except DataError as e:
@@ -277,8 +249,6 @@ class HFAttentions:
     def load(cls, source, device):
         """source: a source.ModelSource or its name."""
         from transformers import AutoModelForCausalLM
-
-        from inheritune.source import open_source
 
         source = open_source(source)
         # a Hub id by its name: transformers fetches the weight files a download of ours leaves out (.bin)
@@ -310,8 +280,6 @@ class HFAttentions:
         return self.source.known_tokenizer_meta()
 
     def tokenizer(self):
-        from inheritune.tokenizer import HFTokenizer, TokenizerError, hf_tokenizer_meta
-
         try:
             return HFTokenizer(hf_tokenizer_meta(self.source.path))
         except TokenizerError as e:
@@ -321,9 +289,6 @@ class HFAttentions:
 def load_attention_model(name, device):
     """GPTAttentions for our checkpoints and the families model.py implements (GPT-2 names, GPT-2 / Llama / Qwen2 /
     Mistral folders and Hub ids), else HFAttentions."""
-    from inheritune.hf import ARCHITECTURES, ModelLoadError, read_hf_config
-    from inheritune.source import HF_KINDS, open_source
-
     if not name:
         raise AnalysisError("no --model: pass an out_dir or .pt checkpoint, a GPT-2 name, or a Hugging Face folder")
     source = open_source(name)
@@ -339,11 +304,6 @@ def load_attention_model(name, device):
 
 def offline_model_problem(name):
     """'; and --model: why' when the Hub cannot be reached and name is not found here or in the Hub's cache, else ''."""
-    from inheritune.checkpoint import CheckpointError
-    from inheritune.hf import ModelLoadError
-    from inheritune.hub import hub_unreachable
-    from inheritune.source import open_source
-
     try:
         if name and hub_unreachable():
             open_source(name)
@@ -359,10 +319,6 @@ def offline_model_problem(name):
 def read_tokens(path, attention_model):
     """Token ids of a .bin (our preparation: refused when its meta.json names another tokenizer than the model's)
     or a .txt (tokenized with the model's tokenizer)."""
-    from inheritune.data import check_data_tokenizer, load_meta, open_tokens
-
-    if not os.path.isfile(path):
-        raise AnalysisError(f"--data={path!r}: no such file; pass a .bin of token ids or a .txt file")
     if path.endswith(".bin"):
         data_dir = os.path.dirname(path) or "."
         if os.path.isfile(os.path.join(data_dir, "meta.json")):
@@ -381,10 +337,8 @@ def read_tokens(path, attention_model):
 
 
 def draw_windows(tokens, num_samples, seq_len, seed):
-    """num_samples distinct windows tokens[i*T:(i+1)*T], i drawn without replacement with seed: (N, T) int64.
-
-    Windows never overlap, so the data holds len(tokens) // T of them.
-    """
+    """num_samples distinct, non-overlapping windows tokens[i*T:(i+1)*T], i drawn without replacement with seed:
+    (N, T) int64."""
     available = len(tokens) // seq_len
     if num_samples > available:
         raise AnalysisError(f"the data has {len(tokens)} tokens, i.e. {available} non-overlapping windows of "
@@ -422,27 +376,29 @@ def choose_seq_len(attention_model, seq_len):
 def analyze(attention_model, windows, tau=0.9, eta=0.9, near_rank_one=1.5, batch_size=10, device="cpu",
             progress=True, lazy_tolerance=0.0):
     """Per-layer records for windows (N, T) token ids, streaming batch by batch and layer by layer."""
-    from tqdm import tqdm
-
     N, T = windows.shape
     check_seq_len(attention_model, T)
     top = int(windows.max())
     if top >= attention_model.vocab_size:
         raise AnalysisError(f"the data has token id {top} but the model's vocabulary has {attention_model.vocab_size} "
                             f"ids: the data was made with another tokenizer; prepare it with the model's")
-    stats = HeadStats()
+    sums, eps_max = {}, {}  # layer -> float64 sums over the samples (4, n_head), the largest eps (n_head,)
     n_layer = attention_model.n_layer
     bar = tqdm(total=N * n_layer if n_layer else None, unit="sample-layer", disable=not progress,
                desc=f"analyzing {N} samples x {n_layer} layers")
     for start in range(0, N, batch_size):
         idx = torch.from_numpy(windows[start:start + batch_size]).to(device)
         for layer, att in enumerate(attention_model.layers(idx)):
-            stats.add(layer, att, tau, eta)
+            k_star, m_star, sink = layer_metrics(att, tau, eta)  # (B, n_head) each
+            entropy, eps = entropy_and_eps(att)
+            batch = torch.stack([k_star.double(), m_star.double(), sink, entropy]).sum(1).cpu()
+            sums[layer] = sums.get(layer, 0) + batch
+            eps_max[layer] = torch.maximum(eps_max.get(layer, eps.amax(0).cpu()), eps.amax(0).cpu())
             bar.update(len(idx))
             bar.set_postfix(samples=f"{start + len(idx)}/{N}", layer=layer)
             del att  # free this layer before the next one is computed
     bar.close()
-    return summarize(stats, near_rank_one, lazy_tolerance)
+    return summarize(sums, eps_max, N, near_rank_one, lazy_tolerance)
 
 
 COLLAPSE_KEYS = ("max_rank", "distance_from_lazy", "mean_rank", "avg_mass", "sink_share", "entropy", "eps")
@@ -453,13 +409,11 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
     gradients) on windows (N, T), each layer's COLLAPSE_KEYS, and collapse_gradients' grad_q, grad_k and Thm H.1's
     bound_q, bound_k."""
     was_training, threads = model.training, torch.get_num_threads()
-    model.eval()
     # one thread: squared_singular_values' per-core eig threads would leave OpenMP teams spinning beside training
     torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            layers = analyze(GPTAttentions(model, None, "the model in training"), windows, tau, eta,
-                             batch_size=batch_size, device=device, progress=False)
+    try:  # GPTAttentions puts the model in eval mode, its layers() runs without gradients
+        layers = analyze(GPTAttentions(model, None, "the model in training"), windows, tau, eta,
+                         batch_size=batch_size, device=device, progress=False)
     finally:
         torch.set_num_threads(threads)
         model.train(was_training)
@@ -470,23 +424,10 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
 
 
 def collapse_gradients(model, windows, device="cpu"):
-    """The paper's Thm H.1 (App. H) measured: per layer of a plain GPT (not DDP/FSDP-wrapped), the LM loss's gradient
-    norms grad_q = ||dL/dW_Q||_F and grad_k = ||dL/dW_K||_F (W_Q, W_K: the query and key rows of c_attn.weight) and
-    the theorem's upper bounds on them, bound_q and bound_k, with eps, the largest eps of any head and window.
-
-    windows (N, T) token ids: the loss is the mean next-token loss of w[:, t] predicting w[:, t + 1] (the last token
-    predicts nothing), so the attentions are the T x T ones collapse_record measures, and eps is theirs. Gradients
-    come from torch.autograd.grad in eval mode (no dropout): the model's .grad and its train/eval mode are left as
-    they were.
-
-    The theorem, for an eps-sink-collapsed head: the softmax Jacobian of each row has norm <= 2 eps, so
-    ||dL/dW_Q||_F <= 2 eps scale ||X||_2 ||K||_2 ||dL/dA||_F (likewise W_K with Q), X the attention's input (after
-    ln_1), K the head's keys, scale the attention's logit scale. We use ||K||_F >= ||K||_2 (valid, looser): rotary
-    turns each position's key by an orthogonal matrix, which keeps every row's norm and so ||K||_F, but not ||K||_2;
-    ||X||_2 is the spectral norm. The layer's bound is the sum of these over heads and windows (the triangle
-    inequality: the gradient is the sum of their contributions), with dL/dA over all of A's entries (the masked ones
-    included, which only loosens it).
-    """
+    """The paper's Thm H.1 (App. H) measured per layer of a plain GPT (not DDP/FSDP-wrapped) on windows (N, T):
+    grad_q, grad_k = ||dL/dW_Q||_F, ||dL/dW_K||_F and the bounds 2 eps scale ||X||_2 ||K||_F ||dL/dA||_F (Q for
+    bound_k) summed over heads and windows; ||K||_F, not ||K||_2, since rotary keeps only row norms. The model's
+    .grad and train/eval mode are left as they were. docs/analysis.md says more."""
     was_training = model.training
     model.eval()
     w = torch.as_tensor(windows, dtype=torch.long, device=device)
@@ -533,9 +474,6 @@ def collapse_gradients(model, windows, device="cpu"):
 
 
 def build_report(layers, settings, attention_model):
-    # inherit.py --n_layer=auto checks the analysis is of its reference
-    from inheritune.checkpoint import model_fingerprint
-
     suggested, paper_default, reason = recommend_depth(layers)
     return dict(
         model=settings["model"],
@@ -579,8 +517,6 @@ def print_table(report):
 def write_outputs(report, out_dir):
     """heads.csv, layers.csv, settings.csv, three PNG figures and, last, analysis.json (what inherit.py reads) in
     out_dir, each written atomically; returns the paths."""
-    from inheritune.atomic import atomic_write
-
     os.makedirs(out_dir, exist_ok=True)
     tables = {
         "heads.csv": [["layer", "head", "rank", "mass", "sink_share"]]
@@ -603,14 +539,14 @@ def write_outputs(report, out_dir):
     return paths
 
 
-def save_figure(fig, path):
-    from inheritune.atomic import atomic_write
+def save_figure(fig, out_dir, name):
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    with atomic_write(path) as f:
+    with atomic_write(os.path.join(out_dir, name)) as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
+    return os.path.join(out_dir, name)
 
 
 def plot(report, out_dir):
@@ -618,7 +554,6 @@ def plot(report, out_dir):
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     layers = report["layers"]
@@ -641,8 +576,7 @@ def plot(report, out_dir):
            ylim=(0, 1.3 * max([1 + tolerance] + [rec["max_rank"] for rec in layers])))  # the legend above the bars
     ax.legend(fontsize=8, loc="upper right")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    paths.append(os.path.join(out_dir, "max_rank.png"))
-    save_figure(fig, paths[-1])
+    paths.append(save_figure(fig, out_dir, "max_rank.png"))
 
     grid = np.full((len(layers), report["n_head"]), np.nan)
     for i, rec in enumerate(layers):
@@ -655,8 +589,7 @@ def plot(report, out_dir):
            title=f"{name}\napproximate rank per head (T={report['settings']['seq_len']})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    paths.append(os.path.join(out_dir, "rank_heatmap.png"))
-    save_figure(fig, paths[-1])
+    paths.append(save_figure(fig, out_dir, "rank_heatmap.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, [rec["avg_mass"] for rec in layers], "o-", color="tab:blue")
@@ -667,23 +600,13 @@ def plot(report, out_dir):
     ax2.plot(x, [rec["sink_share"] for rec in layers], "s--", color="tab:orange")
     ax2.set(ylabel="sink share p_0", ylim=(0, 1.05))
     ax.legend(ax.get_lines() + ax2.get_lines(), ["AvgMass", "sink share"], loc="best")
-    paths.append(os.path.join(out_dir, "mass_sink.png"))
-    save_figure(fig, paths[-1])
+    paths.append(save_figure(fig, out_dir, "mass_sink.png"))
     return paths
 
 
 def main(argv=None):
-    from inheritune.checkpoint import CheckpointError
-    from inheritune.configurator import ConfigError, check_device, configure_or_exit
-    from inheritune.data import DataError
-    from inheritune.hf import ModelLoadError
-    from inheritune.tokenizer import TokenizerError
-
     cfg = configure_or_exit(DEFAULTS, argv)
     try:
-        if not cfg["data"]:
-            raise AnalysisError("no --data: pass a .bin of token ids (e.g. data/shakespeare_char/val.bin) or a .txt "
-                                f"file{offline_model_problem(cfg['model'])}")
         if not os.path.isfile(cfg["data"]):  # before loading what may be a large model
             raise AnalysisError(f"--data={cfg['data']!r}: no such file; pass a .bin of token ids or a .txt file"
                                 f"{offline_model_problem(cfg['model'])}")

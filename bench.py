@@ -11,34 +11,14 @@ Benchmarks, one measurement per --what; every flag is --key=value (python bench.
     python bench.py --what=memory --nproc=4 --n_layer=24 --fsdp_cpu_offload=True
     python bench.py --what=rank      # the full size (a few minutes: the numpy loop is the slow part)
 
---what=throughput: training throughput of model.py against Hugging Face transformers' GPT2LMHeadModel (--arch=gpt2)
-or LlamaForCausalLM (--arch=llama: RMSNorm, SwiGLU, rotary embeddings, grouped-query attention, untied head) of the
-identical shape. Both sides run the same training step on the same batches: forward, the same cross-entropy on the
-same targets, backward, and the same AdamW set-up (model.configure_optimizers), eager and under torch.compile.
-Timings alternate between the models in rounds and keep each model's best round, so a machine that is busy now and
-then slows both sides alike.
-
---what=memory: peak memory per process of train.py under DDP and under FSDP (--fsdp=True) for the same model, on CPU
-with gloo: each torchrun worker's peak resident set size (VmHWM in /proc/PID/status, read until the worker exits), so
-the figure is the whole run's peak: start-up, training steps, evaluation and the checkpoint save. Linux only (it reads
-/proc). The expected state per process, fp32: DDP holds weights, gradients, DDP's gradient buckets and AdamW's two
-moments, 20 bytes a parameter; FSDP holds 16 bytes a parameter / processes, plus one block's gathered parameters and
-gradients at a time. Rank 0 under FSDP also builds the whole model in CPU memory at start-up (4 bytes a parameter),
-before sharding it. glibc's malloc raises its mmap threshold (up to 32 MiB) after large blocks are freed, and then
-serves FSDP's per-block gather and gradient buffers, allocated and freed at every block of every step, from its heap,
-which fragments and keeps the peak RSS up; --malloc_mmap_threshold sets MALLOC_MMAP_THRESHOLD_ for the workers (a
-fixed threshold: freed buffers go back to the system). GPUs have their own caching allocator and no such effect.
-
---what=rank: analyze_rank.py on CPU, a GPT-2-medium-shaped model (24 layers x 16 heads, n_embd 1024, random weights,
-a small vocabulary since the LM head is never used) at N = 100 sequences of T = 100 tokens. It times, in one run:
-  1. the whole analysis as a user runs it (analyze_rank.analyze: forward passes + batched metrics);
-  2. on the same attention matrices, layer by layer: our batched metrics vs a straightforward loop over
-     samples and heads with np.linalg.svd per matrix (float64, numpy's default full SVD), checking that
-     both give the same k* and m*. np.linalg.svd(compute_uv=False), a stronger baseline, is timed on the
-     first batch and reported per matrix as well.
+--what=throughput: training steps (forward, cross-entropy, backward, the same AdamW set-up) of model.py against
+transformers' GPT2LMHeadModel (--arch=gpt2) or LlamaForCausalLM (--arch=llama) of the identical shape, on the same
+batches, eager and compiled; the models alternate in rounds and each keeps its best, so a busy machine slows both.
+--what=memory: each torchrun worker's peak RSS (VmHWM, Linux only) over a whole train.py run, DDP vs FSDP on CPU.
+--what=rank: analyze_rank.py on a GPT-2-medium-shaped random model, its batched metrics vs an np.linalg.svd loop.
+What each measures and why, with the figures: docs/benchmarks.md and BENCHMARKS.md.
 """
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -49,12 +29,14 @@ from contextlib import nullcontext
 from types import SimpleNamespace
 
 import numpy as np
+import psutil
 import torch
 from torch.nn import functional as F
 
 from analyze_rank import GPTAttentions, analyze, layer_metrics
 from inheritune import perf
 from inheritune.configurator import check_device, overrides_or_exit
+from inheritune.hf import hf_config_from_gpt
 from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -111,8 +93,6 @@ def hf_forward(model, x, y):
 def make_hf_model(config):
     """transformers' model of config's shape: hf.py's export config (GPT2LMHeadModel or LlamaForCausalLM)."""
     from transformers import AutoModelForCausalLM
-
-    from inheritune.hf import hf_config_from_gpt
 
     # scaled_dot_product_attention, as model.py (flash kernels on GPU)
     return AutoModelForCausalLM.from_config(hf_config_from_gpt(config), attn_implementation="sdpa")
@@ -171,10 +151,9 @@ class Runner:
 
 
 def throughput(args):
-    device_type = "cuda" if args.device.startswith("cuda") else "mps" if args.device.startswith("mps") else "cpu"
+    device_type = torch.device(args.device).type
     dtype = args.dtype if args.dtype != "auto" else "bfloat16" if device_type == "cuda" else "float32"
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    autocast_ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+    autocast_ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -182,9 +161,6 @@ def throughput(args):
     gpu_name, peak_flops = perf.gpu_peak_flops(args.device)
     print(f"shape: {config}, batch {args.batch_size}, {dtype} on {gpu_name or args.device}, "
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    if args.hf and importlib.util.find_spec("transformers") is None:
-        print("transformers is not installed: timing model.py alone (pip install transformers to compare)")
-        args.hf = False
     if args.hf and args.arch == "gpt2" and not args.bias:
         print("note: bias=False here, but transformers' GPT-2 has biases: the comparison is not like for like")
 
@@ -239,20 +215,13 @@ def throughput(args):
 def worker_peaks(parent):
     """{RANK: VmHWM in kB} of the torchrun workers that are children of pid parent."""
     peaks = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
+    for worker in psutil.Process(parent).children():
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != parent:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-            with open(f"/proc/{entry}/status") as f:
-                hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        except (OSError, ValueError, IndexError, StopIteration):
-            continue  # gone, or not ours to read
-        if b"RANK" in env:
-            peaks[int(env[b"RANK"])] = hwm
+            rank = int(worker.environ()["RANK"])
+            with open(f"/proc/{worker.pid}/status") as f:  # the peak RSS, which psutil does not read
+                peaks[rank] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        except (psutil.Error, OSError, KeyError, StopIteration):
+            continue  # gone, or not a worker
     return peaks
 
 

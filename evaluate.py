@@ -5,14 +5,10 @@ Zero-shot evaluation through lm-evaluation-harness, the paper's downstream table
     python evaluate.py --model=gpt2-medium --tasks=paper_xl --device=cuda --batch_size=auto --out=results.json
     python evaluate.py --model=out-inherit --tasks=my_task --include_path=my_tasks/ --limit=100
 
---model is one of our checkpoints (an out_dir or .pt file: written to a temporary Hugging Face folder with
-export_hf.py's export and evaluated there, so the numbers are those of `lm_eval --model hf --model_args
-pretrained=FOLDER` on the exported folder), a Hugging Face model folder (any causal LM lm-eval's `hf` model
-loads, with its tokenizer) or a GPT-2 name; --model_args passes lm-eval's other hf arguments (dtype=bfloat16,
-prefix_token_id=0, ...). --tasks is `paper` (arc_easy, piqa, sciq, hellaswag,
-lambada_openai), `paper_xl` (those and winogrande, boolq, wikitext) or a comma list of lm-eval task names.
-The task code is lm-eval's: this script resolves the model, checks the task names and prints the table.
-lm-eval is an optional dependency: pip install 'lm-eval[hf]'.
+--model is one of our checkpoints (exported to a temporary folder as export_hf.py writes it, so the numbers are
+those of `lm_eval --model hf --model_args pretrained=FOLDER`), a Hugging Face model folder or a GPT-2 name;
+--model_args passes lm-eval's other hf arguments (dtype=bfloat16, prefix_token_id=0, ...). --tasks is `paper`,
+`paper_xl` or a comma list of lm-eval task names (docs/evaluation.md). lm-eval is optional: pip install 'lm-eval[hf]'.
 """
 
 import difflib
@@ -22,6 +18,9 @@ import os
 import sys
 import tempfile
 
+import torch
+
+from export_hf import export
 from inheritune.atomic import atomic_write
 from inheritune.checkpoint import CheckpointError
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
@@ -96,8 +95,6 @@ def limit_arg(limit):
 def hf_folder(source, workdir):
     """A Hugging Face folder for source: our checkpoint exported into workdir (as export_hf.py writes it), an HF
     folder as it is, a Hub model from the Hub (or its cache)."""
-    from export_hf import export
-
     source = open_source(source)
     if source.kind in HF_KINDS:
         return source.path
@@ -159,8 +156,6 @@ def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewsh
         raise EvalError(f"evaluate.py needs lm-evaluation-harness with its Hugging Face extra ({e.name} is not "
                         f"installed): pip install 'lm-eval[hf]'") from None
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     check_device(device)
     batch, limit = batch_size_arg(str(batch_size)), limit_arg(limit)

@@ -6,15 +6,9 @@ transformers, lm-evaluation-harness and the Hub.
     lm_eval --model hf --model_args pretrained=hf-inherit --tasks lambada_openai,hellaswag
     python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf-inherit')('Hello'))"
 
---out is always a folder, created if missing: config.json + model.safetensors (hf.export_hf; transformers'
-class of the same architecture gives the same logits) and the model's tokenizer, so AutoTokenizer and lm_eval
-load it with no network: for GPT-2 BPE, GPT-2's files (vocab.json, merges.txt from data/gpt2_bpe/,
-tokenizer_config.json); for character-level models, a tokenizer.json that maps each character to its id as our
-CharTokenizer does; for a model inherited from a Hugging Face folder (Llama 3, Qwen2.5, ...) or trained on data
-prepared with its tokenizer, that folder's tokenizer files, and its architecture (Mistral stays Mistral).
-The folder is built under a temporary name and swapped in whole, with the permissions of a plain mkdir
-(0755 / 0644 under umask 022). An existing --out is replaced only when it holds an earlier export and nothing
-else; any other folder (a checkpoint's out_dir, a downloaded model) is refused.
+--out is a folder: config.json + model.safetensors (hf.export_hf) and the model's tokenizer files, so AutoTokenizer
+and lm_eval load it offline (docs/evaluation.md says which tokenizer each model gets). It is written under a temporary
+name and swapped in whole; an existing --out is replaced only when it holds an earlier export and nothing else.
 """
 
 import os
@@ -83,14 +77,11 @@ def main(argv=None):
         meta = export(**config)
     except (ExportError, CheckpointError, ModelLoadError, DataError, TokenizerError) as e:
         sys.exit(f"error: {e}")
-    if meta["tokenizer"] == "gpt2":
-        print(f"wrote {config['out']} (config.json, model.safetensors, GPT-2 tokenizer files)")
+    files = {"gpt2": "GPT-2 tokenizer files", "hf": f"the tokenizer files of {meta.get('tokenizer_source')}",
+             "char": "a character-level tokenizer.json"}[meta["tokenizer"]]
+    print(f"wrote {config['out']} (config.json, model.safetensors, {files})")
+    if meta["tokenizer"] != "char":
         return
-    if meta["tokenizer"] == "hf":
-        print(f"wrote {config['out']} (config.json, model.safetensors, the tokenizer files of "
-              f"{meta['tokenizer_source']})")
-        return
-    print(f"wrote {config['out']} (config.json, model.safetensors, a character-level tokenizer.json)")
     prefix = meta["chars"].index("\n") if "\n" in meta["chars"] else 0
     print(f"note: the character-level tokenizer has no BOS/EOS token, which lm_eval needs as a prefix: pass "
           f"--model_args pretrained={config['out']},prefix_token_id={prefix}"

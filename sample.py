@@ -86,7 +86,6 @@ def sample(init_from, start, num_samples, max_new_tokens, temperature, top_k, se
     x = torch.tensor([encode_start(tokenizer, read_start(start))], dtype=torch.long, device=device)
     device_type = "cuda" if "cuda" in device else "cpu"
     autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
-    torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     samples = []
     with autocast:

@@ -104,11 +104,6 @@ def vocab_fingerprint(vocab):
     return hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def gpt2_vocab():
-    with open(os.path.join(GPT2_BPE_DIR, "encoder.json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
 def hf_tokenizer_meta(source):
     """What meta.json records of a Hugging Face tokenizer: its source, vocabulary size and fingerprint, and the
     model's document conventions. A document starts with BOS when the tokenizer adds one by itself (Llama 2 and 3,
@@ -168,7 +163,8 @@ def tokenizer_from_meta(meta):
 def meta_fingerprint(meta):
     """The vocabulary fingerprint of a meta.json's tokenizer (computed for gpt2 and char, recorded for hf)."""
     if meta["tokenizer"] == "gpt2":
-        return vocab_fingerprint(gpt2_vocab())
+        with open(os.path.join(GPT2_BPE_DIR, "encoder.json"), encoding="utf-8") as f:
+            return vocab_fingerprint(json.load(f))
     if meta["tokenizer"] == "char":
         return vocab_fingerprint({c: i for i, c in enumerate(meta["chars"])})
     return meta.get("tokenizer_fingerprint")

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from inheritune.configurator import configure_or_exit
-from inheritune.data import TOKEN_DTYPES, DataError, check_token_dtype, dtype_for_vocab, write_dataset
+from inheritune.data import TOKEN_DTYPES, DataError, dtype_for_vocab, write_dataset
 from inheritune.hf import ModelLoadError
 from inheritune.hub import hub_unreachable
 from inheritune.source import open_source
@@ -228,7 +228,7 @@ def prepare(dataset, subset, split, revision, text_column, tokenizer, input, max
             out_dir):
     """Load, split, tokenize and write a corpus (the script's config as arguments); returns meta.json's dict."""
     tokenizer_part = tokenizer_meta(tokenizer)  # before any long work
-    check_token_dtype(tokenizer_part["vocab_size"])
+    dtype_for_vocab(tokenizer_part["vocab_size"])  # a vocabulary too large for the .bin format is refused here
     if os.path.isfile(out_dir):
         raise DataError(f"out_dir {out_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
     docs = load_documents(dataset, subset, split, revision, input, text_column, max_docs)

@@ -49,7 +49,9 @@ def load_meta(data_dir):
 
 def dtype_for_vocab(vocab_size):
     """The smallest token dtype that holds ids below vocab_size: "uint16" up to 65,536 ids, else "uint32"."""
-    check_token_dtype(vocab_size)
+    if vocab_size > np.iinfo(np.uint32).max + 1:
+        raise DataError(f"a vocabulary of {vocab_size} ids does not fit the uint32 .bin format "
+                        f"(at most {np.iinfo(np.uint32).max + 1}); use a tokenizer with a smaller vocabulary")
     return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
 
 
@@ -92,12 +94,6 @@ def run_tokenizer_meta(run_config, vocab_size):
                     + (f"is not in {' or '.join(looked_in)}" if dataset else "is unknown (no 'dataset' in its config)")
                     + ": prepare that dataset (e.g. python data/shakespeare/prepare.py) to get its tokenizer, or keep "
                     "a Hugging Face model's tokenizer files in its folder")
-
-
-def check_token_dtype(vocab_size):
-    if vocab_size > np.iinfo(np.uint32).max + 1:
-        raise DataError(f"a vocabulary of {vocab_size} ids does not fit the uint32 .bin format "
-                        f"(at most {np.iinfo(np.uint32).max + 1}); use a tokenizer with a smaller vocabulary")
 
 
 def write_tokens(path, ids, total=None, desc=None, dtype=TOKEN_DTYPE):

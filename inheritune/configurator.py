@@ -54,14 +54,6 @@ def _check(key, value, defaults, where, comments):
     return value
 
 
-def parse_value(text):
-    """--key=value's value: a Python literal (3, 1e-4, True, None, 'x'), else the plain string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def key_comments(source_file):
     """{key: the comment at the end of the line that assigns key} in a script's source: its --help text."""
     try:
@@ -165,7 +157,10 @@ def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=Non
             if "=" not in arg:
                 raise ConfigError(f"argument {arg} has no value: write {arg}=VALUE")
             key, text = arg[2:].split("=", 1)
-            value = parse_value(text)
+            try:  # a Python literal (3, 1e-4, True, None, 'x'), else the plain string
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
             if isinstance(defaults.get(key), str) and not isinstance(value, str) and value is not None:
                 value = text  # a string key given something that parses as a number, e.g. --wandb_run_name=1
             given[key] = _check(key, value, defaults, f"--{key}", comments)

@@ -13,6 +13,7 @@ validation windows are a fixed set, the same at every eval and in every run with
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,12 +159,7 @@ SHAKESPEARE_VAL_FRACTION = 0.1
 
 def shakespeare_works():
     """[(file name, text)] of the 42 works, in file-name order."""
-    names = sorted(f for f in os.listdir(SHAKESPEARE_TEXTS) if f.endswith(".txt"))
-    works = []
-    for name in names:
-        with open(os.path.join(SHAKESPEARE_TEXTS, name), encoding="utf-8") as f:
-            works.append((name, f.read()))
-    return works
+    return [(path.name, path.read_text(encoding="utf-8")) for path in sorted(Path(SHAKESPEARE_TEXTS).glob("*.txt"))]
 
 
 def split_work(text, val_fraction=SHAKESPEARE_VAL_FRACTION):

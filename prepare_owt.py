@@ -188,13 +188,8 @@ def tokenize_batch(batch, meta):
     key = meta.get("tokenizer_fingerprint", meta["tokenizer"])
     if key not in _tokenizers:
         _tokenizers[key] = GPT2Tokenizer() if meta["tokenizer"] == "gpt2" else HFTokenizer(meta)
-    tokenizer = _tokenizers[key]
     dtype = TOKEN_DTYPES[dtype_for_vocab(meta["vocab_size"])]
-    if meta["tokenizer"] == "gpt2":
-        docs = [tokenizer.encode(text) + [tokenizer.eot] for text in batch["text"]]
-    else:
-        docs = tokenizer.encode_documents(batch["text"])
-    ids = [np.array(doc, dtype=dtype) for doc in docs]
+    ids = [np.array(doc, dtype=dtype) for doc in _tokenizers[key].encode_documents(batch["text"])]
     return {"ids": ids, "len": [len(x) for x in ids]}
 
 

@@ -2,12 +2,9 @@
 Tokenized datasets on disk and the windows drawn from them.
 
 A prepared dataset is a folder with train.bin / val.bin (token ids, read as np.memmap) and meta.json
-({"tokenizer": "gpt2" | "char" | "hf", "vocab_size": ..., "chars": ... for char, the source, fingerprint and
-BOS/EOS conventions for hf (tokenizer.hf_tokenizer_meta), token counts}). Ids are uint16, or uint32 for
-vocabularies above 65,536 (Llama 3, Qwen2.5), which meta.json then records as "dtype": "uint32"; a meta.json
-without "dtype" (every dataset made before) is uint16.
-Training windows come from a seeded torch.Generator whose state is checkpointed (exact resume);
-validation windows are a fixed set, the same at every eval and in every run with the same seed.
+({"tokenizer": "gpt2" | "char" | "hf", "vocab_size": ..., "chars" for char, tokenizer.hf_tokenizer_meta for hf,
+token counts, and "dtype": "uint32" above 65,536 ids; without it, uint16}). Training windows come from a seeded
+torch.Generator whose state is checkpointed (exact resume); validation windows are a fixed set per seed.
 """
 
 import json
@@ -183,7 +180,7 @@ def prepare_shakespeare(out_dir=None, tokenizer="char"):
         meta = dict(tokenizer="char", vocab_size=tok.n_vocab, chars=tok.chars)
     elif tokenizer == "gpt2":
         tok = GPT2Tokenizer()
-        ids = {split: [np.array(doc + [tok.eot], dtype=TOKEN_DTYPE) for doc in tok.enc.encode_ordinary_batch(texts)]
+        ids = {split: [np.array(doc, dtype=TOKEN_DTYPE) for doc in tok.encode_documents(texts)]
                for split, texts in parts.items()}
         meta = dict(tokenizer="gpt2", vocab_size=tok.n_vocab, eot_token=tok.eot)
     else:

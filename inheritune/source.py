@@ -88,9 +88,8 @@ def did_you_mean(name):
 
 
 class ModelSource:
-    """A model on disk, located: name (as given), kind (see above), path (the ckpt.pt file, the ckpt.dcp/ folder
-    or the Hugging Face folder), checkpoint (ours: the checkpoint dict without its weights; None for Hugging Face
-    models). Its config, weights and tokenizer are read when asked for."""
+    """A model on disk, located: name (as given), kind (see above), path (ckpt.pt, ckpt.dcp/ or the Hugging Face
+    folder), checkpoint (ours: the dict without its weights; else None); the rest is read when asked for."""
 
     def __init__(self, name, kind, path):
         self.name, self.kind, self.path = name, kind, path

@@ -74,6 +74,9 @@ class GPT2Tokenizer:
     def encode(self, text):
         return self.enc.encode_ordinary(text)
 
+    def encode_documents(self, texts):
+        return [ids + [self.eot] for ids in self.enc.encode_ordinary_batch(texts)]
+
     def decode(self, ids):
         return self.enc.decode(list(ids))
 

@@ -157,8 +157,7 @@ class CausalSelfAttention(nn.Module):
 
     def flash_attention(self, q, k, v):
         dropout_p = self.dropout if self.training else 0.0
-        # enable_gqa: grouped k, v without copies in the CPU and CUDA flash kernels (on CUDA in fp16/bf16;
-        # other CUDA backends may fall back to the math kernel, as transformers' SDPA attention does)
+        # enable_gqa: grouped k, v without copies in the flash kernels (other CUDA backends may use the math kernel)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=self.scale,
                                               enable_gqa=self.n_kv_head != self.n_head)
 

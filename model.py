@@ -122,17 +122,12 @@ def llama3_inv_freq(inv_freq, factor, low_freq_factor, high_freq_factor, origina
 
 
 def rope_cos_sin(config, T, device):
-    """cos and sin (T, head_size) of the rotary embedding of positions 0..T-1, in float32.
-
-    Hugging Face's layout: dimension j of a head is rotated together with dimension j + head_size/2.
-    Computed per forward pass (a few small ops) rather than stored, so no buffer depends on block_size or dtype.
-    """
+    """cos and sin (T, head_size) of the rotary embedding of positions 0..T-1, in float32, in Hugging Face's layout
+    (dimension j rotates with j + head_size/2); computed per forward, so no buffer depends on block_size or dtype."""
     hd = config.head_size
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
     if config.rope_scaling:
-        s = config.rope_scaling
-        inv_freq = llama3_inv_freq(inv_freq, s["factor"], s["low_freq_factor"], s["high_freq_factor"],
-                                   s["original_max_position_embeddings"])
+        inv_freq = llama3_inv_freq(inv_freq, **{k: v for k, v in config.rope_scaling.items() if k != "rope_type"})
     freqs = torch.outer(torch.arange(T, device=device).float(), inv_freq)
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos(), angles.sin()
@@ -162,8 +157,7 @@ class CausalSelfAttention(nn.Module):
 
     def flash_attention(self, q, k, v):
         dropout_p = self.dropout if self.training else 0.0
-        # enable_gqa: grouped k, v without copies in the CPU and CUDA flash kernels (on CUDA in fp16/bf16;
-        # other CUDA backends may fall back to the math kernel, as transformers' SDPA attention does)
+        # enable_gqa: grouped k, v without copies in the flash kernels (other CUDA backends may use the math kernel)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=self.scale,
                                               enable_gqa=self.n_kv_head != self.n_head)
 
@@ -288,11 +282,8 @@ class GPT(nn.Module):
         return rope_cos_sin(self.config, T, device) if self.config.pos_emb == "rope" else None
 
     def forward(self, idx, targets=None, return_attn=False):
-        """Returns (logits, loss), or (logits, loss, attentions) with return_attn=True.
-
-        logits cover every position, (B, T, vocab_size); loss is None without targets;
-        attentions is a list with one (B, n_head, T, T) tensor of softmax probabilities per layer.
-        """
+        """(logits (B, T, vocab_size), loss or None without targets), and with return_attn=True attentions: one
+        (B, n_head, T, T) tensor of softmax probabilities per layer."""
         x = self.embed(idx)
         rope = self.rope(idx.size(1), idx.device)
         attentions = []
@@ -304,16 +295,11 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
-        if return_attn:
-            return logits, loss, attentions
-        return logits, loss
+        return (logits, loss, attentions) if return_attn else (logits, loss)
 
     def iter_attentions(self, idx):
-        """Yield each layer's (B, n_head, T, T) attention probabilities in turn (the explicit path).
-
-        Unlike forward(return_attn=True), only one layer's attention is alive at a time, and the final
-        norm and LM head are skipped: analyze_rank.py streams through deep models this way.
-        """
+        """Yield each layer's (B, n_head, T, T) attention probabilities in turn, one alive at a time and without the
+        final norm and LM head: analyze_rank.py streams through deep models this way."""
         x = self.embed(idx)
         rope = self.rope(idx.size(1), idx.device)
         for block in self.transformer.h:
@@ -344,11 +330,8 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def flops_per_token(self, T):
-        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T.
-
-        N = get_num_params(): every weight a matmul uses (grouped-query k/v and SwiGLU's three projections at
-        their real sizes, the LM head once); H Q = n_head * head_size, the attention width q k^T and att v run at.
-        """
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T; N = get_num_params() (every
+        weight a matmul uses, at its real size), H Q = n_head * head_size (the width q k^T and att v run at)."""
         cfg = self.config
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.head_size * T
 

@@ -7,28 +7,27 @@ Tokenize a text corpus into out_dir/train.bin, val.bin (token ids) and meta.json
     python prepare_owt.py --max_docs=2000 --out_dir=data/owt_tiny          # a quick run: streams 2000 documents
     python prepare_owt.py --tokenizer=/models/Llama-3.2-1B --input=my_corpus/ --out_dir=data/my_corpus_llama3
 
-By default each document is encoded with tiktoken's gpt2 encoding (encode_ordinary: "<|endoftext|>" in the
-text is plain text) and followed by the end-of-text token 50256, as uint16. --tokenizer=FOLDER_OR_HUB_ID
-encodes with that model's own tokenizer (AutoTokenizer; special tokens in the text are plain text), each
-document as the model was pre-trained: its BOS first if the tokenizer adds one (Llama, Mistral), its EOS
-last; meta.json records the tokenizer's source, vocabulary fingerprint and these conventions. Vocabularies
-above 65,536 ids (Llama 3, Qwen2.5) are written as uint32 ("dtype" in meta.json). A fixed-seed random
-val_fraction of the documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a
-.jsonl file has one document per line (its text_column), a .parquet file one per row; a folder is all such
-files in it, recursively (empty files are skipped). --dataset may also be a folder written by datasets' save_to_disk.
-The .bin files are written under temporary names and renamed when all are complete, then meta.json: a
-failed run leaves out_dir as it was (out_dir is always a folder, created if missing).
+Each document is encoded with GPT-2 BPE (special tokens in the text are plain text) followed by <|endoftext|>, or
+with --tokenizer's model's own tokenizer as that model was pre-trained (its BOS first if it adds one, its EOS last;
+meta.json records the tokenizer, its fingerprint and these conventions). A fixed-seed random val_fraction of the
+documents (at least one) goes to val.bin. Local inputs: a .txt file is one document, a .jsonl file one per line,
+a .parquet file one per row; a folder is all such files in it, recursively. A failed run leaves out_dir as it was.
 """
 
 import json
 import os
 import sys
 
+import datasets
 import numpy as np
+import pyarrow.compute as pc
+from tqdm import tqdm
 
 from inheritune.configurator import configure_or_exit
-from inheritune.data import TOKEN_DTYPES, DataError, check_token_dtype, dtype_for_vocab, write_dataset
+from inheritune.data import TOKEN_DTYPES, DataError, dtype_for_vocab, write_dataset
+from inheritune.hf import ModelLoadError
 from inheritune.hub import hub_unreachable
+from inheritune.source import open_source
 from inheritune.tokenizer import GPT2Tokenizer, HFTokenizer, TokenizerError, hf_tokenizer_meta
 
 DEFAULTS = dict(
@@ -102,8 +101,6 @@ def first_bad_json_line(files):
 
 def read_files(builder, files, path, ext):
     """datasets.load_dataset(builder) of files; a file it cannot read is named (with the line, for .jsonl)."""
-    import datasets
-
     kwargs = dict(sample_by="document") if builder == "text" else {}
     try:
         return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
@@ -117,8 +114,6 @@ def read_files(builder, files, path, ext):
 
 def load_local(path, text_column):
     """Documents of local files: a .txt file is one document, .jsonl one per line, .parquet one per row."""
-    import datasets
-
     files = [f for f in local_files(path) if os.path.getsize(f) > 0]  # datasets' json reader fails on empty files
     parts = []
     for ext, builder in ((".txt", "text"), (".jsonl", "json"), (".parquet", "parquet")):
@@ -135,8 +130,6 @@ def load_local(path, text_column):
 
 def load_hub(name, subset, split, revision, max_docs):
     """A Hub dataset split (or its first max_docs documents, streamed), or a local save_to_disk folder."""
-    import datasets
-
     if os.path.isdir(name) and any(os.path.isfile(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json")):
         ds = datasets.load_from_disk(name)
         if isinstance(ds, datasets.DatasetDict):
@@ -150,8 +143,6 @@ def load_hub(name, subset, split, revision, max_docs):
     def load(**kwargs):
         if not max_docs:
             return datasets.load_dataset(name, **kwargs)
-        from tqdm import tqdm
-
         stream = datasets.load_dataset(name, streaming=True, **kwargs).take(max_docs)
         return datasets.Dataset.from_list(list(tqdm(stream, total=max_docs, desc=f"streaming {name}")))
 
@@ -197,21 +188,13 @@ def tokenize_batch(batch, meta):
     key = meta.get("tokenizer_fingerprint", meta["tokenizer"])
     if key not in _tokenizers:
         _tokenizers[key] = GPT2Tokenizer() if meta["tokenizer"] == "gpt2" else HFTokenizer(meta)
-    tokenizer = _tokenizers[key]
     dtype = TOKEN_DTYPES[dtype_for_vocab(meta["vocab_size"])]
-    if meta["tokenizer"] == "gpt2":
-        docs = [tokenizer.encode(text) + [tokenizer.eot] for text in batch["text"]]
-    else:
-        docs = tokenizer.encode_documents(batch["text"])
-    ids = [np.array(doc, dtype=dtype) for doc in docs]
+    ids = [np.array(doc, dtype=dtype) for doc in _tokenizers[key].encode_documents(batch["text"])]
     return {"ids": ids, "len": [len(x) for x in ids]}
 
 
 def tokenizer_meta(tokenizer):
     """meta.json's tokenizer part for --tokenizer (gpt2, or a Hugging Face folder / Hub id, or a .gguf file)."""
-    from inheritune.hf import ModelLoadError
-    from inheritune.source import open_source
-
     if tokenizer == "gpt2":
         gpt2 = GPT2Tokenizer()
         return dict(tokenizer="gpt2", vocab_size=gpt2.n_vocab, eot_token=gpt2.eot)
@@ -223,8 +206,6 @@ def tokenizer_meta(tokenizer):
 
 def token_chunks(tokenized):
     """The token ids of a tokenized split, concatenated in document order, as arrays of ROWS_PER_CHUNK docs."""
-    import pyarrow.compute as pc
-
     for table in tokenized.with_format("arrow").iter(batch_size=ROWS_PER_CHUNK):
         yield pc.list_flatten(table.column("ids")).to_numpy()
 
@@ -242,7 +223,7 @@ def prepare(dataset, subset, split, revision, text_column, tokenizer, input, max
             out_dir):
     """Load, split, tokenize and write a corpus (the script's config as arguments); returns meta.json's dict."""
     tokenizer_part = tokenizer_meta(tokenizer)  # before any long work
-    check_token_dtype(tokenizer_part["vocab_size"])
+    dtype_for_vocab(tokenizer_part["vocab_size"])  # a vocabulary too large for the .bin format is refused here
     if os.path.isfile(out_dir):
         raise DataError(f"out_dir {out_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
     docs = load_documents(dataset, subset, split, revision, input, text_column, max_docs)

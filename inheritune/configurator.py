@@ -3,13 +3,11 @@ nanoGPT-style configuration: a script's defaults are plain globals; then
 
     python train.py config/some_config.py --batch_size=32 --compile=False
 
-runs each config file (a plain Python file of assignments) and applies each --key=value in order.
-Unlike nanoGPT's exec'd configurator, an unknown key or a value of the wrong type is an error that
-names the key (and the closest valid ones), raised before the script does any work; so is a value (or default)
-outside the interval its comment starts with, e.g. `top_k=200,  # [1, inf): keep ...` (None passes; a None default
-takes integers unless an end has a point, e.g. [0.0, 1]). overrides() returns
-only what the files and flags set, for a script that puts other settings under them (train.py resuming
-a run puts its checkpoint's config between the defaults and the command line).
+runs each config file (a plain Python file of assignments) and applies each --key=value in order. Unlike nanoGPT's,
+an unknown key, a value of the wrong type, or one (or a default) outside the interval its comment starts with, e.g.
+`top_k=200,  # [1, inf): keep ...` (None passes; a None default takes integers unless an end has a point, [0.0, 1]),
+is an error naming the key, before any work. overrides() returns only what the files and flags set (train.py puts a
+resumed run's config under them).
 """
 
 import ast
@@ -54,14 +52,6 @@ def _check(key, value, defaults, where, comments):
             and (value <= high if interval[4] == "]" else value < high)):
         raise ConfigError(f"{given} is outside {comment}")
     return value
-
-
-def parse_value(text):
-    """--key=value's value: a Python literal (3, 1e-4, True, None, 'x'), else the plain string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def key_comments(source_file):
@@ -139,11 +129,7 @@ def check_config_file(path, defaults):
 
 def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=None):
     """{key: value} of what the config files and --key=value flags in argv set (later ones win), each checked
-    against defaults. A script that layers other settings under them (train.py resuming a run: its checkpoint's
-    config) needs to know which keys were given, not only the result.
-
-    -h / --help prints help_text (keys, defaults, the comments beside them in source_file) and exits 0.
-    """
+    against defaults. -h / --help prints help_text and exits 0."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(help_text(defaults, source_file or sys.argv[0], comment_files, notes))
@@ -171,7 +157,10 @@ def overrides(defaults, argv=None, source_file=None, comment_files=(), notes=Non
             if "=" not in arg:
                 raise ConfigError(f"argument {arg} has no value: write {arg}=VALUE")
             key, text = arg[2:].split("=", 1)
-            value = parse_value(text)
+            try:  # a Python literal (3, 1e-4, True, None, 'x'), else the plain string
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
             if isinstance(defaults.get(key), str) and not isinstance(value, str) and value is not None:
                 value = text  # a string key given something that parses as a number, e.g. --wandb_run_name=1
             given[key] = _check(key, value, defaults, f"--{key}", comments)

@@ -2,17 +2,15 @@
 Tokenized datasets on disk and the windows drawn from them.
 
 A prepared dataset is a folder with train.bin / val.bin (token ids, read as np.memmap) and meta.json
-({"tokenizer": "gpt2" | "char" | "hf", "vocab_size": ..., "chars": ... for char, the source, fingerprint and
-BOS/EOS conventions for hf (tokenizer.hf_tokenizer_meta), token counts}). Ids are uint16, or uint32 for
-vocabularies above 65,536 (Llama 3, Qwen2.5), which meta.json then records as "dtype": "uint32"; a meta.json
-without "dtype" (every dataset made before) is uint16.
-Training windows come from a seeded torch.Generator whose state is checkpointed (exact resume);
-validation windows are a fixed set, the same at every eval and in every run with the same seed.
+({"tokenizer": "gpt2" | "char" | "hf", "vocab_size": ..., "chars" for char, tokenizer.hf_tokenizer_meta for hf,
+token counts, and "dtype": "uint32" above 65,536 ids; without it, uint16}). Training windows come from a seeded
+torch.Generator whose state is checkpointed (exact resume); validation windows are a fixed set per seed.
 """
 
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,38 +45,23 @@ def load_meta(data_dir):
     return meta
 
 
-def token_dtype(meta):
-    """The numpy dtype of a dataset's .bin files: meta.json's "dtype", uint16 when it has none."""
-    name = (meta or {}).get("dtype", "uint16")
-    if name not in TOKEN_DTYPES:
-        raise DataError(f"meta.json's dtype {name!r} is not one of {', '.join(TOKEN_DTYPES)}: prepare the data again")
-    return TOKEN_DTYPES[name]
-
-
 def dtype_for_vocab(vocab_size):
     """The smallest token dtype that holds ids below vocab_size: "uint16" up to 65,536 ids, else "uint32"."""
-    check_token_dtype(vocab_size)
+    if vocab_size > np.iinfo(np.uint32).max + 1:
+        raise DataError(f"a vocabulary of {vocab_size} ids does not fit the uint32 .bin format "
+                        f"(at most {np.iinfo(np.uint32).max + 1}); use a tokenizer with a smaller vocabulary")
     return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
-
-
-def find_dataset_meta(dataset):
-    """(meta, data_dir) of a prepared dataset name (data/<dataset> under the working directory, else under
-    the repo), or (None, the folders looked in) when it is not prepared there."""
-    folders = [os.path.join("data", dataset), os.path.join(REPO_DIR, "data", dataset)]
-    for folder in folders:
-        if os.path.isfile(os.path.join(folder, "meta.json")):
-            return load_meta(folder), folder
-    return None, folders
 
 
 def run_dataset_meta(run_config):
     """(meta.json of the dataset a run was trained on, or None; the folders looked in): its config's data_dir,
     else its dataset under data/ (here or in the repo)."""
-    run_config = run_config or {}
-    data_dir, dataset = run_config.get("data_dir"), run_config.get("dataset")
-    if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
-        return load_meta(data_dir), [data_dir]
-    return find_dataset_meta(dataset) if dataset else (None, [])
+    dataset = (run_config or {}).get("dataset")
+    looked_in = [os.path.join("data", dataset), os.path.join(REPO_DIR, "data", dataset)] if dataset else []
+    for folder in filter(None, [(run_config or {}).get("data_dir"), *looked_in]):
+        if os.path.isfile(os.path.join(folder, "meta.json")):
+            return load_meta(folder), [folder]
+    return None, looked_in
 
 
 def check_data_tokenizer(meta, data_dir, model_meta, model_source):
@@ -111,18 +94,9 @@ def run_tokenizer_meta(run_config, vocab_size):
                     "a Hugging Face model's tokenizer files in its folder")
 
 
-def check_token_dtype(vocab_size):
-    if vocab_size > np.iinfo(np.uint32).max + 1:
-        raise DataError(f"a vocabulary of {vocab_size} ids does not fit the uint32 .bin format "
-                        f"(at most {np.iinfo(np.uint32).max + 1}); use a tokenizer with a smaller vocabulary")
-
-
 def write_tokens(path, ids, total=None, desc=None, dtype=TOKEN_DTYPE):
-    """Write token ids to path as dtype through a temporary name and a rename; returns how many ids were written.
-
-    ids is one array, or an iterable of arrays (chunks: a corpus larger than memory is streamed shard by
-    shard). total (tokens expected) turns on a progress bar labelled desc.
-    """
+    """Write token ids (one array, or an iterable of chunks: a corpus larger than memory) to path atomically;
+    returns how many were written. total (tokens expected) turns on a progress bar labelled desc."""
     chunks = [ids] if isinstance(ids, np.ndarray) else ids
     written = 0
     with atomic_write(path) as f, tqdm(total=total, desc=desc, unit="tok", unit_scale=True,
@@ -141,15 +115,10 @@ def write_meta(data_dir, meta):
 
 
 def write_dataset(data_dir, splits, meta, totals=None):
-    """Write each {split: token ids (array or iterable of chunks)} as data_dir/{split}.bin, then meta.json.
-
-    meta gets "{split}_tokens" for each split, and "dtype": "uint32" for a vocabulary above 65,536 ids (uint16
-    datasets have no "dtype", as before). Every .bin is written under a temporary name first; only
-    when all are complete is the old meta.json removed, the .bin files renamed into place and the new
-    meta.json written, so a failed or interrupted preparation leaves the folder as it was (or, killed
-    during the renames, without meta.json: not prepared), never a new .bin beside an old meta.json.
-    totals ({split: expected tokens}) shows progress bars.
-    """
+    """Write each {split: token ids (array or iterable of chunks)} as data_dir/{split}.bin, then meta.json (with
+    "{split}_tokens", and "dtype" above 65,536 ids); totals ({split: expected tokens}) shows progress bars.
+    The .bin files are staged and renamed in only when all are complete, after the old meta.json is removed: a
+    failed preparation leaves the folder as it was (or without meta.json), never a new .bin beside an old meta."""
     dtype = dtype_for_vocab(meta["vocab_size"])
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"out_dir {data_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
@@ -187,12 +156,7 @@ SHAKESPEARE_VAL_FRACTION = 0.1
 
 def shakespeare_works():
     """[(file name, text)] of the 42 works, in file-name order."""
-    names = sorted(f for f in os.listdir(SHAKESPEARE_TEXTS) if f.endswith(".txt"))
-    works = []
-    for name in names:
-        with open(os.path.join(SHAKESPEARE_TEXTS, name), encoding="utf-8") as f:
-            works.append((name, f.read()))
-    return works
+    return [(path.name, path.read_text(encoding="utf-8")) for path in sorted(Path(SHAKESPEARE_TEXTS).glob("*.txt"))]
 
 
 def split_work(text, val_fraction=SHAKESPEARE_VAL_FRACTION):
@@ -202,20 +166,13 @@ def split_work(text, val_fraction=SHAKESPEARE_VAL_FRACTION):
 
 
 def prepare_shakespeare(out_dir=None, tokenizer="char"):
-    """Write the Shakespeare corpus as out_dir/train.bin, val.bin, meta.json; returns the meta dict.
-
-    The split is deterministic: the last 10% of every work (from a line break on) goes to val, so val holds
-    a piece of each of the 42 works. tokenizer="char": one id per distinct character (meta has "chars"),
-    works concatenated as they are. tokenizer="gpt2": GPT-2 BPE, each work's part followed by <|endoftext|>.
-    out_dir defaults to data/shakespeare_char or data/shakespeare_gpt2.
-    """
+    """Write the Shakespeare corpus as out_dir (default data/shakespeare_{tokenizer})/train.bin, val.bin, meta.json;
+    returns the meta dict. val is the last 10% of every work (split_work). tokenizer="char": one id per distinct
+    character; "gpt2": GPT-2 BPE, each work's part followed by <|endoftext|>."""
     out_dir = out_dir or os.path.join(REPO_DIR, "data", f"shakespeare_{tokenizer}")
     works = shakespeare_works()
-    parts = {"train": [], "val": []}
-    for _, text in works:
-        train_text, val_text = split_work(text)
-        parts["train"].append(train_text)
-        parts["val"].append(val_text)
+    halves = [split_work(text) for _, text in works]
+    parts = {"train": [train for train, _ in halves], "val": [val for _, val in halves]}
     if tokenizer == "char":
         chars = sorted(set("".join(text for _, text in works)))
         tok = CharTokenizer(chars)
@@ -223,7 +180,7 @@ def prepare_shakespeare(out_dir=None, tokenizer="char"):
         meta = dict(tokenizer="char", vocab_size=tok.n_vocab, chars=tok.chars)
     elif tokenizer == "gpt2":
         tok = GPT2Tokenizer()
-        ids = {split: [np.array(doc + [tok.eot], dtype=TOKEN_DTYPE) for doc in tok.enc.encode_ordinary_batch(texts)]
+        ids = {split: [np.array(doc, dtype=TOKEN_DTYPE) for doc in tok.encode_documents(texts)]
                for split, texts in parts.items()}
         meta = dict(tokenizer="gpt2", vocab_size=tok.n_vocab, eot_token=tok.eot)
     else:
@@ -234,17 +191,16 @@ def prepare_shakespeare(out_dir=None, tokenizer="char"):
 
 
 def open_tokens(data_dir, split):
-    """The token ids of data_dir/{split}.bin as a read-only memmap, in the dtype its meta.json says (uint16 when
-    there is none).
-
-    Checked in O(1) against damage: the byte length must be a whole number of tokens and, where data_dir
-    has a meta.json, the token count it recorded ("{split}_tokens").
-    """
+    """The token ids of data_dir/{split}.bin as a read-only memmap, in meta.json's dtype (uint16 when none), checked
+    in O(1) against damage: a whole number of tokens, and the count meta.json records ("{split}_tokens")."""
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.isfile(path):
         raise DataError(f"{path} not found: prepare the data first")
     meta = load_meta(data_dir) if os.path.isfile(os.path.join(data_dir, "meta.json")) else None
-    dtype = token_dtype(meta)
+    dtype = TOKEN_DTYPES.get((meta or {}).get("dtype", "uint16"))
+    if dtype is None:
+        raise DataError(f"meta.json's dtype {meta['dtype']!r} is not one of {', '.join(TOKEN_DTYPES)}: prepare the "
+                        f"data again")
     size = os.path.getsize(path)
     token_bytes = np.dtype(dtype).itemsize
     if size % token_bytes:
@@ -263,28 +219,19 @@ def open_tokens(data_dir, split):
 
 def windows_to_batch(tokens, offsets, block_size):
     """x, y int64 tensors (len(offsets), block_size): y is x shifted by one token."""
-    x = torch.from_numpy(np.stack([tokens[i:i + block_size].astype(np.int64) for i in offsets]))
-    y = torch.from_numpy(np.stack([tokens[i + 1:i + 1 + block_size].astype(np.int64) for i in offsets]))
-    return x, y
-
-
-def n_windows(tokens, block_size):
-    """How many distinct (x, y) window start positions tokens has."""
-    return len(tokens) - block_size
+    windows = torch.from_numpy(np.stack([tokens[i:i + block_size + 1].astype(np.int64) for i in offsets]))
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
 
 def check_window_fits(tokens, block_size):
     """Raise DataError, naming the file and what to change, unless tokens hold one window of block_size + 1."""
-    if n_windows(tokens, block_size) >= 1:
+    if len(tokens) > block_size:
         return
     path = getattr(tokens, "filename", None) or "the data"
-    fix = "use a smaller block_size"
-    if os.path.basename(str(path)).startswith("val"):
-        fix += ", or prepare the data again with a larger --val_fraction (prepare_owt.py)"
-    else:
-        fix += ", or prepare more data"
+    fix = ("prepare the data again with a larger --val_fraction (prepare_owt.py)"
+           if os.path.basename(str(path)).startswith("val") else "prepare more data")
     raise DataError(f"{path} has {len(tokens):,} tokens, too few for one window of block_size + 1 = "
-                    f"{block_size + 1} tokens: {fix}")
+                    f"{block_size + 1} tokens: use a smaller block_size, or {fix}")
 
 
 def eval_offsets(tokens, block_size, eval_iters, batch_size, seed):
@@ -292,7 +239,7 @@ def eval_offsets(tokens, block_size, eval_iters, batch_size, seed):
     with seed: the same for every call (and every run) on the same data."""
     check_window_fits(tokens, block_size)
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(n_windows(tokens, block_size), (eval_iters * batch_size,), generator=generator).tolist()
+    return torch.randint(len(tokens) - block_size, (eval_iters * batch_size,), generator=generator).tolist()
 
 
 class TrainBatches:
@@ -323,7 +270,7 @@ class TrainBatches:
             offsets = [self.window_start(i) for i in range(first, first + self.batch_size)]
             self.batches += 1
         else:
-            offsets = torch.randint(n_windows(self.tokens, self.block_size), (self.batch_size,),
+            offsets = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,),
                                     generator=self.generator).tolist()
         x, y = windows_to_batch(self.tokens, offsets, self.block_size)
         if torch.device(device).type == "cuda":

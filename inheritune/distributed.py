@@ -98,16 +98,10 @@ def checkpoint_activations(model):
 
 
 def init_process_group(backend, rank, world_size, timeout_s):
-    """The process group of this torchrun launch, failing after timeout_s (not gloo's default 30 minutes) when a
-    rendezvous or collective cannot complete (a peer died or never came), so torchrun can restart the group.
-
-    torchrun's agent keeps one TCPStore for every restart of its workers, and PyTorch gives the process group
-    no per-restart key prefix: a restarted group can read the dead group's addresses from it and fail to
-    connect ("Connection refused", or a hang at start-up; pytorch/pytorch#135712). On one node every worker
-    comes from one agent and sees the same TORCHELASTIC_RESTART_COUNT, which then names a key space of the
-    group's own. (Across nodes the counts can differ; there, run torchrun with
-    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.)
-    """
+    """The process group of this torchrun launch, failing after timeout_s (not gloo's 30 minutes) when a peer died
+    or never came, so torchrun can restart the group. On one node, each restart gets a key prefix of its own in
+    torchrun's agent store (TORCHELASTIC_RESTART_COUNT): else a restarted group can read the dead group's addresses
+    and fail to connect (pytorch/pytorch#135712); across nodes, use TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1."""
     timeout, env = timedelta(seconds=timeout_s), os.environ
     # gloo's connection set-up can wait past the timeout it is given (seen: minutes in Pair::waitUntilConnected
     # with a 30 s timeout): then faulthandler's watchdog thread, which needs no GIL, prints where and exits
@@ -145,10 +139,8 @@ class FSDP:
         return f"FSDP over a {' x '.join(map(str, self.mesh.shape))} mesh {self.mesh.mesh_dim_names}"
 
     def shard(self, raw_model, weights=True, training=True, compile=False, activation_checkpointing=False):
-        """raw_model's shape made on every rank (on the meta device), each block sharded over the mesh with
-        fully_shard, then the root (the embeddings, final norm and head); activation checkpointing and torch.compile
-        per block come first. The weights are rank 0's raw_model's, sent to every rank's shards (the other ranks'
-        raw_model is only a shape); weights=False: they are read from a sharded checkpoint afterwards."""
+        """raw_model's shape on every rank, each block (checkpointed, compiled) then the root sharded with fully_shard;
+        rank 0's weights sent to every rank's shards (weights=False: read from a sharded checkpoint afterwards)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -228,9 +220,8 @@ class Processes:
         return torch.device("meta") if self.fsdp and not self.master else nullcontext()
 
     def on_rank0(self, build):
-        """build() on rank 0; under FSDP the other ranks get a model of its config's shape (the meta device), which
-        wrap() and frozen() fill from rank 0's weights; without FSDP every rank calls build(). build returns an
-        object with .config (a GPT, or an inherit.Reference)."""
+        """build() (returns an object with .config) on every rank; under FSDP on rank 0 only, the others get a shape of
+        its config on the meta device, which wrap() and frozen() fill from rank 0's weights."""
         if not self.fsdp:
             return build()
         built = build() if self.master else None
@@ -239,7 +230,7 @@ class Processes:
 
     def wrap(self, raw_model, weights=True):
         """The module the training step calls: raw_model compiled and/or DDP-wrapped as configured, or under FSDP a
-        sharded copy of it (shard(); weights=False: its weights are read from a sharded checkpoint afterwards)."""
+        sharded copy of it (FSDP.shard)."""
         if self.fsdp:
             return self.fsdp.shard(raw_model, weights, compile=self.compile,
                                    activation_checkpointing=self.activation_checkpointing)
@@ -264,8 +255,7 @@ class Processes:
         return torch.compile(model) if self.compile and compiled else model
 
     def full_model(self, model):
-        """Under FSDP, the whole model gathered into rank 0's CPU memory (a collective); its shape on the other
-        ranks. Without FSDP, model itself."""
+        """FSDP.full_model under FSDP, else model itself."""
         return self.fsdp.full_model(model) if self.fsdp else model
 
     def no_sync_unless(self, model, last_micro_step):

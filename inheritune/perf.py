@@ -37,10 +37,7 @@ def gpu_peak_flops(device):
     if device.type != "cuda":
         return None, None
     name = torch.cuda.get_device_name(device)
-    for key, peak in BF16_DENSE_PEAK_FLOPS:
-        if key in name:
-            return name, peak
-    return name, None
+    return name, next((peak for key, peak in BF16_DENSE_PEAK_FLOPS if key in name), None)
 
 
 def describe_peak(gpu_name, peak_flops, device_type):
@@ -52,6 +49,4 @@ def describe_peak(gpu_name, peak_flops, device_type):
 
 def mfu(flops_per_token, tokens_per_s, peak_flops, n_gpus=1):
     """Fraction of the GPUs' peak that tokens_per_s (all GPUs together) reaches; None if the peak is unknown."""
-    if peak_flops is None:
-        return None
-    return flops_per_token * tokens_per_s / (peak_flops * n_gpus)
+    return None if peak_flops is None else flops_per_token * tokens_per_s / (peak_flops * n_gpus)

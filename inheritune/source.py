@@ -13,6 +13,7 @@ Anything else is an error at once, without the network: a path-like name (./x, /
 folder) that does not exist, or a single word that is no GPT-2 name (a typo of a local folder gets its spelling).
 """
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -87,9 +88,8 @@ def did_you_mean(name):
 
 
 class ModelSource:
-    """A model on disk, located: name (as given), kind (see above), path (the ckpt.pt file, the ckpt.dcp/ folder
-    or the Hugging Face folder), checkpoint (ours: the checkpoint dict without its weights; None for Hugging Face
-    models). Its config, weights and tokenizer are read when asked for."""
+    """A model on disk, located: name (as given), kind (see above), path (ckpt.pt, ckpt.dcp/ or the Hugging Face
+    folder), checkpoint (ours: the dict without its weights; else None); the rest is read when asked for."""
 
     def __init__(self, name, kind, path):
         self.name, self.kind, self.path = name, kind, path
@@ -125,11 +125,9 @@ class ModelSource:
 
     def named_tensors(self):
         """(name, tensor) of the whole model in name order, one block in memory at a time."""
-        if self.kind == "sharded":  # read whole, in this process
-            yield from sorted(self.load().state_dict().items())
-            return
-        if self.kind == "checkpoint":  # memory-mapped: a tensor is read when it is used
-            yield from sorted(strip_wrapper_prefixes(self.checkpoint["model"]).items())
+        if self.checkpoint is not None:  # ckpt.pt is memory-mapped (a tensor is read when used); ckpt.dcp/ read whole
+            state = self.load().state_dict() if self.kind == "sharded" else self.checkpoint["model"]
+            yield from sorted(strip_wrapper_prefixes(state).items())
             return
         rest = hf.our_state_dict(self.path, self.config, [], self.name)  # embeddings, final norm, head
         with torch.device("meta"):
@@ -176,11 +174,8 @@ class ModelSource:
         if self.checkpoint is not None:
             meta, _ = run_dataset_meta(self.checkpoint.get("config"))
             if meta is None:
-                try:
-                    origin = self.origin()
-                except ModelLoadError:
-                    origin = None
-                meta = origin and origin.known_tokenizer_meta()
+                with contextlib.suppress(ModelLoadError):  # the model it was inherited from is not here
+                    meta = (origin := self.origin()) and origin.known_tokenizer_meta()
             return meta
         if not hf.has_tokenizer(self.path):
             return None
@@ -205,9 +200,8 @@ class ModelSource:
 # loading by name
 
 def load_model(source, device="cpu", layers=None):
-    """(model, checkpoint dict without weights or None) of a model source (open_source: one of our
-    checkpoints, a Hugging Face folder or Hub id): ModelSource.load's blocks[layers] (None: all), read without the
-    rest of the model."""
+    """(model, checkpoint dict without weights or None) of a model name (open_source): ModelSource.load's
+    blocks[layers] (None: all), read without the rest of the model."""
     source = open_source(source)
     return source.load(layers, device), source.checkpoint
 
@@ -230,7 +224,5 @@ def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.f
 def known_model_tokenizer_meta(source):
     """ModelSource.known_tokenizer_meta of a model name, opened from what is here (no download); None when
     it is not here (train.py checks its data on every rank, where under FSDP only rank 0 opened the model)."""
-    try:
+    with contextlib.suppress(CheckpointError, ModelLoadError):
         return open_source(source, download=False).known_tokenizer_meta()
-    except (CheckpointError, ModelLoadError):
-        return None

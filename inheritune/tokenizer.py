@@ -74,6 +74,9 @@ class GPT2Tokenizer:
     def encode(self, text):
         return self.enc.encode_ordinary(text)
 
+    def encode_documents(self, texts):
+        return [ids + [self.eot] for ids in self.enc.encode_ordinary_batch(texts)]
+
     def decode(self, ids):
         return self.enc.decode(list(ids))
 
@@ -102,11 +105,6 @@ def load_hf_tokenizer(source):
 def vocab_fingerprint(vocab):
     """A short hash of a {token: id} vocabulary: equal for the same tokenizer, whatever file it was read from."""
     return hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def gpt2_vocab():
-    with open(os.path.join(GPT2_BPE_DIR, "encoder.json"), encoding="utf-8") as f:
-        return json.load(f)
 
 
 def hf_tokenizer_meta(source):
@@ -168,7 +166,8 @@ def tokenizer_from_meta(meta):
 def meta_fingerprint(meta):
     """The vocabulary fingerprint of a meta.json's tokenizer (computed for gpt2 and char, recorded for hf)."""
     if meta["tokenizer"] == "gpt2":
-        return vocab_fingerprint(gpt2_vocab())
+        with open(os.path.join(GPT2_BPE_DIR, "encoder.json"), encoding="utf-8") as f:
+            return vocab_fingerprint(json.load(f))
     if meta["tokenizer"] == "char":
         return vocab_fingerprint({c: i for i, c in enumerate(meta["chars"])})
     return meta.get("tokenizer_fingerprint")

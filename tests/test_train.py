@@ -338,7 +338,7 @@ def run_fork(fork, char_data, out_dir, *args, expect_rc=0):
 
 
 def test_a_key_a_fork_adds_defines_the_run_and_a_student_inherits_it(char_data, tmp_path):
-    fork = fork_of_train_py(tmp_path, "beta2 = 0.95", "adam_eps = 1e-8  # a fork's new optimizer setting")
+    fork = fork_of_train_py(tmp_path, "beta2 = 0.95  # [0, 1)", "adam_eps = 1e-8  # a fork's new optimizer setting")
     run_fork(fork, char_data, tmp_path / "ref", "--max_iters=2", "--eval_interval=2", "--adam_eps=1e-6")
     assert torch.load(tmp_path / "ref" / "ckpt.pt", weights_only=True)["config"]["adam_eps"] == 1e-6
     r = run_fork(fork, char_data, tmp_path / "ref", "--max_iters=4", "--eval_interval=2", "--adam_eps=1e-7",
@@ -355,7 +355,7 @@ def test_a_key_a_fork_adds_defines_the_run_and_a_student_inherits_it(char_data, 
 
 
 def test_a_key_the_script_assigns_is_refused_before_any_work(char_data, tmp_path):
-    fork = fork_of_train_py(tmp_path, "beta2 = 0.95", 'optimizer = "adamw"  # a fork\'s new flag, named as a variable')
+    fork = fork_of_train_py(tmp_path, "beta2 = 0.95  # [0, 1)", 'optimizer = "adamw"  # a fork\'s new flag, named as a variable')
     lines = fork.read_text().splitlines()
     default, again = (next(i for i, text in enumerate(lines, 1) if text.startswith(start))
                       for start in ('optimizer = "adamw"', "optimizer = make_optimizer("))

@@ -2,8 +2,14 @@
 reference, shrunk: test_readme.py's TABLE says how; a file of its own, so that it runs beside test_readme.py."""
 
 import os
+import signal
+import subprocess
+import sys
 
 from test_readme import check_all_ran, fresh_copy, load_json, run_readme
+
+from inheritune.checkpoint import load_checkpoint
+from inheritune.run import run_finished
 
 
 def test_demo(tmp_path):
@@ -45,3 +51,34 @@ def test_demo(tmp_path):
     assert {"blocks_0_1", "blocks_2_3", "random"} <= students.keys() and len(report["max_rank"]) == 4
     assert {s["steps"] for s in students.values()} == {4} and len({s["flops"] for s in students.values()}) == 1
     check_all_ran("test_demo")
+
+
+def test_quick_demo_stopped_and_run_again_equals_an_uninterrupted_one(tmp_path):
+    """--quick=True: the whole protocol at small sizes. A stage stopped mid-run (SIGTERM to the demo's process group,
+    as a preempted job gets it) is not taken as done: the demo says in one line how to continue, the same command
+    continues the stage from its checkpoint, and the results equal an uninterrupted demo's."""
+    user_repo = fresh_copy(str(tmp_path / "fresh-clone"))
+    result = run_readme("python demo.py --quick=True", user_repo)
+    straight = load_json(os.path.join(user_repo, "out-demo-quick", "results.json"))
+    assert (straight["reference_layers"], straight["reference_steps"], straight["scratch_2x_steps"]) == (4, 200, 400)
+    assert straight["settings"]["n_embd"] == 64 and "wrote out-demo-quick/results.json" in result.stdout
+    argv = [sys.executable, "demo.py", "--quick=True", "--out_dir=out-stopped"]
+    demo = subprocess.Popen(argv, cwd=user_repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    for line in demo.stdout:
+        if line.startswith("saved checkpoint at iter 50 "):  # the reference's first eval of 200 steps
+            os.killpg(demo.pid, signal.SIGTERM)
+            break
+    output = demo.communicate(timeout=300)[0]
+    reference = os.path.join(user_repo, "out-stopped", "reference")
+    assert demo.returncode == 1 and 50 < load_checkpoint(reference, weights=False)["iter_num"] < 200
+    assert not run_finished(reference) and not os.path.exists(os.path.join(reference, "done.json"))
+    assert output.splitlines()[-1] == ("error: the reference stage stopped before its end (see its output above); run "
+                                       "python demo.py --quick=True --out_dir=out-stopped again to continue (finished "
+                                       "stages are reused)")
+    result = subprocess.run(argv, cwd=user_repo, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and f"continuing the run in {reference} from its checkpoint" in result.stdout
+    continued = load_json(os.path.join(user_repo, "out-stopped", "results.json"))
+    assert {k: v for k, v in continued.items() if k != "settings"} == {k: v for k, v in straight.items()
+                                                                       if k != "settings"}
+    check_all_ran("test_quick_demo_stopped_and_run_again_equals_an_uninterrupted_one")

@@ -90,7 +90,7 @@ COMMON = dict(dataset="shakespeare_char", data_dir=DATA_DIR, device=cfg["device"
 
 
 def stop(signum, frame):
-    sys.exit(f"\nstopped ({signal.Signals(signum).name}): {CONTINUE}")
+    sys.exit(f"\nstopped (Ctrl-C): {CONTINUE}")
 
 
 def run(script, args, stage):
@@ -110,14 +110,11 @@ def run(script, args, stage):
                      f"with {diff}): pass another --out_dir, or remove {cfg['out_dir']} to start over")
         print(f"== {stage}: done earlier, reusing {os.path.dirname(done)}")
         return
-    print(f"== {stage}: OMP_NUM_THREADS={THREADS} {' '.join(cmd[1:])}", flush=True)
+    print(f"== {stage}: {' '.join(cmd[1:])}", flush=True)
     stage_process = subprocess.Popen(cmd, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": THREADS})
-    # the stage gets a Ctrl-C from the terminal itself, and our SIGTERM passed on: train.py saves, then exits
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: stage_process.terminate())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the stage itself: train.py saves, then exits
     ended = stage_process.wait() == 0 and (script != "train.py" or run_finished(args["out_dir"]))
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     if not ended:
         sys.exit(f"error: the {stage} stage stopped before its end (see its output above); {CONTINUE}")
     os.makedirs(os.path.dirname(done), exist_ok=True)
@@ -160,7 +157,7 @@ def describe_collapse(name, stage):
 
 
 signal.signal(signal.SIGINT, stop)  # between stages: one line, no traceback
-signal.signal(signal.SIGTERM, stop)
+print(f"the stages run with OMP_NUM_THREADS={THREADS} (torch threads)")
 # 1. data
 if not os.path.isfile(os.path.join(DATA_DIR, "meta.json")):
     if subprocess.run([sys.executable, os.path.join(REPO, "data", "shakespeare", "prepare.py")], cwd=REPO).returncode:

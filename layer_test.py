@@ -126,8 +126,7 @@ def run(script, args, stage):
     ended = stage_process.wait() == 0 and (script != "train.py" or run_finished(args["out_dir"]))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if not ended:
-        sys.exit(f"error: the {stage} stage stopped before its end (see its output above); running the test again "
-                 f"continues it")
+        sys.exit(f"error: the {stage} stage stopped before its end (see its output above); run it again to continue")
     os.makedirs(os.path.dirname(done), exist_ok=True)
     with open(done, "w") as f:
         json.dump({"command": cmd}, f)

@@ -282,7 +282,7 @@ def plot(result, path, metric="val_loss", series=None):
 
     series = series or {run["name"]: [(r["iter"], r["flops"], r[metric]) for r in run["evals"]]
                         for run in result["runs"]}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
     for run in result["runs"]:
         label = f"{run['name']} ({'->'.join(map(str, run['layers']))} layers)"
         points = series[run["name"]]
@@ -299,9 +299,8 @@ def plot(result, path, metric="val_loss", series=None):
         ax.grid(alpha=0.3)
     axes[0].set_title(f"{metric} at equal steps")
     axes[1].set_title(f"{metric} at equal compute (dashed: incl. reference / teacher)")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    # one legend below the plots, never over a curve: the right plot's lines (every run, and the dashed ones)
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=120)

@@ -4,6 +4,7 @@ The paper's protocol (arXiv 2404.08634, Sec. 4 and App. D) in miniature, on the 
     python demo.py                     # writes out-demo/: results.json, losses.png, and each stage's run
     python demo.py --baselines=True    # also stacking, hybrid stacking, half-width and KD
     python demo.py --out_dir=DIR --device=cuda
+    python demo.py --quick=True        # the same protocol, smaller: about a minute on 2 CPU cores -> out-demo-quick/
 
 1. prepare data/shakespeare_char (character level)
 2. the reference: L layers from scratch for T steps
@@ -19,19 +20,24 @@ The paper's protocol (arXiv 2404.08634, Sec. 4 and App. D) in miniature, on the 
    reference's cost apart), out-demo/results.json and compare.py's plot out-demo/losses.png
 
 Every run evaluates on the same validation windows. Each stage is a run of the repo's own scripts; a finished stage
-is reused when the demo is run again with the same settings, and an out_dir of a demo with other settings is refused.
-The sizes are flags (a smaller model, not another protocol, for a quicker run).
+is reused when the demo is run again with the same settings, a stopped one (Ctrl-C, SIGTERM: train.py saves) is
+continued, and an out_dir of a demo with other settings is refused. The sizes are flags (a smaller model, not another
+protocol, for a quicker run).
 """
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 
 import compare
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
+from inheritune.run import run_finished
 
-cfg = configure_or_exit(dict(
+DEFAULTS = dict(
+    quick=False,  # the same protocol at the QUICK sizes below (a flag given beside it still wins): about a minute
     out_dir="out-demo",  # a folder, created when the first stage writes to it
     device="cpu",
     baselines=False,  # also run stacking, hybrid stacking, half-width and KD
@@ -44,7 +50,12 @@ cfg = configure_or_exit(dict(
     batch_size=20,  # [1, inf)
     eval_iters=16,  # [1, inf): validation batches per eval: eval_iters * batch_size fixed windows, the same in all
     onset_iters=0,  # [0, inf): also train a longer reference (e.g. 4 * reference_iters) to look for collapse's onset
-))
+)
+QUICK = dict(out_dir="out-demo-quick", reference_layers=4, reference_iters=200, n_embd=64, block_size=64,
+             batch_size=12, eval_iters=8)
+cfg = configure_or_exit(DEFAULTS)
+if cfg["quick"]:
+    cfg = configure_or_exit(DEFAULTS | QUICK)
 try:
     check_device(cfg["device"])
     L, T, C, H = cfg["reference_layers"], cfg["reference_iters"], cfg["n_embd"], cfg["n_head"]
@@ -58,19 +69,29 @@ except ConfigError as e:
     sys.exit(f"error: {e}")
 OUT = os.path.abspath(cfg["out_dir"])  # the stages run in the repo's folder, not the caller's
 REPO = os.path.dirname(os.path.abspath(__file__))
+CONTINUE = f"run {shlex.join(['python', 'demo.py', *sys.argv[1:]])} again to continue (finished stages are reused)"
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # (macOS: no affinity)
+# the stages' torch threads: one per core that other work leaves free (the load average), at least 1; torch's
+# default of one per core thrashes beside other work (4.5 s a step against 1 s with one thread on 2 shared cores)
+THREADS = os.environ.get("OMP_NUM_THREADS") or str(max(1, CORES - round(os.getloadavg()[0])))
 DATA_DIR = os.path.join(REPO, "data", "shakespeare_char")
 # one small GPT shape and one optimizer setting for every run: only the depth, width, init and steps differ
 COMMON = dict(dataset="shakespeare_char", data_dir=DATA_DIR, device=cfg["device"], compile=False, dtype="float32",
               n_head=H, n_embd=C, block_size=cfg["block_size"], batch_size=cfg["batch_size"],
               gradient_accumulation_steps=1, bias=False, dropout=0.0, learning_rate=2e-3, min_lr=1e-4, beta2=0.99,
               weight_decay=0.1, warmup_iters=min(50, T // 4), eval_interval=max(1, T // 4),
-              eval_iters=cfg["eval_iters"], log_interval=50, always_save_checkpoint=True, seed=1337,
+              eval_iters=cfg["eval_iters"], log_interval=max(1, T // 10), always_save_checkpoint=True, seed=1337,
               # every run's attention collapse at each eval: analyze_rank.py's metrics on 20 fixed val windows
               collapse_every=max(1, T // 4), collapse_windows=20, collapse_seq_len=min(100, cfg["block_size"]))
 
 
+def stop(signum, frame):
+    sys.exit(f"\nstopped (Ctrl-C): {CONTINUE}")
+
+
 def run(script, args, stage):
-    """Run one of the repo's scripts; a stage whose done-marker records the same command is reused."""
+    """Run one of the repo's scripts; a stage whose done-marker records the same command is reused. A train.py stage
+    is done when its run reached its end (run_finished), not when it exits 0 as a stopped one does after saving."""
     done = os.path.join(OUT, stage, "done.json")
     cmd = [sys.executable, os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()]
     if os.path.isfile(done):
@@ -86,8 +107,12 @@ def run(script, args, stage):
         print(f"== {stage}: done earlier, reusing {os.path.dirname(done)}")
         return
     print(f"== {stage}: {' '.join(cmd[1:])}", flush=True)
-    if subprocess.run(cmd, cwd=REPO).returncode != 0:
-        sys.exit(f"error: the {stage} stage failed (see its output above); running the demo again continues it")
+    stage_process = subprocess.Popen(cmd, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": THREADS})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the stage itself: train.py saves, then exits
+    ended = stage_process.wait() == 0 and (script != "train.py" or run_finished(args["out_dir"]))
+    signal.signal(signal.SIGINT, stop)
+    if not ended:
+        sys.exit(f"error: the {stage} stage stopped before its end (see its output above); {CONTINUE}")
     os.makedirs(os.path.dirname(done), exist_ok=True)
     with open(done, "w") as f:
         json.dump({"command": cmd[1:]}, f)
@@ -127,6 +152,8 @@ def describe_collapse(name, stage):
             + (f"lazy layers (MaxRank = 1) at some point: {lazy}" if lazy else "no layer collapsed to MaxRank 1"))
 
 
+signal.signal(signal.SIGINT, stop)  # between stages: one line, no traceback
+print(f"the stages run with OMP_NUM_THREADS={THREADS} (torch threads)")
 # 1. data
 if not os.path.isfile(os.path.join(DATA_DIR, "meta.json")):
     if subprocess.run([sys.executable, os.path.join(REPO, "data", "shakespeare", "prepare.py")], cwd=REPO).returncode:

@@ -384,11 +384,13 @@ def student_config(cfg, reference_checkpoint, layers, block_size):
     return recorded | {k: cfg[k] for k in EVAL_DEFAULTS}  # the reference's loss was measured with these
 
 
-def train_command(out_dir, config):
-    """The train.py command that trains the student in out_dir (its data named explicitly)."""
+def train_command(out_dir, config, round_iters):
+    """The train.py command that trains the student in out_dir (its data named explicitly), growing in rounds of
+    round_iters steps, each with its own cosine (README step 5), when round_iters is not 0."""
     data_arg = f"--data_dir={config['data_dir']}" if config.get("data_dir") else \
         f"--dataset={config.get('dataset') or 'openwebtext'}"
-    return shlex.join(["python", "train.py", "--init_from=resume", f"--out_dir={out_dir}", data_arg])
+    rounds = [f"--grow_every={round_iters}", f"--lr_decay_iters={round_iters}"] if round_iters else []
+    return shlex.join(["python", "train.py", "--init_from=resume", f"--out_dir={out_dir}", *rounds, data_arg])
 
 
 # -----------------------------------------------------------------------------
@@ -489,9 +491,12 @@ def main(cfg):
         "best_val_loss": float("inf"),
         "inherit": meta_inherit,
     }, out_path)
+    round_iters = reference_run.get("max_iters", 0) // 4  # the README's rounds; the paper's are all T of them
     print(f"wrote {out_path}, with the training settings of "
           + ("the reference run" if reference_run.get("learning_rate") else "train.py's defaults")
-          + f"; train it with: {train_command(cfg['out_dir'], config)}  (add --grow_every=ITERS to grow it)")
+          + f"; train it with: {train_command(cfg['out_dir'], config, round_iters)}  "
+          + (f"(rounds of a quarter of the reference run's {reference_run['max_iters']} steps until its val loss)"
+             if round_iters else "(add --grow_every=ITERS --lr_decay_iters=ITERS to grow it in rounds)"))
     return out_path, config
 
 

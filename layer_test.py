@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -31,6 +32,7 @@ from inheritune.checkpoint import find_checkpoint, load_checkpoint
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
 from inheritune.data import load_meta
 from inheritune.hf import HUB_GPT2_NAMES
+from inheritune.run import run_finished
 from inheritune.source import open_source
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -105,8 +107,8 @@ K = cfg["k"]
 
 
 def run(script, args, stage):
-    """Run one of the repo's scripts; a stage whose done-marker records the same command is reused (demo.py's
-    run(), without its flag-by-flag diff)."""
+    """Run one of the repo's scripts; a stage whose done-marker records the same command is reused, a train.py stage
+    is done when its run reached its end (demo.py's run(), without its flag-by-flag diff)."""
     done = os.path.join(OUT, stage, "done.json")
     cmd = [os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()]
     if os.path.isfile(done):
@@ -117,8 +119,12 @@ def run(script, args, stage):
         print(f"== {stage}: done earlier, reusing it")
         return
     print(f"== {stage}: {' '.join(cmd)}", flush=True)
-    if subprocess.run([sys.executable] + cmd, cwd=REPO).returncode != 0:
-        sys.exit(f"error: the {stage} stage failed (see its output above); running the test again continues it")
+    stage_process = subprocess.Popen([sys.executable] + cmd, cwd=REPO)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the stage itself: train.py saves, then exits
+    ended = stage_process.wait() == 0 and (script != "train.py" or run_finished(args["out_dir"]))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if not ended:
+        sys.exit(f"error: the {stage} stage stopped before its end (see its output above); run it again to continue")
     os.makedirs(os.path.dirname(done), exist_ok=True)
     with open(done, "w") as f:
         json.dump({"command": cmd}, f)

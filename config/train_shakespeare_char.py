@@ -13,14 +13,14 @@ gradient_accumulation_steps = 1
 batch_size = 12
 block_size = 64
 
-n_layer = 4
+n_layer = 6  # deep enough that the student, grown from its first 3 blocks, stays smaller
 n_head = 4
 n_embd = 128
 dropout = 0.0
 
 learning_rate = 1e-3  # a small model can take a higher learning rate
-max_iters = 2000
-lr_decay_iters = 2000  # = max_iters
+max_iters = 1600
+lr_decay_iters = 1600  # = max_iters
 min_lr = 1e-4  # learning_rate / 10
 beta2 = 0.99  # a little higher than GPT-2's 0.95: few tokens per iteration
 warmup_iters = 100

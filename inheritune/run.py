@@ -95,22 +95,40 @@ def open_run(out_dir, config, run_keys, weights=True):
     return previous
 
 
+def completion(ckpt, cfg):
+    """Why the checkpoint's run is complete (evaluated at max_iters, growth's target reached or its max depth, as cfg's
+    stop_at_* say), or None."""
+    done_iters, growth_end = ckpt.get("iter_num", 0), (ckpt.get("growth") or {}).get("end") or ""
+    if growth_end == "target reached" and cfg.get("stop_at_target"):
+        return "it reached its target val loss; --stop_at_target=False trains on"
+    if growth_end.startswith("growth stops") and cfg.get("stop_at_max_depth", True):
+        return "its growth ended at max depth; --stop_at_max_depth=False trains on"
+    if done_iters == cfg.get("max_iters") and (ckpt.get("last_eval") or {"iter": done_iters})["iter"] == done_iters:
+        return f"max_iters={cfg['max_iters']}; a larger --max_iters trains on"
+    return None
+
+
+def run_finished(out_dir):
+    """Whether the run in out_dir reached its own end, as its checkpoint records it (a preempted run, saved and
+    exited 0, has not): what a wrapper of train.py asks, never the exit code."""
+    if find_checkpoint(out_dir) is None:
+        return False
+    ckpt = load_checkpoint(out_dir, weights=False)
+    config = ckpt.get("config") or {}  # inherit.py's checkpoint records no max_iters: not trained yet
+    return completion(ckpt, config) is not None
+
+
 def exit_if_complete(ckpt, cfg):
     """A requeued job of a finished run succeeds without work. Stopping before the checkpoint's iteration cannot be
     done (training is not undone): refused, so that a script that meant to extend the run notices."""
-    done_iters, growth_end = ckpt.get("iter_num", 0), (ckpt.get("growth") or {}).get("end")
+    done_iters = ckpt.get("iter_num", 0)
     if cfg["max_iters"] < done_iters:
         fail(f"max_iters={cfg['max_iters']} is below the iteration of the checkpoint in {cfg['out_dir']} "
              f"({done_iters}): pass --max_iters above {done_iters} to train on")
-    evaluated = (ckpt.get("last_eval") or {"iter": done_iters})["iter"] == done_iters
-    at_target = growth_end == "target reached" and cfg["stop_at_target"]
-    at_max_depth = (growth_end or "").startswith("growth stops") and cfg["stop_at_max_depth"]
-    if (done_iters == cfg["max_iters"] and evaluated) or at_target or at_max_depth:
+    why = completion(ckpt, cfg)
+    if why:
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"nothing to do: the run in {cfg['out_dir']} is complete at iter {done_iters} ("
-                  + ("it reached its target val loss; --stop_at_target=False trains on" if at_target
-                     else "its growth ended at max depth; --stop_at_max_depth=False trains on" if at_max_depth
-                     else f"max_iters={cfg['max_iters']}; a larger --max_iters trains on") + ")")
+            print(f"nothing to do: the run in {cfg['out_dir']} is complete at iter {done_iters} ({why})")
         sys.exit(0)
 
 

@@ -115,8 +115,10 @@ def test_inherit_py_then_its_printed_command_grows(char_data, reference, tmp_pat
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "training settings of the reference run" in r.stdout
-    printed = shlex.split(r.stdout.split("train it with: ")[1].split("  (add")[0])
+    printed = shlex.split(r.stdout.split("train it with: ")[1].split("  (")[0])
     assert printed[:2] == ["python", "train.py"] and f"--data_dir={char_data}" in printed
+    assert printed[4:6] == ["--grow_every=7", "--lr_decay_iters=7"]  # rounds of a quarter of the reference's 30 steps
+    del printed[4:6]  # to grow in rounds of 10 below
     r = subprocess.run([sys.executable, *printed[1:], "--grow_every=10", "--max_iters=20", "--eval_interval=10"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]

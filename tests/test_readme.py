@@ -31,7 +31,7 @@ Cannot = namedtuple("Cannot", "reason")
 NETWORK = "needs the network"
 GPU = "needs a CUDA GPU"
 REF_SHRINK = ["--max_iters=20", "--lr_decay_iters=20", "--warmup_iters=2", "--eval_interval=10", "--eval_iters=2",
-              "--log_interval=5", "--n_embd=32", "--n_head=2", "--batch_size=4"]  # depth 4 and context 64 kept
+              "--log_interval=5", "--n_embd=32", "--n_head=2", "--batch_size=4"]  # depth 6 and context 64 kept
 DEMO_SHRINK = ["--reference_layers=4", "--reference_iters=8", "--max_rounds=2", "--n_embd=32", "--n_head=2",
                "--block_size=32", "--batch_size=8", "--eval_iters=2"]  # the protocol kept: L/2 inherited, T, 2T
 GROW_SHRINK = ["--grow_every=10", "--max_iters=20", "--lr_decay_iters=10", "--warmup_iters=2", "--eval_interval=10",
@@ -60,6 +60,7 @@ TABLE = {
     "python demo.py": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     "python demo.py --baselines=True": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     # docs/demo.md
+    "python demo.py --quick=True": Run("test_quick_demo_stopped_and_run_again_equals_an_uninterrupted_one"),
     "python demo.py --onset_iters=2000":
         Run("test_demo", {"demo.py": DEMO_SHRINK}, {"--onset_iters=2000": "--onset_iters=16"}),
     "python -m pytest tests": Cannot("the test suite itself: .ci/run runs exactly this"),
@@ -70,8 +71,8 @@ TABLE = {
         Run("test_user_chain", {"analyze_rank.py": ["--num_samples=20"]}),
     "python inherit.py --init_from=out-shakespeare-char --n_layer=auto --analysis=out-analysis/analysis.json "
     "--dataset=shakespeare_char --out_dir=out-inherit": Run("test_user_chain", {"inherit.py": ["--eval_iters=2"]}),
-    "python train.py --init_from=resume --out_dir=out-inherit --grow_every=500 --lr_decay_iters=500":
-        Run("test_user_chain", {"train.py": GROW_SHRINK}),
+    "python train.py --init_from=resume --out_dir=out-inherit --grow_every=400 --lr_decay_iters=400 "
+    "--dataset=shakespeare_char": Run("test_user_chain", {"train.py": GROW_SHRINK}),
     'python sample.py --init_from=out-inherit --start="ROMEO:" --num_samples=3 --max_new_tokens=300':
         Run("test_user_chain", {"sample.py": ["--max_new_tokens=20"]}),
     "python export_hf.py --ckpt=out-inherit --out=hf-inherit": Run("test_user_chain"),
@@ -113,7 +114,8 @@ TABLE = {
     "config/inherit_llama3_8b_fsdp.py --fsdp_shard_size=8": Cannot("needs four nodes of 8 GPUs (a 2 x 1 shard mesh of "
                                                                    "2 CPU processes runs in tests/test_fsdp.py)"),
     "torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --fsdp=True "
-    "--gradient_accumulation_steps=2 --out_dir=out-shakespeare-fsdp": Run("test_fsdp_chain", {"train.py": REF_SHRINK}),
+    "--gradient_accumulation_steps=2 --batch_size=6 --out_dir=out-shakespeare-fsdp":
+        Run("test_fsdp_chain", {"train.py": REF_SHRINK[:-1]}, {"--batch_size=6": "--batch_size=2"}),  # 4 shrunk
     # docs/checkpoints.md
     "python -m inheritune.checkpoint --to_single=out-shakespeare-fsdp --out=out-shakespeare-single":
         Run("test_fsdp_chain"),
@@ -427,12 +429,15 @@ def test_user_chain(user_repo):
                         repo)
     assert "note: seq_len=64, the model's context" in result.stderr
     analysis = load_json(os.path.join(repo, "out-analysis", "analysis.json"))
-    assert analysis["settings"]["seq_len"] == 64 and analysis["n_layer"] == 4
+    assert analysis["settings"]["seq_len"] == 64 and analysis["n_layer"] == 6
 
     from inheritune.source import load_model
 
-    run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=auto "
-               "--analysis=out-analysis/analysis.json --dataset=shakespeare_char --out_dir=out-inherit", repo)
+    result = run_readme("python inherit.py --init_from=out-shakespeare-char --n_layer=auto "
+                        "--analysis=out-analysis/analysis.json --dataset=shakespeare_char --out_dir=out-inherit", repo)
+    step5 = ("python train.py --init_from=resume --out_dir=out-inherit --grow_every=400 --lr_decay_iters=400 "
+             "--dataset=shakespeare_char")  # README's next step: rounds of a quarter of the reference's 1600 steps
+    assert f"train it with: {step5.replace('=400', '=5')}  (" in result.stdout  # (of the shrunk reference's 20)
     auto, ckpt = load_model(os.path.join(repo, "out-inherit"))
     reference, _ = load_model(os.path.join(repo, "out-shakespeare-char"))
     assert auto.config.n_layer == analysis["suggested_n_layer"]
@@ -446,13 +451,13 @@ def test_user_chain(user_repo):
     assert torch.equal(student.transformer.h[1].attn.c_attn.weight, reference.transformer.h[1].attn.c_attn.weight)
     assert ckpt["inherit"]["reference_val_loss"] > 0
 
-    run_readme("python train.py --init_from=resume --out_dir=out-inherit --grow_every=500 --lr_decay_iters=500", repo)
+    run_readme(step5, repo)
     log = read_log(os.path.join(repo, "out-inherit", "log.jsonl"))
     rounds = [r for r in log if r.get("event") == "round_end"]
     grows = [r for r in log if r.get("event") == "grow"]
     assert rounds and rounds[0]["iter"] == 10
     grown, _ = load_model(os.path.join(repo, "out-inherit"))
-    assert grown.config.n_layer == auto.config.n_layer + 2 * len(grows) <= 4
+    assert grown.config.n_layer == auto.config.n_layer + 2 * len(grows) < 6  # smaller than the reference
 
     result = run_readme('python sample.py --init_from=out-inherit --start="ROMEO:" --num_samples=3 '
                         '--max_new_tokens=300', repo)
@@ -601,15 +606,18 @@ def test_fsdp_chain(user_repo):
 
     repo = user_repo
     run_readme("torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char.py --fsdp=True "
-               "--gradient_accumulation_steps=2 --out_dir=out-shakespeare-fsdp", repo)
+               "--gradient_accumulation_steps=2 --batch_size=6 --out_dir=out-shakespeare-fsdp", repo)
     assert sorted(os.listdir(os.path.join(repo, "out-shakespeare-fsdp"))) == ["ckpt.dcp", "log.jsonl"]
+    tokens = [[r for r in read_log(os.path.join(repo, out, "log.jsonl")) if "tokens" in r][-1]["tokens"]
+              for out in ("out-shakespeare-char", "out-shakespeare-fsdp")]
+    assert tokens[0] == tokens[1]  # the walkthrough's tokens per step: half its batch in each of the 2 processes
     run_readme("python -m inheritune.checkpoint --to_single=out-shakespeare-fsdp --out=out-shakespeare-single", repo)
     run_readme("python -m inheritune.checkpoint --to_sharded=out-shakespeare-single "
                "--out=out-shakespeare-resharded", repo)
     assert os.listdir(os.path.join(repo, "out-shakespeare-single")) == ["ckpt.pt"]
     sharded, back = (load_checkpoint(os.path.join(repo, out)) for out in ("out-shakespeare-fsdp",
                                                                           "out-shakespeare-resharded"))
-    assert sharded["iter_num"] == back["iter_num"] == 20 and sharded["model_args"]["n_layer"] == 4
+    assert sharded["iter_num"] == back["iter_num"] == 20 and sharded["model_args"]["n_layer"] == 6
     assert all(torch.equal(sharded["model"][k], back["model"][k]) for k in sharded["model"])
     check_all_ran("test_fsdp_chain")
 

@@ -355,7 +355,8 @@ def test_a_key_a_fork_adds_defines_the_run_and_a_student_inherits_it(char_data, 
 
 
 def test_a_key_the_script_assigns_is_refused_before_any_work(char_data, tmp_path):
-    fork = fork_of_train_py(tmp_path, "beta2 = 0.95  # [0, 1)", 'optimizer = "adamw"  # a fork\'s new flag, named as a variable')
+    fork = fork_of_train_py(tmp_path, "beta2 = 0.95  # [0, 1)",
+                            'optimizer = "adamw"  # a fork\'s new flag, named as a variable')
     lines = fork.read_text().splitlines()
     default, again = (next(i for i, text in enumerate(lines, 1) if text.startswith(start))
                       for start in ('optimizer = "adamw"', "optimizer = make_optimizer("))

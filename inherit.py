@@ -97,8 +97,7 @@ def inherit(reference, layers, fresh=(), block_size=None, dropout=None):
     """A new GPT of reference's (a GPT, or a Reference: only blocks[layers] read) embeddings, blocks[layers], final
     norm and head; parts in fresh keep a fresh init, block_size may crop the context. With
     scale_attn_by_inverse_layer_idx a block's attention scale follows its new position."""
-    unknown = set(fresh) - set(FRESH_PARTS)
-    if unknown:
+    if unknown := set(fresh) - set(FRESH_PARTS):
         raise InheritError(f"cannot leave {sorted(unknown)} fresh; choose from {', '.join(FRESH_PARTS)}")
     ref_cfg = reference.config
     if "wpe" in fresh and ref_cfg.pos_emb != "learned":
@@ -150,15 +149,10 @@ def copied_blocks(new, model, reference, next_layer):
 
 def identity_blocks(new, model, reference, next_layer):
     """Fresh blocks whose output projections are zero: the grown model computes what the trained one did."""
-    with torch.no_grad():
-        for proj in (p for block in new for p in (block.attn.c_proj, block.mlp.c_proj)):
-            proj.weight.zero_()
-            if proj.bias is not None:
-                proj.bias.zero_()
-
-
-def random_blocks(new, model, reference, next_layer):
-    """Fresh blocks as GPT-2 initializes them for the new depth (nothing to copy)."""
+    for proj in (p for block in new for p in (block.attn.c_proj, block.mlp.c_proj)):
+        nn.init.zeros_(proj.weight)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +174,7 @@ GROW_INITS = {
                       modes=("restart", "continue"), doubles=True),
     "copy": GrowInit("the top grow_by trained blocks again", copied_blocks),
     "identity": GrowInit("fresh blocks with zero output projections (the function is unchanged)", identity_blocks),
-    "random": GrowInit("fresh blocks, GPT-2's init for the new depth", random_blocks),
+    "random": GrowInit("fresh blocks, GPT-2's init for the new depth", lambda *args: None),  # nothing to copy
 }
 
 
@@ -251,9 +245,8 @@ WIDTH_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "drop
 def width_config(config, n_embd=None, n_head=None):
     """config narrowed to n_embd dimensions and n_head attention heads of the same head size (either may be None:
     derived from the other through the head size); kv heads and MLP units shrink in the same proportion."""
-    unknown = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
-               if f.name not in WIDTH_FIELDS and getattr(config, f.name) != f.default]
-    if unknown:
+    if unknown := [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+                   if f.name not in WIDTH_FIELDS and getattr(config, f.name) != f.default]:
         raise InheritError(f"cannot narrow a model with {', '.join(unknown)}: inherit.width_config does not know how "
                            f"that field narrows; add it to inherit.WIDTH_FIELDS (and its parameters to WIDTH_AXES)")
     hd, kv = config.head_size, config.kv_heads
@@ -316,15 +309,6 @@ def source_shape(config, info=None):
     if info is None:
         return config.n_layer, config.n_embd, config.n_head
     return info["source_n_layer"], *info.get("source_width", (config.n_embd, config.n_head))
-
-
-def resolve_n_layer(n_layer, analysis):
-    """--n_layer as given, or analyze_rank.py's recommended depth for --n_layer=auto."""
-    if n_layer != "auto":
-        return n_layer
-    if not analysis:
-        raise InheritError("--n_layer=auto needs --analysis=out-analysis/analysis.json (from analyze_rank.py)")
-    return suggested_depth(analysis)
 
 
 def check_analysis_is_of(analysis, reference, source):
@@ -395,7 +379,9 @@ def main(cfg):
     if existing and not cfg["overwrite"]:
         raise InheritError(f"{existing[1]} exists: train it with python train.py --init_from=resume --out_dir="
                            f"{cfg['out_dir']}, pick another --out_dir, or replace it with --overwrite=True")
-    n_layer = resolve_n_layer(cfg["n_layer"], cfg["analysis"])
+    if cfg["n_layer"] == "auto" and not cfg["analysis"]:
+        raise InheritError("--n_layer=auto needs --analysis=out-analysis/analysis.json (from analyze_rank.py)")
+    n_layer = suggested_depth(cfg["analysis"]) if cfg["n_layer"] == "auto" else cfg["n_layer"]
     fresh = [p for p in cfg["fresh"].split(",") if p]
     data_dir = cfg["data_dir"] or (os.path.join("data", cfg["dataset"]) if cfg["dataset"] else "")
     meta = load_meta(data_dir) if data_dir else None  # fail on a bad dataset before loading a large model

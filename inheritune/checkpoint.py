@@ -1,13 +1,10 @@
 """
 Checkpoint I/O, the one place every script loads and saves models through.
 
-Paths: a path ending in .pt is a checkpoint file; any other path is a folder (an out_dir) that holds the run's
-checkpoint, created when a checkpoint is first written there, in one of two formats:
-  ckpt.pt    one file, written by one process (train.py on one process or under DDP, inherit.py);
-  ckpt.dcp/  a sharded checkpoint (train.py --fsdp=True): every process writes its own shards through
-             torch.distributed.checkpoint, so no process ever holds the whole model.
-Every loader reads both: load_checkpoint / source.load_model consolidate a sharded checkpoint on the fly, so scripts
-need not know how a run was trained; `python -m inheritune.checkpoint --to_single=... / --to_sharded=...` converts.
+Paths: a path ending in .pt is a checkpoint file; any other path is a folder (an out_dir) holding the run's checkpoint
+in one of two formats: ckpt.pt (one file, written by one process) or ckpt.dcp/ (train.py --fsdp=True: every process
+writes its own shards through torch.distributed.checkpoint). Every loader reads both, so scripts need not know how a
+run was trained; `python -m inheritune.checkpoint --to_single=... / --to_sharded=...` converts.
 
 A checkpoint is a dict of tensors and plain Python types, so torch.load(path, weights_only=True) reads ckpt.pt.
 Keys written by train.py / inherit.py:
@@ -39,6 +36,7 @@ import torch
 
 from inheritune.atomic import (aside_name, atomic_write, restore_folder, stale_temporaries, swap_in_folder,
                                temporary_name)
+from inheritune.configurator import configure_or_exit
 from model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
@@ -128,8 +126,7 @@ def load_checkpoint(path, map_location="cpu", mmap=False, weights=True):
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or not weights)
     except Exception as e:  # a truncated or overwritten file fails in torch.load's zip, pickle or unpickler code
         raise damaged(path, f"{type(e).__name__}: {first_line(e)}" if first_line(e) else type(e).__name__) from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
+    if missing := [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]:
         raise damaged(path, f"no {' / '.join(missing)} in it")
     return ckpt
 
@@ -463,8 +460,6 @@ def convert(to_single_from, to_sharded_from, out, overwrite):
 
 
 if __name__ == "__main__":
-    from inheritune.configurator import configure_or_exit
-
     cfg = configure_or_exit(CONVERT_DEFAULTS)
     try:
         written = convert(cfg["to_single"], cfg["to_sharded"], cfg["out"], cfg["overwrite"])

@@ -7,25 +7,19 @@ Inheritune, step 1: build a smaller model from the blocks of a larger pre-traine
     python inherit.py --init_from=out-ref --n_layer=auto --analysis=out-analysis/analysis.json
     python inherit.py --init_from=gpt2-medium --n_embd=512 --n_head=8 --out_dir=out-half-width  # every block, half wide
 
-The student gets the reference's token (and, GPT-2, position) embeddings, the chosen blocks (in the given
-order), the final norm and the LM head. The reference is a GPT-2 name, a Hugging Face GPT-2 / Llama / Qwen2 /
-Mistral folder or Hub id, or one of our checkpoints, and only what the student needs is read from it (the
-chosen blocks' tensors from safetensors, a memory-mapped checkpoint's chosen tensors), so inheriting a few
-blocks of a large model needs memory for those only. It is written as out_dir/ckpt.pt (out_dir is a folder, created
-if missing; an out_dir that already holds a checkpoint is refused unless --overwrite=True) in train.py's
-format, so `python train.py --init_from=resume --out_dir=...` trains it, with the settings its config
-records: the reference run's training settings when the reference is one of our checkpoints (else
-train.py's defaults), and this command's data and evaluation settings. With --dataset (or --data_dir), the
-reference's validation loss is measured with train.py's evaluation (the whole reference, loaded once for it) and
-stored as the growth target; data tokenized otherwise than the reference is refused.
---n_embd / --n_head (either, or both) make the half-width baseline: every block (unless --n_layer or --layers
-says otherwise), each narrowed to its first heads, MLP units and embedding dimensions (shrink_width).
---n_layer=auto takes the depth from analyze_rank.py's analysis.json, which must be of this very reference
-(its model_fingerprint is compared).
+The student gets the reference's embeddings, the chosen blocks (in the given order), the final norm and the LM
+head. The reference is a GPT-2 name, a Hugging Face GPT-2 / Llama / Qwen2 / Mistral folder or Hub id, or one of our
+checkpoints; only the chosen blocks are read from it. The student is written as out_dir/ckpt.pt in train.py's format
+(`python train.py --init_from=resume --out_dir=...` trains it), with the reference run's training settings (else
+train.py's defaults) and this command's data and evaluation settings. With --dataset (or --data_dir), the
+reference's validation loss is measured with train.py's evaluation and stored as the growth target.
+--n_embd / --n_head make the half-width baseline (shrink_width); --n_layer=auto takes the depth from
+analyze_rank.py's analysis.json of this very reference.
 
 This file is also the library train.py uses to inherit and to grow (--grow_every).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,8 +29,11 @@ import sys
 import torch
 import torch.nn as nn
 
+from analyze_rank import suggested_depth
 from inheritune.checkpoint import (BLOCK_NAME, checkpoint_path, find_checkpoint, matching_tensors, model_with,
                                    save_checkpoint, select_blocks)
+from inheritune.configurator import check_device, configure_or_exit
+from inheritune.data import check_data_tokenizer, eval_offsets, evaluate_loss, load_meta, open_tokens
 from inheritune.source import open_source
 from model import GPT, norm_layer
 
@@ -49,12 +46,8 @@ class InheritError(ValueError):
 
 
 class Reference:
-    """A reference model on disk (a source.ModelSource), read as needed: its config (full depth) at once, blocks when
-    asked for.
-
-    inherit() and grow() take one wherever they take a GPT, and then read only the blocks they copy, so a
-    student of 16 blocks of an 8B model, or the 2 blocks a growth step adds, never needs the whole model.
-    """
+    """A reference model on disk (a source.ModelSource): its config at once, blocks when asked for. inherit() and
+    grow() take one wherever they take a GPT and read only the blocks they copy, never the whole model."""
 
     def __init__(self, source):
         self.source, self.opened = source, open_source(source)
@@ -64,16 +57,11 @@ class Reference:
         self.stamp = self.opened.files_stamp()
 
     def load(self, layers=None):
-        """A GPT of the embeddings, blocks[layers] (renumbered in that order; None: every block), final norm and
-        head, on the CPU."""
+        """A GPT on the CPU of blocks[layers] (renumbered in that order; None: every block) and all outside them."""
         if self.opened.files_stamp() != self.stamp:
             raise InheritError(f"the reference {self.source} changed on disk since it was opened: its blocks would "
                                f"come from another model; restore it, or start the run again")
         return self.opened.load(layers).eval()
-
-    def named_tensors(self):
-        """(name, tensor) of the whole model in name order, one block in memory at a time."""
-        return self.opened.named_tensors()
 
     def fingerprint(self):
         """checkpoint.model_fingerprint of the reference (what analyze_rank.py records), read block by block."""
@@ -106,14 +94,10 @@ def copy_block(dst, src, what_dst="the new block", what_src="the block copied"):
 
 
 def inherit(reference, layers, fresh=(), block_size=None, dropout=None):
-    """A new GPT made of reference's embeddings, blocks[layers], final norm and head.
-
-    reference: a GPT, or a Reference (then only blocks[layers] are read from its files). Parts named in fresh
-    ("wpe", "ln_f") keep a fresh initialization. block_size may crop the context.
-    Note: with scale_attn_by_inverse_layer_idx, a block's attention scale follows its new position.
-    """
-    unknown = set(fresh) - set(FRESH_PARTS)
-    if unknown:
+    """A new GPT of reference's (a GPT, or a Reference: only blocks[layers] read) embeddings, blocks[layers], final
+    norm and head; parts in fresh keep a fresh init, block_size may crop the context. With
+    scale_attn_by_inverse_layer_idx a block's attention scale follows its new position."""
+    if unknown := set(fresh) - set(FRESH_PARTS):
         raise InheritError(f"cannot leave {sorted(unknown)} fresh; choose from {', '.join(FRESH_PARTS)}")
     ref_cfg = reference.config
     if "wpe" in fresh and ref_cfg.pos_emb != "learned":
@@ -165,15 +149,10 @@ def copied_blocks(new, model, reference, next_layer):
 
 def identity_blocks(new, model, reference, next_layer):
     """Fresh blocks whose output projections are zero: the grown model computes what the trained one did."""
-    with torch.no_grad():
-        for proj in (p for block in new for p in (block.attn.c_proj, block.mlp.c_proj)):
-            proj.weight.zero_()
-            if proj.bias is not None:
-                proj.bias.zero_()
-
-
-def random_blocks(new, model, reference, next_layer):
-    """Fresh blocks as GPT-2 initializes them for the new depth (nothing to copy)."""
+    for proj in (p for block in new for p in (block.attn.c_proj, block.mlp.c_proj)):
+        nn.init.zeros_(proj.weight)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +174,7 @@ GROW_INITS = {
                       modes=("restart", "continue"), doubles=True),
     "copy": GrowInit("the top grow_by trained blocks again", copied_blocks),
     "identity": GrowInit("fresh blocks with zero output projections (the function is unchanged)", identity_blocks),
-    "random": GrowInit("fresh blocks, GPT-2's init for the new depth", random_blocks),
+    "random": GrowInit("fresh blocks, GPT-2's init for the new depth", lambda *args: None),  # nothing to copy
 }
 
 
@@ -223,11 +202,9 @@ def grow(model, grow_by, init, reference=None, next_reference_layer=None):
 
 
 def growth_step(config, trained, init, mode, grow_by, reference, layers, fresh=()):
-    """Inheritune's growth step: (the grown model, the reference block each of its blocks came from, None where
-    none did, where each kept tensor went: old name -> new name). config: the model's; trained(): the trained model
-    (train.py gathers it under FSDP), called only when its blocks are kept. In restart mode a reference init starts
-    the round afresh from the reference's first l + grow_by blocks (Algorithm 1), keeping none; every other step
-    keeps the trained blocks and adds new ones (on top unless the init's kept_at places them between)."""
+    """Inheritune's growth step: (the grown model, each block's reference block or None, old name -> new name of each
+    kept tensor). trained() gives the trained model, called only when its blocks are kept: restart mode with a
+    reference init starts afresh from the reference's first l + grow_by blocks (Algorithm 1), keeping none."""
     entry = GROW_INITS[init]
     if entry.needs_reference and mode == "restart":
         layers = layers + [layers[-1] + 1 + j for j in range(grow_by)]
@@ -268,9 +245,8 @@ WIDTH_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "drop
 def width_config(config, n_embd=None, n_head=None):
     """config narrowed to n_embd dimensions and n_head attention heads of the same head size (either may be None:
     derived from the other through the head size); kv heads and MLP units shrink in the same proportion."""
-    unknown = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
-               if f.name not in WIDTH_FIELDS and getattr(config, f.name) != f.default]
-    if unknown:
+    if unknown := [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+                   if f.name not in WIDTH_FIELDS and getattr(config, f.name) != f.default]:
         raise InheritError(f"cannot narrow a model with {', '.join(unknown)}: inherit.width_config does not know how "
                            f"that field narrows; add it to inherit.WIDTH_FIELDS (and its parameters to WIDTH_AXES)")
     hd, kv = config.head_size, config.kv_heads
@@ -302,12 +278,8 @@ def width_config(config, n_embd=None, n_head=None):
 
 def shrink_width(model, n_embd=None, n_head=None):
     """The half-width baseline (or any narrower width): model's depth, n_embd wide with n_head heads of its head
-    size, every tensor a slice of model's. Each block keeps its first n_head query heads (their q rows; with
-    grouped-query attention the kv heads those queries use, their k and v rows) and the matching c_proj input
-    columns, its first MLP units in proportion (c_fc and c_gate rows, c_proj columns), and the first n_embd
-    dimensions of every norm and of every matrix's model-width side; wte, wpe and lm_head keep every token and
-    position, narrowed to the first n_embd dimensions. One rule per axis (WIDTH_AXES), so GPT-2 and the Llama
-    family are narrowed alike."""
+    size, every tensor a slice of model's: the first heads (with grouped-query attention the kv heads they use), MLP
+    units and embedding dimensions, one rule per axis (WIDTH_AXES), so GPT-2 and the Llama family narrow alike."""
     old, new = model.config, width_config(model.config, n_embd, n_head)
     hd = old.head_size
     q, kv = torch.arange(new.n_head * hd), torch.arange(new.kv_heads * hd)
@@ -327,14 +299,8 @@ def shrink_width(model, n_embd=None, n_head=None):
 
 
 def inherit_metadata(source, layers, reference, fresh):
-    return {
-        "source": source,
-        "layers": list(layers),
-        "source_n_layer": reference.config.n_layer,
-        "fresh": list(fresh),
-        "reference_val_loss": None,
-        "reference_eval": None,
-    }
+    return dict(source=source, layers=list(layers), source_n_layer=reference.config.n_layer, fresh=list(fresh),
+                reference_val_loss=None, reference_eval=None)
 
 
 def source_shape(config, info=None):
@@ -345,20 +311,8 @@ def source_shape(config, info=None):
     return info["source_n_layer"], *info.get("source_width", (config.n_embd, config.n_head))
 
 
-def resolve_n_layer(n_layer, analysis):
-    """--n_layer as given, or analyze_rank.py's recommended depth for --n_layer=auto."""
-    if n_layer != "auto":
-        return n_layer
-    if not analysis:
-        raise InheritError("--n_layer=auto needs --analysis=out-analysis/analysis.json (from analyze_rank.py)")
-    from analyze_rank import suggested_depth
-
-    return suggested_depth(analysis)
-
-
 def check_analysis_is_of(analysis, reference, source):
-    """Refuse an analysis.json (for --n_layer=auto) that analyze_rank.py made of another model than reference
-    (a Reference: its fingerprint is computed block by block)."""
+    """Refuse an analysis.json (for --n_layer=auto) that analyze_rank.py made of another model than reference."""
     with open(analysis) as f:
         report = json.load(f)
     theirs, ours = report.get("model_fingerprint"), reference.fingerprint()
@@ -370,10 +324,8 @@ def check_analysis_is_of(analysis, reference, source):
 
 
 def student_config(cfg, reference_checkpoint, layers, block_size):
-    """The student's run config, as train.py keys: what train.py --init_from=resume trains it with unless told
-    otherwise. The reference run's training settings (when it is a train.py run: the keys its checkpoint records
-    as student_keys, all but how it began and its machine's), then how the student was made, then this command's
-    data and evaluation settings."""
+    """The student's run config, as train.py keys: the reference run's training settings (its checkpoint's
+    student_keys), then how the student was made, then this command's data and evaluation settings."""
     run_config = (reference_checkpoint or {}).get("config") or {}
     recorded = {k: run_config[k] for k in (reference_checkpoint or {}).get("student_keys", ()) if k in run_config}
     if cfg["dataset"] and not cfg["data_dir"]:
@@ -420,11 +372,6 @@ DEFAULTS = dict(
 def main(cfg):
     """Inherit, measure the reference's val loss (with data), write out_dir/ckpt.pt; returns its path and config.
     Every check comes before the checkpoint is written: a refused command writes nothing."""
-    import contextlib
-
-    from inheritune.configurator import check_device
-    from inheritune.data import check_data_tokenizer, eval_offsets, evaluate_loss, load_meta, open_tokens
-
     check_device(cfg["device"])
     out_path = checkpoint_path(cfg["out_dir"])
     if cfg["out_dir"].endswith(".pt"):
@@ -434,7 +381,9 @@ def main(cfg):
     if existing and not cfg["overwrite"]:
         raise InheritError(f"{existing[1]} exists: train it with python train.py --init_from=resume --out_dir="
                            f"{cfg['out_dir']}, pick another --out_dir, or replace it with --overwrite=True")
-    n_layer = resolve_n_layer(cfg["n_layer"], cfg["analysis"])
+    if cfg["n_layer"] == "auto" and not cfg["analysis"]:
+        raise InheritError("--n_layer=auto needs --analysis=out-analysis/analysis.json (from analyze_rank.py)")
+    n_layer = suggested_depth(cfg["analysis"]) if cfg["n_layer"] == "auto" else cfg["n_layer"]
     fresh = [p for p in cfg["fresh"].split(",") if p]
     data_dir = cfg["data_dir"] or (os.path.join("data", cfg["dataset"]) if cfg["dataset"] else "")
     meta = load_meta(data_dir) if data_dir else None  # fail on a bad dataset before loading a large model
@@ -449,8 +398,7 @@ def main(cfg):
         raise InheritError(f"the dataset's vocabulary ({meta['vocab_size']} ids) does not fit the reference's "
                            f"({reference.config.vocab_size}): use data tokenized like the reference")
     if meta:
-        check_data_tokenizer(meta, data_dir, reference.opened.known_tokenizer_meta(),
-                             cfg["init_from"])
+        check_data_tokenizer(meta, data_dir, reference.opened.known_tokenizer_meta(), cfg["init_from"])
     block_size = cfg["block_size"] or reference.config.block_size
     student = inherit(reference, layers, fresh, block_size=block_size)
     if width:
@@ -460,8 +408,7 @@ def main(cfg):
     for key, default in EVAL_DEFAULTS.items():  # evaluate as the reference run did, so train.py's eval matches
         if cfg[key] is None:
             cfg[key] = reference_run.get(key, default)
-    meta_inherit = inherit_metadata(cfg["init_from"], layers, reference, fresh)
-    meta_inherit["settings"] = dict(cfg)  # this command's, as given and resolved
+    meta_inherit = inherit_metadata(cfg["init_from"], layers, reference, fresh) | {"settings": dict(cfg)}  # resolved
     if width:
         meta_inherit["source_width"] = [reference.config.n_embd, reference.config.n_head]
     print(f"inherited blocks {layers} of {cfg['init_from']} ({reference.config.n_layer} layers)"
@@ -483,14 +430,8 @@ def main(cfg):
     config = student_config(cfg, reference.checkpoint, layers, block_size)
     if width:
         config |= {"n_embd": student.config.n_embd, "n_head": student.config.n_head}
-    save_checkpoint({
-        "model": student.state_dict(),
-        "model_args": dataclasses.asdict(student.config),
-        "config": config,
-        "iter_num": 0,
-        "best_val_loss": float("inf"),
-        "inherit": meta_inherit,
-    }, out_path)
+    save_checkpoint(dict(model=student.state_dict(), model_args=dataclasses.asdict(student.config), config=config,
+                         iter_num=0, best_val_loss=float("inf"), inherit=meta_inherit), out_path)
     round_iters = reference_run.get("max_iters", 0) // 4  # the README's rounds; the paper's are all T of them
     print(f"wrote {out_path}, with the training settings of "
           + ("the reference run" if reference_run.get("learning_rate") else "train.py's defaults")
@@ -501,8 +442,6 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    from inheritune.configurator import configure_or_exit
-
     try:
         main(configure_or_exit(DEFAULTS))
     except ValueError as e:  # InheritError, CheckpointError, DataError, ConfigError, ModelLoadError, AnalysisError

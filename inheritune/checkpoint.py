@@ -1,13 +1,10 @@
 """
 Checkpoint I/O, the one place every script loads and saves models through.
 
-Paths: a path ending in .pt is a checkpoint file; any other path is a folder (an out_dir) that holds the run's
-checkpoint, created when a checkpoint is first written there, in one of two formats:
-  ckpt.pt    one file, written by one process (train.py on one process or under DDP, inherit.py);
-  ckpt.dcp/  a sharded checkpoint (train.py --fsdp=True): every process writes its own shards through
-             torch.distributed.checkpoint, so no process ever holds the whole model.
-Every loader reads both: load_checkpoint / source.load_model consolidate a sharded checkpoint on the fly, so scripts
-need not know how a run was trained; `python -m inheritune.checkpoint --to_single=... / --to_sharded=...` converts.
+Paths: a path ending in .pt is a checkpoint file; any other path is a folder (an out_dir) holding the run's checkpoint
+in one of two formats: ckpt.pt (one file, written by one process) or ckpt.dcp/ (train.py --fsdp=True: every process
+writes its own shards through torch.distributed.checkpoint). Every loader reads both, so scripts need not know how a
+run was trained; `python -m inheritune.checkpoint --to_single=... / --to_sharded=...` converts.
 
 A checkpoint is a dict of tensors and plain Python types, so torch.load(path, weights_only=True) reads ckpt.pt.
 Keys written by train.py / inherit.py:
@@ -21,26 +18,25 @@ Keys written by train.py / inherit.py:
   growth       {round, layers, target_val_loss, done, last_round_end, end}   (train.py with grow_every)
   compute      {tokens, flops}: training tokens and FLOPs so far, all rounds   (train.py; as in log.jsonl's evals)
 
-ckpt.dcp/ holds the same: torch.distributed.checkpoint's files (.metadata, one __<rank>_0.distcp per process) with
-"model" (the state dict above) and "optimizer" (AdamW's state and param_groups keyed by parameter name, as
-torch.distributed.checkpoint.state_dict.get_optimizer_state_dict gives them; absent when the optimizer has not
-stepped yet, as right after a restart-mode growth: a resume makes a fresh one), and extras.pt with every other key
-(weights_only-loadable). It is written under a temporary name (ckpt.dcp.tmp.<pid>) and swapped in whole
-(atomic.swap_in_folder), so a kill at any moment leaves the previous checkpoint loadable. A save in one format
-removes the other format's checkpoint from the folder afterwards; a folder holding both (a kill in between) is
-read from the one written last.
+ckpt.dcp/ holds the same: torch.distributed.checkpoint's files with "model" and "optimizer" (keyed by parameter
+name; absent before the optimizer's first step), and extras.pt with every other key. It is written under a temporary
+name and swapped in whole, so a kill at any moment leaves the previous checkpoint loadable. A save in one format
+removes the other format's checkpoint afterwards; a folder holding both (a kill in between) is read from the newer.
 """
 
 import hashlib
 import os
 import re
+import shutil
 import sys
+import types
 import warnings
 
 import torch
 
 from inheritune.atomic import (aside_name, atomic_write, restore_folder, stale_temporaries, swap_in_folder,
                                temporary_name)
+from inheritune.configurator import configure_or_exit
 from model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
@@ -58,30 +54,20 @@ def checkpoint_path(path):
     return path if str(path).endswith(".pt") else os.path.join(path, CKPT_NAME)
 
 
-def sharded_path(path):
-    """The sharded checkpoint folder of an out_dir (out_dir/ckpt.dcp), or path itself when it is one."""
-    return path if os.path.isfile(os.path.join(path, EXTRAS_NAME)) else os.path.join(path, SHARDED_NAME)
-
-
 def find_checkpoint(path):
-    """("single", file) or ("sharded", folder) of the checkpoint at path (an out_dir or a .pt file), or None.
-
-    A sharded folder whose swap was killed midway is found under its aside name. A folder holding both formats (a
-    save killed before it removed the other one) gives the one written last."""
+    """("single", file) or ("sharded", folder) of the checkpoint at path (an out_dir or a .pt file), or None; a
+    sharded folder whose swap was killed is found under its aside name, of both formats the one written last."""
     if str(path).endswith(".pt"):
         return ("single", path) if os.path.isfile(path) else None
     found = [("single", checkpoint_path(path))] if os.path.isfile(checkpoint_path(path)) else []
-    folder = sharded_path(path)
+    folder = path if os.path.isfile(os.path.join(path, EXTRAS_NAME)) else os.path.join(path, SHARDED_NAME)
     found += [("sharded", f) for f in (folder, aside_name(folder)) if os.path.isdir(f)][:1]
     return max(found, key=lambda kind_path: os.path.getmtime(kind_path[1]), default=None)
 
 
 def save_checkpoint(obj, path):
-    """Write atomically: a temporary file, flushed and fsynced, renamed over the old checkpoint.
-
-    A crash, kill or full disk during the save leaves the previous checkpoint as it was; temporary files
-    left by an earlier save that was killed are removed first. An out_dir's sharded checkpoint is removed after.
-    """
+    """Write atomically (a crash, kill or full disk leaves the previous checkpoint as it was), removing what a killed
+    save left first and an out_dir's sharded checkpoint after."""
     path = checkpoint_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     for stale in stale_temporaries(path):
@@ -94,30 +80,21 @@ def save_checkpoint(obj, path):
 
 def torch_save(obj, f):
     """torch.save to an open file, raising the OSError of a failed write (a full disk) as itself."""
-    writer = WriteErrorKeeper(f)
-    try:
-        torch.save(obj, writer)
-    except RuntimeError:
-        if writer.error is not None:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
-            raise writer.error from None
-        raise
+    errors = []
 
-
-class WriteErrorKeeper:
-    """A file's write, keeping the OSError it raised (torch.save hides it behind a RuntimeError)."""
-
-    def __init__(self, f):
-        self.f, self.error = f, None
-
-    def write(self, data):
+    def write(data):
         try:
-            return self.f.write(data)
+            return f.write(data)
         except OSError as e:
-            self.error = e
+            errors.append(e)
             raise
 
-    def flush(self):
-        self.f.flush()
+    try:
+        torch.save(obj, types.SimpleNamespace(write=write, flush=f.flush))
+    except RuntimeError:
+        if errors:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            raise errors[0] from None
+        raise
 
 
 def damaged(path, reason):
@@ -136,10 +113,8 @@ def first_line(e):
 def load_checkpoint(path, map_location="cpu", mmap=False, weights=True):
     """The checkpoint dict at path (an out_dir or a .pt file), in ckpt.pt's layout whichever format is on disk.
 
-    ckpt.pt is loaded with weights_only=True; mmap=True maps its tensors from the file instead of reading them.
-    A sharded checkpoint is consolidated here, in this one process. weights=False reads no tensors of the
-    model or optimizer: ckpt.pt is memory-mapped, a sharded checkpoint gives its other keys only (its shards
-    are read with load_shards)."""
+    mmap=True maps ckpt.pt's tensors instead of reading them; a sharded checkpoint is consolidated in this process.
+    weights=False reads no model or optimizer tensors (ckpt.pt mapped; a sharded one: its other keys only)."""
     found = find_checkpoint(path)
     if found is None:
         raise CheckpointError(f"no checkpoint at {checkpoint_path(path)}: pass an out_dir that holds {CKPT_NAME} "
@@ -151,8 +126,7 @@ def load_checkpoint(path, map_location="cpu", mmap=False, weights=True):
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or not weights)
     except Exception as e:  # a truncated or overwritten file fails in torch.load's zip, pickle or unpickler code
         raise damaged(path, f"{type(e).__name__}: {first_line(e)}" if first_line(e) else type(e).__name__) from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
+    if missing := [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]:
         raise damaged(path, f"no {' / '.join(missing)} in it")
     return ckpt
 
@@ -222,9 +196,8 @@ def load_sharded_model(folder, model_args, layers=None):
 
 
 def read_shards(folder, state, collective=False):
-    """torch.distributed.checkpoint.load of state (tensors filled in place) from a sharded checkpoint, by this one
-    process (collective: by every rank of the process group together); a shard that does not fit, or a file
-    missing or cut short, is named as damage."""
+    """torch.distributed.checkpoint.load of state (in place), by this process alone or (collective) by every rank;
+    a shard that does not fit, or a file missing or cut short, is named as damage."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
@@ -265,9 +238,8 @@ def dcp_failure(e):
 
 
 def load_shards(folder, model, optimizer=None):
-    """Fill model (and optimizer) from a sharded checkpoint. An FSDP-sharded model reads the pieces of its own
-    shards on every process (each process calls this); a plain model reads them all, whatever process count wrote
-    them (resharding)."""
+    """Fill model (and optimizer) from a sharded checkpoint: an FSDP-sharded model its own shards on every process, a
+    plain model all of them, whatever process count wrote them."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
     from torch.distributed.tensor import DTensor
@@ -306,15 +278,9 @@ def rekeyed(optimizer_state, key_of):
 
 
 def save_sharded_checkpoint(extras, path, model=None, optimizer=None, state=None):
-    """Write model's and optimizer's state (FSDP-sharded or plain; or state, a conversion's {"model", "optimizer"}
-    keyed by name) and extras (every other key) as out_dir path's sharded checkpoint, atomically as a whole; then
-    remove the folder's ckpt.pt, if any.
-
-    Under a process group every rank calls this and writes its own shards; rank 0 writes extras.pt and swaps the
-    folder in. A failed write (a full disk) raises its OSError on every rank and leaves the previous checkpoint.
-    """
-    import shutil
-
+    """Write model's and optimizer's state (FSDP-sharded or plain; or state, a conversion's, keyed by name) and extras
+    as out_dir path's sharded checkpoint, atomically, then remove its ckpt.pt. Every rank calls this and writes its
+    own shards; rank 0 writes extras.pt and swaps the folder in. A failed write raises its OSError on every rank."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
@@ -353,8 +319,6 @@ def save_sharded_checkpoint(extras, path, model=None, optimizer=None, state=None
 
 def remove_sharded(path):
     """Remove out_dir path's sharded checkpoint (after a ckpt.pt took its place)."""
-    import shutil
-
     folder = os.path.join(path, SHARDED_NAME)
     for f in (folder, aside_name(folder), *stale_temporaries(folder)):
         if os.path.isdir(f):
@@ -363,12 +327,7 @@ def remove_sharded(path):
 
 def strip_wrapper_prefixes(state_dict):
     """Keys of a DDP / torch.compile wrapped model's state dict, as the plain model's."""
-    out = {}
-    for k, v in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            k = k.replace(prefix, "")
-        out[k] = v
-    return out
+    return {k.replace("module.", "").replace("_orig_mod.", ""): v for k, v in state_dict.items()}
 
 
 BLOCK_NAME = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")  # our block tensors: index, rest
@@ -380,20 +339,16 @@ def select_blocks(state_dict, layers):
     out = {}
     for name, tensor in state_dict.items():
         match = BLOCK_NAME.match(name)
-        if match is None:
-            out[name] = tensor
-            continue
-        i, rest = int(match.group(1)), match.group(2)
-        targets = [j for j, source in enumerate(layers) if source == i]
-        for k, j in enumerate(targets):
-            out[f"transformer.h.{j}.{rest}"] = tensor if k == 0 else tensor.clone()
+        targets = [name] if match is None else [f"transformer.h.{j}.{match.group(2)}"
+                                                for j, i in enumerate(layers) if i == int(match.group(1))]
+        for k, target in enumerate(targets):
+            out[target] = tensor if k == 0 else tensor.clone()
     return out
 
 
 def matching_tensors(given, expected, what_given, what_expected, error=CheckpointError):
-    """given (name -> tensor) when it has exactly expected's names, each of expected's shape; else error, one line
-    naming both sides. Every copy of weights checks with it: a tensor copied by position, or broadcast by copy_,
-    would pass silently."""
+    """given (name -> tensor) when it has exactly expected's names and shapes; else error, one line naming both sides
+    (a tensor copied by position, or broadcast by copy_, would pass silently)."""
     for name in [*expected, *(name for name in given if name not in expected)]:
         theirs, ours = given.get(name), expected.get(name)
         if theirs is None or ours is None or theirs.shape != ours.shape:
@@ -438,9 +393,8 @@ def model_from_checkpoint(ckpt, path="the checkpoint", layers=None):
 
 
 def model_fingerprint(model, sample=65536):
-    """A short hash of a model's weights: its parameter names, shapes and dtypes, and up to `sample` evenly
-    spaced values of each tensor (all of a small one). Tells two models apart cheaply (e.g. an analysis of
-    one model from another), whatever path or device they were loaded from."""
+    """A short hash of a model's weights (names, shapes, dtypes and up to `sample` evenly spaced values of each
+    tensor): tells two models apart cheaply, whatever path or device they were loaded from."""
     return fingerprint_tensors(sorted(model.state_dict().items()), sample)
 
 
@@ -506,8 +460,6 @@ def convert(to_single_from, to_sharded_from, out, overwrite):
 
 
 if __name__ == "__main__":
-    from inheritune.configurator import configure_or_exit
-
     cfg = configure_or_exit(CONVERT_DEFAULTS)
     try:
         written = convert(cfg["to_single"], cfg["to_sharded"], cfg["out"], cfg["overwrite"])

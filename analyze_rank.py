@@ -204,8 +204,7 @@ def suggested_depth(analysis_json_path):
 
 
 class GPTAttentions:
-    """Our GPT, its attentions one layer at a time. source: the source.ModelSource it was loaded from (its
-    tokenizer); None for a model made here, called name."""
+    """Our GPT, its attentions one layer at a time; source: its source.ModelSource (None for a model made here)."""
 
     def __init__(self, model, source, name=None):
         self.model, self.source, self.name = model.eval(), source, name or str(source)

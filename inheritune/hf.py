@@ -362,8 +362,8 @@ def our_state_dict(folder, config, layers, source, dtype=torch.float32, rest=Tru
 
 
 def hf_architecture(config, source_config=None):
-    """The Hugging Face architecture that computes what config does: the source's when given (e.g. Mistral
-    rather than Llama), else GPT-2, Qwen2 (q, k, v biases) or Llama. A model none of them computes is refused."""
+    """The Hugging Face architecture that computes what config does: the source's when given (Mistral stays
+    Mistral), else GPT-2, Qwen2 (q, k, v biases) or Llama; a model none of them computes is refused."""
     parts = (config.norm, config.mlp, config.pos_emb)
     if parts == ("layernorm", "gelu", "learned"):
         arch = "GPT2LMHeadModel"
@@ -398,8 +398,7 @@ EXPORT_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dro
 
 
 def hf_config_from_gpt(config, source_config=None):
-    """transformers' config object for our config; source_config (a config.json dict) gives the architecture
-    and the special token ids."""
+    """transformers' config for ours; source_config (a config.json dict) gives the architecture and token ids."""
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     unknown = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)

@@ -5,9 +5,7 @@ Measure attention collapse ("lazy layers") in a decoder LM, as in Inheritune (ar
     python analyze_rank.py --model=gpt2-medium --data=data/openwebtext/val.bin --out_dir=out-analysis-gpt2m
     python analyze_rank.py --model=path/to/any/hf/causal-lm --data=some.txt
 
---model: our checkpoint, a GPT-2 name, a GPT-2 / Llama / Qwen2 / Mistral folder or Hub id (model.py, one layer at a
-time) or any other Hugging Face causal LM (transformers' eager attention). --data: a .bin of token ids made with the
-model's tokenizer, or a .txt file. docs/analysis.md has the details.
+--model: ours or any Hugging Face causal LM; --data: a .bin of the model's token ids or a .txt (docs/analysis.md).
 
 Metrics, for one head's T x T post-softmax attention matrix A of one sequence:
   k*(tau)  smallest k with (s_1^2 + ... + s_k^2) / (s_1^2 + ... + s_T^2) >= tau, s the singular values of A
@@ -128,17 +126,15 @@ def attention_metrics(att, tau=0.9, eta=0.9):
 
 
 def entropy_and_eps(att):
-    """(each row's attention entropy in nats, averaged over rows; eps of the paper's Thm H.1) of att (..., T, T): eps
-    is the most mass a row puts off the first column, the only one every causal row sees (summed there, as
-    1 - A[i, 0] rounds to 0 in float32 below about 6e-8)."""
+    """(mean row entropy in nats, eps of the paper's Thm H.1: the most mass a row puts off the first column) of att
+    (..., T, T); eps is summed off the column, as 1 - A[i, 0] rounds to 0 in float32 below about 6e-8."""
     A = att.detach().to(torch.float64)
     entropy = -(A * A.clamp_min(1e-30).log()).sum(-1).mean(-1)
     return entropy, A[..., :, 1:].sum(-1).amax(-1).clamp_max(1)  # (a float32 row can sum to 1 + 1e-7)
 
 
 def summarize(sums, eps_max, count, near_rank_one, lazy_tolerance=0.0):
-    """The per-layer records of analysis.json from each layer's sums of k*, m*, p_0 and entropy (4, n_head) over
-    count samples and its largest eps (n_head,)."""
+    """analysis.json's per-layer records from each layer's sums (4, n_head) over count samples and largest eps."""
     layers = []
     for layer in sorted(sums):
         ranks, masses, sinks, entropies = (sums[layer] / count).tolist()  # per head
@@ -163,8 +159,8 @@ def summarize(sums, eps_max, count, near_rank_one, lazy_tolerance=0.0):
 
 
 def recommend_depth(layers):
-    """(suggested_n_layer, paper_default_n_layer, reason): the layers before the first lazy one (at least 1); without a
-    lazy layer the paper's default L/2 (inheriting all L layers would not make a smaller model)."""
+    """(suggested_n_layer, paper_default_n_layer, reason): the layers before the first lazy one (at least 1), else
+    the paper's default L/2."""
     n_layer = len(layers)
     paper_default = max(1, n_layer // 2)
     lazy = [rec["layer"] for rec in layers if rec["lazy"]]
@@ -208,8 +204,7 @@ def suggested_depth(analysis_json_path):
 
 
 class GPTAttentions:
-    """Our GPT (checkpoints, GPT-2 / Llama / Qwen2 / Mistral names and folders): attentions stream one layer at a
-    time. source: the source.ModelSource it was loaded from (its tokenizer); None for a model made here, called name."""
+    """Our GPT, its attentions one layer at a time; source: its source.ModelSource (None for a model made here)."""
 
     def __init__(self, model, source, name=None):
         self.model, self.source, self.name = model.eval(), source, name or str(source)
@@ -222,9 +217,6 @@ class GPTAttentions:
     def layers(self, idx):
         yield from self.model.iter_attentions(idx)
 
-    def tokenizer_meta(self):
-        return self.source.known_tokenizer_meta()
-
     def tokenizer(self):
         try:
             return tokenizer_from_meta(self.source.tokenizer_meta())
@@ -233,8 +225,7 @@ class GPTAttentions:
 
 
 class HFAttentions:
-    """Any Hugging Face causal LM with eager attention; one batch's attentions of all layers at a time. source: the
-    source.ModelSource it was loaded from (its tokenizer)."""
+    """Any Hugging Face causal LM with eager attention; one batch's attentions of all layers at a time."""
 
     def __init__(self, model, source):
         self.model, self.source, self.name = model.eval(), source, str(source)
@@ -276,9 +267,6 @@ class HFAttentions:
                                 f"{rows.min().item():.3g}..{rows.max().item():.3g}); this model cannot be analyzed")
         yield from attentions
 
-    def tokenizer_meta(self):
-        return self.source.known_tokenizer_meta()
-
     def tokenizer(self):
         try:
             return HFTokenizer(hf_tokenizer_meta(self.source.path))
@@ -287,8 +275,7 @@ class HFAttentions:
 
 
 def load_attention_model(name, device):
-    """GPTAttentions for our checkpoints and the families model.py implements (GPT-2 names, GPT-2 / Llama / Qwen2 /
-    Mistral folders and Hub ids), else HFAttentions."""
+    """GPTAttentions for our checkpoints and the families model.py implements, else HFAttentions."""
     if not name:
         raise AnalysisError("no --model: pass an out_dir or .pt checkpoint, a GPT-2 name, or a Hugging Face folder")
     source = open_source(name)
@@ -317,12 +304,11 @@ def offline_model_problem(name):
 
 
 def read_tokens(path, attention_model):
-    """Token ids of a .bin (our preparation: refused when its meta.json names another tokenizer than the model's)
-    or a .txt (tokenized with the model's tokenizer)."""
+    """Token ids of a .bin (refused when its meta.json names another tokenizer) or a .txt (tokenized here)."""
     if path.endswith(".bin"):
         data_dir = os.path.dirname(path) or "."
         if os.path.isfile(os.path.join(data_dir, "meta.json")):
-            check_data_tokenizer(load_meta(data_dir), data_dir, attention_model.tokenizer_meta(),
+            check_data_tokenizer(load_meta(data_dir), data_dir, attention_model.source.known_tokenizer_meta(),
                                  attention_model.name)
         return open_tokens(data_dir, os.path.basename(path)[:-len(".bin")])
     if path.endswith(".txt"):
@@ -337,8 +323,7 @@ def read_tokens(path, attention_model):
 
 
 def draw_windows(tokens, num_samples, seq_len, seed):
-    """num_samples distinct, non-overlapping windows tokens[i*T:(i+1)*T], i drawn without replacement with seed:
-    (N, T) int64."""
+    """(N, T) int64: num_samples non-overlapping windows tokens[i*T:(i+1)*T], i drawn without replacement."""
     available = len(tokens) // seq_len
     if num_samples > available:
         raise AnalysisError(f"the data has {len(tokens)} tokens, i.e. {available} non-overlapping windows of "
@@ -360,8 +345,7 @@ def check_seq_len(attention_model, seq_len):
 
 
 def choose_seq_len(attention_model, seq_len):
-    """--seq_len as given (checked against the context), or for 0 the paper's T = 100, or the model's context
-    when that is shorter (with a note: the windows are shorter than the paper's)."""
+    """--seq_len as given (checked), or for 0 the paper's T = 100, or the model's context when that is shorter."""
     if seq_len:
         check_seq_len(attention_model, seq_len)
         return seq_len
@@ -405,9 +389,8 @@ COLLAPSE_KEYS = ("max_rank", "distance_from_lazy", "mean_rank", "avg_mass", "sin
 
 
 def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu"):
-    """What train.py logs every collapse_every iterations: analyze() of a plain GPT (in eval mode, without
-    gradients) on windows (N, T), each layer's COLLAPSE_KEYS, and collapse_gradients' grad_q, grad_k and Thm H.1's
-    bound_q, bound_k."""
+    """What train.py logs every collapse_every iterations: each layer's COLLAPSE_KEYS of analyze() of a plain GPT
+    on windows (N, T), with collapse_gradients' grad_q, grad_k, bound_q, bound_k."""
     was_training, threads = model.training, torch.get_num_threads()
     # one thread: squared_singular_values' per-core eig threads would leave OpenMP teams spinning beside training
     torch.set_num_threads(1)
@@ -424,22 +407,19 @@ def collapse_record(model, windows, tau=0.9, eta=0.9, batch_size=10, device="cpu
 
 
 def collapse_gradients(model, windows, device="cpu"):
-    """The paper's Thm H.1 (App. H) measured per layer of a plain GPT (not DDP/FSDP-wrapped) on windows (N, T):
-    grad_q, grad_k = ||dL/dW_Q||_F, ||dL/dW_K||_F and the bounds 2 eps scale ||X||_2 ||K||_F ||dL/dA||_F (Q for
-    bound_k) summed over heads and windows; ||K||_F, not ||K||_2, since rotary keeps only row norms. The model's
-    .grad and train/eval mode are left as they were. docs/analysis.md says more."""
+    """The paper's Thm H.1 (App. H) per layer of a plain GPT on windows (N, T): grad_q, grad_k = ||dL/dW_Q||_F,
+    ||dL/dW_K||_F and the bounds 2 eps scale ||X||_2 ||K||_F ||dL/dA||_F (Q for bound_k) summed over heads and
+    windows (docs/analysis.md). The model's .grad and train/eval mode are left as they were."""
     was_training = model.training
     model.eval()
     w = torch.as_tensor(windows, dtype=torch.long, device=device)
     blocks = list(model.transformer.h)
-    captured = {}  # layer -> (X, q k v): the attention's input and c_attn's output
+    captured = {}  # c_attn -> (X, q k v): the attention's input and c_attn's output
 
-    def capture(layer):
-        def hook(module, inputs, output):
-            captured[layer] = (inputs[0].detach(), output.detach())
-        return hook
+    def capture(module, inputs, output):
+        captured[module] = (inputs[0].detach(), output.detach())
 
-    hooks = [b.attn.c_attn.register_forward_hook(capture(i)) for i, b in enumerate(blocks)]
+    hooks = [b.attn.c_attn.register_forward_hook(capture) for b in blocks]
     try:
         with torch.enable_grad():
             targets = torch.cat([w[:, 1:], torch.full_like(w[:, :1], -1)], 1)  # -1: cross_entropy's ignore_index
@@ -455,7 +435,7 @@ def collapse_gradients(model, windows, device="cpu"):
         attn = block.attn
         nq, nk, _ = attn.qkv_sizes
         dW, dA = grads[layer].double(), grads[len(blocks) + layer].double()  # dA: (N, n_head, T, T)
-        X, qkv = (t.double() for t in captured[layer])
+        X, qkv = (t.double() for t in captured[attn.c_attn])
         B, T, _ = X.shape
         q = qkv[..., :nq].reshape(B, T, attn.n_head, attn.head_size)
         k = qkv[..., nq:nq + nk].reshape(B, T, attn.n_kv_head, attn.head_size)
@@ -506,8 +486,7 @@ def print_table(report):
     rule = f"MaxRank <= 1 + {tolerance:g}" if tolerance else "MaxRank == 1"
     print(f"lazy layers ({rule}): {lazy if lazy else 'none'}")
     print(f"suggested depth for inherit.py: n_layer={report['suggested_n_layer']} "
-          f"({report['suggested_n_layer_reason']}); "
-          f"the paper's default L/2 = {report['paper_default_n_layer']}")
+          f"({report['suggested_n_layer_reason']}); the paper's default L/2 = {report['paper_default_n_layer']}")
     print("depth by --lazy_tolerance (0: the paper's rule):")
     for row in report["depth_by_tolerance"]:
         print(f"  {row['lazy_tolerance']:>5g}  n_layer={row['suggested_n_layer']:<3} ({row['reason']})"
@@ -515,8 +494,7 @@ def print_table(report):
 
 
 def write_outputs(report, out_dir):
-    """heads.csv, layers.csv, settings.csv, three PNG figures and, last, analysis.json (what inherit.py reads) in
-    out_dir, each written atomically; returns the paths."""
+    """The CSV tables, the figures and, last, analysis.json (what inherit.py reads) in out_dir, atomically."""
     os.makedirs(out_dir, exist_ok=True)
     tables = {
         "heads.csv": [["layer", "head", "rank", "mass", "sink_share"]]

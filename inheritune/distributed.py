@@ -83,25 +83,18 @@ def shape_of(config):
         return GPT(config)
 
 
-def recomputed(forward):
-    """forward, its activations recomputed in the backward pass (a function, not a partial: torch.compile traces it)."""
-    def checkpointed(*args):
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False)
-    return checkpointed
-
-
 def checkpoint_activations(model):
-    """Per-block activation checkpointing: each block's forward runs again in the backward pass to recompute its
-    activations instead of keeping them (the same numbers; less memory, about a third more compute)."""
+    """Per-block activation checkpointing: the same numbers; less memory, about a third more compute."""
     for block in model.transformer.h:
-        block.forward = recomputed(block.forward)
+        def checkpointed(*args, forward=block.forward):  # a function, not a partial: torch.compile traces it
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False)
+        block.forward = checkpointed
 
 
 def init_process_group(backend, rank, world_size, timeout_s):
-    """The process group of this torchrun launch, failing after timeout_s (not gloo's 30 minutes) when a peer died
-    or never came, so torchrun can restart the group. On one node, each restart gets a key prefix of its own in
-    torchrun's agent store (TORCHELASTIC_RESTART_COUNT): else a restarted group can read the dead group's addresses
-    and fail to connect (pytorch/pytorch#135712); across nodes, use TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1."""
+    """The process group of this torchrun launch, failing after timeout_s when a peer died or never came. On one node
+    each restart gets its own key prefix in torchrun's agent store, else it can read the dead group's addresses
+    (pytorch/pytorch#135712); across nodes, use TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1."""
     timeout, env = timedelta(seconds=timeout_s), os.environ
     # gloo's connection set-up can wait past the timeout it is given (seen: minutes in Pair::waitUntilConnected
     # with a 30 s timeout): then faulthandler's watchdog thread, which needs no GIL, prints where and exits
@@ -139,8 +132,8 @@ class FSDP:
         return f"FSDP over a {' x '.join(map(str, self.mesh.shape))} mesh {self.mesh.mesh_dim_names}"
 
     def shard(self, raw_model, weights=True, training=True, compile=False, activation_checkpointing=False):
-        """raw_model's shape on every rank, each block (checkpointed, compiled) then the root sharded with fully_shard;
-        rank 0's weights sent to every rank's shards (weights=False: read from a sharded checkpoint afterwards)."""
+        """raw_model sharded with fully_shard per block (checkpointed, compiled), then the root; rank 0's weights sent
+        to every rank's shards (weights=False: read from a sharded checkpoint afterwards)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -220,8 +213,7 @@ class Processes:
         return torch.device("meta") if self.fsdp and not self.master else nullcontext()
 
     def on_rank0(self, build):
-        """build() (returns an object with .config) on every rank; under FSDP on rank 0 only, the others get a shape of
-        its config on the meta device, which wrap() and frozen() fill from rank 0's weights."""
+        """build() (an object with .config); under FSDP on rank 0 only, the others get its shape on the meta device."""
         if not self.fsdp:
             return build()
         built = build() if self.master else None
@@ -229,8 +221,7 @@ class Processes:
         return built if self.master else shape_of(config)
 
     def wrap(self, raw_model, weights=True):
-        """The module the training step calls: raw_model compiled and/or DDP-wrapped as configured, or under FSDP a
-        sharded copy of it (FSDP.shard)."""
+        """The module the training step calls: raw_model compiled and/or DDP-wrapped, or under FSDP sharded."""
         if self.fsdp:
             return self.fsdp.shard(raw_model, weights, compile=self.compile,
                                    activation_checkpointing=self.activation_checkpointing)
@@ -246,8 +237,8 @@ class Processes:
         return model if self.fsdp else raw_model
 
     def frozen(self, raw_model, compiled=True):
-        """A model that only runs forward (a teacher; a reference measured once: compiled=False): on this device, or
-        sharded under FSDP; compiled (under FSDP: its blocks) if compile=True and compiled."""
+        """A model that only runs forward (a teacher; a reference measured once: compiled=False), on this device or
+        sharded; compiled if compile=True and compiled."""
         if self.fsdp:
             with torch.random.fork_rng(devices=[]):
                 return self.fsdp.shard(raw_model, training=False, compile=compiled and self.compile)
@@ -255,7 +246,6 @@ class Processes:
         return torch.compile(model) if self.compile and compiled else model
 
     def full_model(self, model):
-        """FSDP.full_model under FSDP, else model itself."""
         return self.fsdp.full_model(model) if self.fsdp else model
 
     def no_sync_unless(self, model, last_micro_step):
@@ -267,8 +257,7 @@ class Processes:
             model.require_backward_grad_sync = last_micro_step
 
     def clip_gradients(self, parameters, max_norm):
-        """Scale the gradients down to a total norm of max_norm if above it; returns the total norm before. Under
-        FSDP each rank holds a shard of every gradient (DTensors): the norm is the whole gradient's."""
+        """Scale the gradients down to a total norm of max_norm if above it; returns the total norm before."""
         parameters = list(parameters)
         norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
         if self.fsdp:  # a DTensor: the whole gradient's norm, from every rank's shards

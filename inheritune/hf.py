@@ -1,20 +1,11 @@
 """
 Hugging Face interop: load a Hugging Face model folder into our GPT (all blocks, or only chosen ones), and export
-ours as a Hub folder of the same architecture. Which folder a name means (a local one, or a Hub id's download:
-hub_folder) is source.py's decision; source.load_pretrained loads one by name.
+ours as a Hub folder of the same architecture. Which folder a name means is source.py's decision.
 
-Architectures: GPT2LMHeadModel; LlamaForCausalLM (Llama 2, Llama 3.x, SmolLM, SmolLM2, OpenLLaMA),
-Qwen2ForCausalLM (Qwen2, Qwen2.5) and MistralForCausalLM, the "Llama family" below.
-  - GPT-2 stores its attention/MLP weights as Conv1D, i.e. (in, out): we transpose them to nn.Linear's
-    (out, in) on the way in and back on the way out. Keys may or may not carry "transformer.".
-  - The Llama family: q_proj, k_proj, v_proj are stacked into our c_attn; gate_proj, up_proj, down_proj are our
-    c_gate, c_fc, c_proj (model.py's docstring has our names).
-  - Sliding-window attention (Mistral, Qwen2 with use_sliding_window): block_size is capped at the window.
-    Within it the window changes nothing (every earlier token is inside it), and model.py refuses longer
-    sequences, so the function is exact.
-Weights come from model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin (GPT-2).
-read_hf_weights reads only the tensors asked for (safe_open + get_tensor), so inheriting a few blocks of a
-large model needs memory for those blocks, the embeddings, final norm and head only.
+Architectures: GPT2LMHeadModel (Conv1D weights, transposed both ways) and the "Llama family": LlamaForCausalLM,
+Qwen2ForCausalLM and MistralForCausalLM (q, k, v stacked into our c_attn). Sliding-window attention caps
+block_size at the window, within which it changes nothing, so the function is exact. Only the tensors asked for
+are read (safe_open), so inheriting a few blocks of a large model needs memory for those blocks alone.
 """
 
 import dataclasses
@@ -24,10 +15,12 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import nullcontext
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from inheritune.atomic import swap_in_folder
 from inheritune.checkpoint import block_indices, matching_tensors, model_with
 from inheritune.hub import hub_unreachable
 from model import GPTConfig
@@ -66,17 +59,11 @@ HUB_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "*.jinja"]
 
 
-def hub_repo_id(name):
-    """openai-community/gpt2 for gpt2 (the Hub moved OpenAI's models there); other names are kept."""
-    return f"openai-community/{name}" if name in HUB_GPT2_NAMES[:4] else name
-
-
 def hub_folder(name, download=True):
-    """The local snapshot of a Hub model (its config, safetensors and tokenizer files), downloaded unless
-    download=False."""
+    """The local snapshot of a Hub model (config, safetensors and tokenizer files), downloaded unless download=False."""
     from huggingface_hub import snapshot_download
 
-    repo_id = hub_repo_id(name)
+    repo_id = f"openai-community/{name}" if name in HUB_GPT2_NAMES[:4] else name  # the Hub moved OpenAI's models
     offline = hub_unreachable() if download else ""  # then from the cache only, at once
     try:
         return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=not download)
@@ -102,12 +89,10 @@ def read_hf_config(folder):
 
 
 def gguf_folder(path):
-    """A Hugging Face folder (config.json, model.safetensors, tokenizer) of the GGUF file at path, de-quantized to
-    float32 by transformers' own GGUF loader. Written once into the Hugging Face cache, named by the file's path,
-    size and time; from then on the file is read as that folder."""
+    """A Hugging Face folder of the GGUF file at path, de-quantized to float32 by transformers' own GGUF loader;
+    written once into the Hugging Face cache, named by the file's path, size and time."""
     import transformers
     from huggingface_hub import constants
-    from safetensors.torch import save_file
 
     stat = os.stat(path)
     key = hashlib.sha1(f"{os.path.abspath(path)} {stat.st_size} {stat.st_mtime_ns}".encode()).hexdigest()[:12]
@@ -125,14 +110,10 @@ def gguf_folder(path):
     except Exception as e:  # truncated, not GGUF at all, or an architecture transformers cannot read
         raise ModelLoadError(f"{path} is damaged or not a model transformers can read ({type(e).__name__}: "
                              f"{(str(e).splitlines() or [''])[0][:200]}): download it again") from None
-    weights = model.state_dict()
-    if model.config.tie_word_embeddings:
-        weights.pop("lm_head.weight")  # the embedding itself, which safetensors will not store twice
     vars(model.config).pop("quantization_config", None)  # the folder holds plain float32 weights
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".gguf-", dir=os.path.dirname(folder))
-    model.config.save_pretrained(tmp)
-    save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     make_readable(tmp)
     try:
@@ -220,9 +201,8 @@ def llama_config_from_hf(folder, family, source):
     })
     rope_scaling = None
     if rope_type == "llama3":
-        rope_scaling = dict(rope_type="llama3", factor=float(rope["factor"]),
-                            low_freq_factor=float(rope["low_freq_factor"]),
-                            high_freq_factor=float(rope["high_freq_factor"]),
+        factors = {k: float(rope[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")}
+        rope_scaling = dict(rope_type="llama3", **factors,
                             original_max_position_embeddings=int(rope.get("original_max_position_embeddings",
                                                                           c.max_position_embeddings)))
     sliding = family == "mistral" or "sliding_attention" in (getattr(c, "layer_types", None) or []) \
@@ -276,12 +256,9 @@ def weight_locations(folder):
 
 
 def read_hf_weights(folder, layers=None, dtype=torch.float32, rest=True):
-    """The Hugging Face-named tensors of folder, as dtype (None: as stored).
-
-    With layers (source block indices, any order, repeats allowed), only blocks layers[0], layers[1], ... are
-    read, renumbered 0, 1, ... in that order (a repeated block is a copy), with every tensor outside the blocks
-    (embeddings, final norm, head) unless rest=False. From safetensors files only those tensors are read.
-    """
+    """The Hugging Face-named tensors of folder, as dtype (None: as stored). With layers (source block indices, any
+    order, repeats allowed) only blocks layers[0], layers[1], ... are read, renumbered 0, 1, ... (a repeat is a copy),
+    with the tensors outside the blocks (embeddings, final norm, head) unless rest=False."""
     locations = weight_locations(folder)
     if locations is None:  # pytorch_model.bin: one pickle, read whole
         stored = torch.load(os.path.join(folder, "pytorch_model.bin"), map_location="cpu", weights_only=True)
@@ -291,16 +268,13 @@ def read_hf_weights(folder, layers=None, dtype=torch.float32, rest=True):
         if name.endswith(BUFFERS):
             continue
         match = BLOCK_TENSOR.match(name)
-        if match is None:
-            if rest:
-                plan[name] = [name]
-        elif layers is None:
-            plan[name] = [name]
-        else:
+        if match and layers is not None:
             prefix, i, part = match.groups()
             targets = [f"{prefix}{j}.{part}" for j, source in enumerate(layers) if source == int(i)]
-            if targets:
-                plan[name] = targets
+        else:
+            targets = [name] if match or rest else []
+        if targets:
+            plan[name] = targets
     files = {}  # file -> the stored names to read from it
     for name in plan:
         files.setdefault(locations[name], []).append(name)
@@ -309,21 +283,13 @@ def read_hf_weights(folder, layers=None, dtype=torch.float32, rest=True):
         raise ModelLoadError(f"{folder} is missing {', '.join(missing)} (listed in {SAFETENSORS_INDEX}): "
                              f"download the model again")
     out = {}
-
-    def place(name, tensor):
-        tensor = tensor if dtype is None else tensor.to(dtype)
-        for k, target in enumerate(plan[name]):
-            out[target] = tensor if k == 0 else tensor.clone()
-
     for path, names in files.items():
-        if path is None:
-            for name in names:
-                place(name, stored[name])
-            continue
         try:
-            with safe_open(path, framework="pt") as f:
+            with safe_open(path, framework="pt") if path else nullcontext() as f:
                 for name in names:
-                    place(name, f.get_tensor(name))
+                    tensor = f.get_tensor(name) if path else stored[name]
+                    tensor = tensor if dtype is None else tensor.to(dtype)
+                    out |= {target: tensor if k == 0 else tensor.clone() for k, target in enumerate(plan[name])}
         except SafetensorError as e:
             raise ModelLoadError(f"{path} is damaged ({e}): download the model again") from None
     return out
@@ -331,22 +297,20 @@ def read_hf_weights(folder, layers=None, dtype=torch.float32, rest=True):
 
 def gpt2_state_dict_from_hf(hf_sd):
     """Hugging Face GPT-2 keys/layout -> ours (strip prefix, transpose Conv1D, tie the head)."""
-    sd = {}
-    for k, v in hf_sd.items():
-        k = k.removeprefix("transformer.")
-        if k == "lm_head.weight":  # tied to wte
-            continue
-        if k.endswith(CONV1D_WEIGHTS):
-            v = v.t()
-        sd["transformer." + k] = v.contiguous()
+    sd = {"transformer." + k.removeprefix("transformer."): conv1d_transposed(k, v) for k, v in hf_sd.items()
+          if k != "lm_head.weight"}  # tied to wte
     if "transformer.wte.weight" in sd:
         sd["lm_head.weight"] = sd["transformer.wte.weight"]
     return sd
 
 
+def conv1d_transposed(name, tensor):
+    """GPT-2's Conv1D weights (in, out) as nn.Linear's (out, in), or the reverse; other tensors as they are."""
+    return (tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor).contiguous()
+
+
 def llama_tensor_names(config, rest=True):
-    """[(our name, [Hugging Face names stacked into it])] for every tensor of a Llama-family model (rest=False:
-    of its blocks only)."""
+    """[(our name, [Hugging Face names stacked into it])] of a Llama-family model (rest=False: its blocks only)."""
     names = []
     if rest:
         names += [("transformer.wte.weight", ["model.embed_tokens.weight"]),
@@ -361,8 +325,7 @@ def llama_tensor_names(config, rest=True):
 
 
 def llama_state_dict_from_hf(hf_sd, config, source, rest=True):
-    """Hugging Face Llama-family tensors -> our names (q, k, v stacked); takes the tensors out of hf_sd.
-    rest=False: hf_sd holds the blocks only."""
+    """Hugging Face Llama-family tensors -> our names (q, k, v stacked), taken out of hf_sd (rest=False: blocks)."""
     sd = {}
     for ours, theirs in llama_tensor_names(config, rest):
         missing = [t for t in theirs if t not in hf_sd]
@@ -381,13 +344,9 @@ def llama_state_dict_from_hf(hf_sd, config, source, rest=True):
 
 
 def load_folder(folder, config, source, layers=None, dtype=torch.float32):
-    """Our GPT of the Hugging Face model in folder (config: its gpt_config_from_hf; source: its name, for errors).
-
-    layers: source block indices (any order, repeats allowed). Only those blocks are read from the weight
-    files, with the embeddings, final norm and head, and the model has len(layers) blocks in that order.
-    None: every block. Weights become dtype (bf16 checkpoints load as float32).
-    With GPT-2's scale_attn_by_inverse_layer_idx a block's attention scale follows its new position (as inherit.py).
-    """
+    """Our GPT of the Hugging Face model in folder (config: its gpt_config_from_hf; source: its name, for errors)
+    with blocks[layers] (read_hf_weights; None: all) in that order, as dtype. With GPT-2's
+    scale_attn_by_inverse_layer_idx a block's attention scale follows its new position (as inherit.py)."""
     layers = list(range(config.n_layer)) if layers is None else block_indices(layers, config, source, ModelLoadError)
     weights = our_state_dict(folder, config, layers, source, dtype)
     return model_with(dataclasses.replace(config, n_layer=len(layers)), weights, f"{source}'s weights",
@@ -395,8 +354,7 @@ def load_folder(folder, config, source, layers=None, dtype=torch.float32):
 
 
 def our_state_dict(folder, config, layers, source, dtype=torch.float32, rest=True):
-    """Our names -> tensors of blocks[layers] of the model in folder (config: its gpt_config_from_hf), renumbered
-    0, 1, ... in that order, and with rest its embeddings, final norm and head. Only those tensors are read."""
+    """Our names -> tensors of the model in folder (config: its gpt_config_from_hf), as read_hf_weights reads them."""
     hf_sd = read_hf_weights(folder, layers, dtype, rest)
     if config.pos_emb == "learned":
         return gpt2_state_dict_from_hf(hf_sd)
@@ -404,8 +362,8 @@ def our_state_dict(folder, config, layers, source, dtype=torch.float32, rest=Tru
 
 
 def hf_architecture(config, source_config=None):
-    """The Hugging Face architecture that computes what config does: the source's when given (e.g. Mistral
-    rather than Llama), else GPT-2, Qwen2 (q, k, v biases) or Llama. A model none of them computes is refused."""
+    """The Hugging Face architecture that computes what config does: the source's when given (Mistral stays
+    Mistral), else GPT-2, Qwen2 (q, k, v biases) or Llama; a model none of them computes is refused."""
     parts = (config.norm, config.mlp, config.pos_emb)
     if parts == ("layernorm", "gelu", "learned"):
         arch = "GPT2LMHeadModel"
@@ -440,8 +398,7 @@ EXPORT_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dro
 
 
 def hf_config_from_gpt(config, source_config=None):
-    """transformers' config object for our config; source_config (a config.json dict) gives the architecture
-    and the special token ids."""
+    """transformers' config for ours; source_config (a config.json dict) gives the architecture and token ids."""
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     unknown = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
@@ -494,20 +451,10 @@ def state_dict_to_hf(model):
             for hf_name, part in zip(theirs, parts):
                 sd[hf_name] = part.contiguous().clone()
         return sd
-    sd = {}
-    for k, v in ours.items():
-        if k == "lm_head.weight":  # tied: Hugging Face re-ties it from wte
-            continue
-        if k.endswith(CONV1D_WEIGHTS):
-            v = v.t()
-        sd[k] = v.contiguous().clone()
-    if not c.bias:  # bias=False GPT-2 models get zero biases (the same function)
-        for i in range(c.n_layer):
-            p = f"transformer.h.{i}."
-            for name, size in (("ln_1", c.n_embd), ("ln_2", c.n_embd), ("attn.c_attn", 3 * c.n_embd),
-                               ("attn.c_proj", c.n_embd), ("mlp.c_fc", c.mlp_width), ("mlp.c_proj", c.n_embd)):
-                sd[p + name + ".bias"] = torch.zeros(size)
-        sd["transformer.ln_f.bias"] = torch.zeros(c.n_embd)
+    sd = {k: conv1d_transposed(k, v).clone() for k, v in ours.items() if k != "lm_head.weight"}  # re-tied from wte
+    if not c.bias:  # bias=False GPT-2 models get zero biases (the same function); Conv1D's out is its last dim
+        sd |= {k.removesuffix("weight") + "bias": torch.zeros(v.shape[-1]) for k, v in sd.items()
+               if not k.endswith(("wte.weight", "wpe.weight"))}
     return sd
 
 
@@ -533,9 +480,8 @@ def write_gpt2_tokenizer(folder, model_max_length):
 
 
 def write_char_tokenizer(folder, chars, model_max_length):
-    """A Hugging Face tokenizer (tokenizer.json, for PreTrainedTokenizerFast) that maps each character of chars
-    to its index, as tokenizer.CharTokenizer does: a WordLevel vocabulary, a split into single characters and
-    a decoder that joins them. Characters outside chars are an error on encoding (there is no unknown token)."""
+    """A Hugging Face tokenizer.json that maps each character of chars to its index, as tokenizer.CharTokenizer does
+    (no unknown token: characters outside chars are an error on encoding)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.WordLevel(vocab={c: i for i, c in enumerate(chars)}, unk_token=None))
@@ -549,8 +495,7 @@ def write_char_tokenizer(folder, chars, model_max_length):
 
 
 def make_readable(folder):
-    """Give folder and its files the permissions a plain mkdir / open would (0755 / 0644 under umask 022):
-    mkdtemp and safetensors create them private (0700 / 0600), unreadable to the rest of a cluster group."""
+    """Give folder and its files a plain mkdir's / open's permissions: mkdtemp and safetensors make them private."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(folder, 0o777 & ~umask)
@@ -559,14 +504,10 @@ def make_readable(folder):
 
 
 def export_hf(model, folder, tokenizer_meta=None, source=None):
-    """Write model as a Hugging Face folder (config.json + model.safetensors), atomically: built under a
-    temporary name, then swapped in.
-
-    tokenizer_meta: a dataset's meta.json, whose tokenizer is written (GPT-2's files, a character-level
-    tokenizer.json, or for "hf" the files of its tokenizer_source, with its BOS/EOS ids in config.json).
-    source: the local Hugging Face folder the model came from: its architecture (Mistral stays Mistral) and special
-    token ids are written, and its tokenizer files copied unless tokenizer_meta names one.
-    """
+    """Write model as a Hugging Face folder (config.json + model.safetensors), atomically. tokenizer_meta: a
+    dataset's meta.json, whose tokenizer is written (for "hf": its tokenizer_source's files and BOS/EOS ids).
+    source: the Hugging Face folder the model came from: its architecture (Mistral stays Mistral), special token
+    ids and, unless tokenizer_meta names one, tokenizer files are kept."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
@@ -597,9 +538,7 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
             if os.path.isfile(os.path.join(tokenizer_folder, name)):
                 shutil.copyfile(os.path.join(tokenizer_folder, name), os.path.join(tmp, name))
         make_readable(tmp)
-        if os.path.exists(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        swap_in_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -131,12 +131,12 @@ def test_hf_weights_of_another_shape_are_refused_in_one_line_both_ways(make_hf_g
     from inheritune import hf
 
     folder = make_hf_gpt2()
-    model = GPT.from_pretrained(folder)
+    model = load_pretrained(folder)
     config = json.loads((tmp_path / "hf-gpt2" / "config.json").read_text())
     (tmp_path / "hf-gpt2" / "config.json").write_text(json.dumps(config | {"n_inner": 64}))  # its weights: 4 * 32
     with pytest.raises(ModelLoadError, match=re.escape(f"{folder}'s weights has transformer.h.0.mlp.c_fc.weight "
                                                        f"[128, 32], a model of its config.json expects [64, 32]")):
-        GPT.from_pretrained(folder)
+        load_pretrained(folder)
     to_hf = hf.state_dict_to_hf  # an export that forgot a tensor is refused before anything is written
     monkeypatch.setattr(hf, "state_dict_to_hf", lambda m: {k: v for k, v in to_hf(m).items() if "ln_f.b" not in k})
     with pytest.raises(ModelLoadError, match=re.escape("our weights in Hugging Face's names has no "

@@ -54,6 +54,7 @@ def test_analyze_rank_figures(tmp_path, figures, tolerance, line):
     assert ax.get_title() == ("out-a-rather-long-run-name-of-a-reference\n"
                                                              "max approximate rank of attention per layer")
     assert [tuple(h.get_ydata()) for h in ax.get_lines()] == [(1 + tolerance, 1 + tolerance)]
+    assert ax.get_yscale() == "log" and ax.get_ylim()[0] < 1  # a bar at MaxRank 1 shows beside ones of 100
     assert "red" not in ax.get_title()
     ticks = [t for t in mass_sink.axes[0].get_xticks() if -0.5 <= t <= 3.5]
     assert ticks == [0, 1, 2, 3]  # layers, not 0.5 steps

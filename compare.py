@@ -239,11 +239,8 @@ def format_report(result):
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"val @: each run's val loss at the first run's ({result['runs'][0]['name']}) steps and FLOPs, "
                  f"interpolated between its evals; n/a: outside its eval curve (never extrapolated)")
-    for run in result["runs"]:
-        ref = run["reference"]
-        if ref is None:
-            continue
-        kind = run["reference_kind"]
+    for run in (run for run in result["runs"] if run["reference"]):
+        ref, kind = run["reference"], run["reference_kind"]
         if "flops" in ref:
             lines.append(f"{run['name']}: {kind} cost: {ref['flops']:.3g} FLOPs, {count(ref['tokens'])} tokens, "
                          f"{ref['steps']} steps ({ref['source']}; not included above)")
@@ -268,14 +265,12 @@ def plot(result, path, metric="val_loss", series=None):
         if run["flops_incl_reference"] is not None:  # the same curve, moved right by what the reference cost
             axes[1].plot([f + run["reference"]["flops"] for f in flops], values, linestyle="--",
                          color=line.get_color(), label=f"{run['name']} incl. {run['reference_kind']}")
-    for ax, x, xlabel in zip(axes, (result["matched_steps"], result["matched_flops"]), ("steps", "training FLOPs")):
+    for ax, x, xlabel, title in zip(axes, (result["matched_steps"], result["matched_flops"]),
+                                    ("steps", "training FLOPs"),
+                                    ("equal steps", "equal compute (dashed: incl. reference / teacher)")):
         ax.axvline(x, color="gray", linestyle=":", linewidth=1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(metric.replace("_", " "))
+        ax.set(xlabel=xlabel, ylabel=metric.replace("_", " "), title=f"{metric} at {title}")
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"{metric} at equal steps")
-    axes[1].set_title(f"{metric} at equal compute (dashed: incl. reference / teacher)")
-    for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -198,8 +198,7 @@ MODEL_SHAPE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "dropout
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
                        "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute", "last_collapse")
 iter_num, round_start_iter, best_val_loss, checkpoint_extras = 0, 0, float("inf"), {}
-last_collapse = None  # the iteration of the last collapse record (a resume does not log it twice)
-last_eval = None  # {iter, train_loss, val_loss} of the last evaluation
+last_collapse, last_eval = None, None  # the last collapse record's iteration; the last eval's iter and losses
 compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
 ref_model = None  # the reference of init_from='inherit' and of growth: an inherit.Reference, read block by block
 try:

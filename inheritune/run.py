@@ -262,25 +262,19 @@ def rng_state(device_type):
     }
 
 
-def set_rng_state(state, device_type):
-    torch.set_rng_state(state["torch"])
-    if device_type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-
-
 def restore_random_state(ckpt, procs, batches):
-    """This process's random state and batch sampler as a checkpoint of as many processes left them."""
-    if "rng" not in ckpt:
-        return
-    if len(ckpt["sampler"]) == procs.world_size:
-        set_rng_state(ckpt["rng"][procs.rank], procs.device_type)
+    """This process's random state (rng_state's) and batch sampler as a checkpoint of as many processes left them."""
+    if "rng" in ckpt and len(ckpt["sampler"]) == procs.world_size:
+        state = ckpt["rng"][procs.rank]
+        torch.set_rng_state(state["torch"])
+        if procs.device_type == "cuda" and state["cuda"] is not None:
+            torch.cuda.set_rng_state(state["cuda"])
+        n, p = state["numpy"], state["python"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
         batches.load_state_dict(ckpt["sampler"][procs.rank])
-    elif procs.master:
+    elif "rng" in ckpt and procs.master:
         print(f"note: the checkpoint was written by {len(ckpt['sampler'])} process(es), this run has "
               f"{procs.world_size}: batches are drawn afresh, so this run does not replay an uninterrupted one")
 

@@ -493,8 +493,7 @@ def grow_model():
 # -----------------------------------------------------------------------------
 # training loop
 t_last_log, iters_since_log = time.time(), 0
-# device-side sums between log steps, read back only at log steps: no host sync on the other steps
-nonfinite_steps = torch.zeros((), device=rank_device)
+nonfinite_steps = torch.zeros((), device=rank_device)  # a device-side sum, read back only at log steps (no host sync)
 while True:
     lr = get_lr(iter_num)
     round_end = (grow_every > 0 and not growth["done"] and iter_num > 0 and iter_num % grow_every == 0

@@ -4,19 +4,12 @@ Compare train.py runs at equal steps and at equal compute: a table, and a PNG of
     python compare.py out-inherit out-scratch out-scratch-2x --out=compare.png --json=compare.json
     python compare.py out-inherit out-scratch --metric=lr --out=lr.png   # any number in log.jsonl, by name
 
-One row per run (an out_dir with log.jsonl): layers (a growing run's path, e.g. 4->6), parameters, steps, training
-tokens and FLOPs (all rounds; train.py logs them with every eval), final and best val loss, and the val loss at the
-FIRST run's steps and at its FLOPs, read off each run's eval curve by linear interpolation between its evals ("n/a"
-outside the curve: never extrapolated). A run inherited from a reference did not pay for the reference's training:
-that cost is listed apart (from the reference's log.jsonl when it is one of our runs), with the total including it;
-likewise a distilled run's teacher (its own forward passes during distillation are in the run's FLOPs).
-Tokens and FLOPs are not reconstructed for logs written before train.py counted them: a resume may have changed
-the batch and a growth the depth, and a guess is not a measurement. The PNG draws --metric: any number the runs log,
-a nested one by its path as wandb names it (layer_loss/3); --json carries every key of every eval record.
-
-A run trained with --collapse_every also gets OUT-collapse-RUN.png next to --out (RUN: its out_dir, "/" as "_"):
-layers x iterations heatmaps of MaxRank and sink share (blank where a growing run's layer did not exist yet) and,
-when its records carry the gradient norms, each layer's grad_q and grad_k against its eps with Thm H.1's bounds.
+One row per run (an out_dir with log.jsonl): layers (e.g. 4->6), parameters, steps, tokens and FLOPs (all rounds),
+final and best val loss, and the val loss at the FIRST run's steps and FLOPs, interpolated between its evals ("n/a"
+outside the curve: never extrapolated). A reference's or teacher's training cost is listed apart (from its log.jsonl
+when it is one of our runs), with the total including it. --metric: any number the runs log (nested: layer_loss/3).
+A run trained with --collapse_every also gets OUT-collapse-RUN.png: MaxRank and sink share per layer and iteration,
+and each layer's grad_q / grad_k against its eps with Thm H.1's bounds when logged.
 """
 
 import json
@@ -24,6 +17,7 @@ import os
 import re
 import sys
 
+import matplotlib
 import numpy as np
 import torch
 
@@ -32,6 +26,9 @@ from inheritune.checkpoint import CheckpointError, find_checkpoint, load_checkpo
 from inheritune.configurator import configure_or_exit
 from inheritune.run import flat
 from model import GPT, GPTConfig
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 DEFAULTS = dict(
     out="compare.png",  # the PNG to write: val loss against steps and against FLOPs
@@ -59,8 +56,7 @@ def read_log(out_dir):
 
 
 def read_evals(out_dir):
-    """The eval records of out_dir/log.jsonl, one per iteration (the last logged wins: a resumed run logs its
-    iteration again), in iteration order."""
+    """The eval records of out_dir/log.jsonl in iteration order, the last logged per iteration winning (a resume)."""
     by_iter, path = {r["iter"]: r for r in read_log(out_dir) if "val_loss" in r}, os.path.join(out_dir, "log.jsonl")
     if not by_iter:
         raise CompareError(f"{path} has no eval records (val_loss): the run has not reached its first eval")
@@ -71,8 +67,7 @@ def read_evals(out_dir):
 
 
 def read_series(out_dir, name):
-    """[(iter, FLOPs or None, value)] of the number called name in out_dir/log.jsonl's records (nested values by their
-    path, e.g. layer_loss/3), the last logged per iteration winning, in iteration order."""
+    """[(iter, FLOPs or None, value)] of the number called name (nested: by its path) in log.jsonl, as read_evals."""
     by_iter, names = {}, set()
     for record in read_log(out_dir):
         numbers = {k: v for k, v in flat(record).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -90,8 +85,7 @@ GRAD_KEYS = ("grad_q", "bound_q", "grad_k", "bound_k")  # optional: records writ
 
 
 def read_collapse(out_dir):
-    """{iter: {layer: {COLLAPSE_KEYS, and the GRAD_KEYS logged}}} of out_dir/log.jsonl's collapse
-    records (the last logged wins, as for evals); {} for a run without them."""
+    """{iter: {layer: {COLLAPSE_KEYS, and the GRAD_KEYS logged}}} of out_dir/log.jsonl's collapse records, or {}."""
     by_iter = {}
     for lineno, record in enumerate(read_log(out_dir), 1):
         if not isinstance(record, dict) or record.get("event") != "collapse":
@@ -119,14 +113,8 @@ def collapse_grid(by_iter, key):
 
 
 def plot_collapse(name, by_iter, path):
-    """One run's MaxRank and sink-share heatmaps and, when logged, grad_q / grad_k against eps with their bounds:
-    whether collapsed layers (low MaxRank, high sink share, small eps) stop learning, at a glance. Returns the
-    gradients drawn ("q", "k")."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One run's MaxRank and sink-share heatmaps and, when logged, grad_q / grad_k against eps with their bounds (do
+    collapsed layers stop learning?). Returns the gradients drawn ("q", "k")."""
     points = [(layer, m) for layers in by_iter.values() for layer, m in layers.items()]
     grads = [g for g in ("q", "k") if any(f"grad_{g}" in m for _, m in points)]
     fig, axes = plt.subplots(1 + bool(grads), 2, figsize=(12, 4.5 * (1 + bool(grads))), squeeze=False)
@@ -166,15 +154,12 @@ def plot_collapse(name, by_iter, path):
 
 def interpolate(xs, ys, x):
     """y at x on the piecewise-linear curve through (xs, ys); None outside [xs[0], xs[-1]]: no extrapolation."""
-    if not xs[0] <= x <= xs[-1]:
-        return None
-    return float(np.interp(x, xs, ys))
+    return float(np.interp(x, xs, ys)) if xs[0] <= x <= xs[-1] else None
 
 
 def reference_source(ckpt):
-    """(kind, where) of the trained model a run was built from: an inherited run's reference (the run's
-    --reference, its latest location, else the source in the checkpoint's inherit metadata), or a distilled run's
-    teacher (kind "teacher"); (None, None) for runs that used none."""
+    """(kind, where) of the trained model a run was built from (its latest location): an inherited run's reference, a
+    distilled run's teacher, or (None, None)."""
     config = (ckpt or {}).get("config") or {}
     if ckpt is not None and ckpt.get("inherit"):
         return "reference", config.get("reference") or ckpt["inherit"].get("source")
@@ -184,8 +169,7 @@ def reference_source(ckpt):
 
 
 def reference_cost(source):
-    """{source, tokens, flops, steps} of a reference that is one of our runs with a counted log; else
-    {source, note} saying why its cost is not known."""
+    """{source, tokens, flops, steps} of a reference that is one of our runs; else {source, note} saying why not."""
     out_dir = (os.path.dirname(source) or ".") if source.endswith(".pt") else source
     if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         return {"source": source, "note": f"not known: no log.jsonl at {out_dir}"}
@@ -203,14 +187,11 @@ def summarize(out_dir):
         ckpt = load_checkpoint(out_dir, weights=False) if find_checkpoint(out_dir) else None
     except CheckpointError as e:  # it names the file as damaged
         raise CompareError(str(e)) from None
-    depths = [r["n_layer"] for r in evals if "n_layer" in r]  # growing runs log their depth with every eval
-    if ckpt is not None:
-        depths.append(ckpt["model_args"]["n_layer"])
+    # growing runs log their depth with every eval
+    depths = [r["n_layer"] for r in evals if "n_layer" in r] + ([ckpt["model_args"]["n_layer"]] if ckpt else [])
     layers = [d for i, d in enumerate(depths) if i == 0 or d != depths[i - 1]]
-    params = None
-    if ckpt is not None:
-        with torch.device("meta"):  # the shape only: no memory, no init
-            params = GPT(GPTConfig(**ckpt["model_args"])).get_num_params(non_embedding=False)
+    with torch.device("meta"):  # the shape only: no memory, no init
+        params = GPT(GPTConfig(**ckpt["model_args"])).get_num_params(non_embedding=False) if ckpt else None
     kind, source = reference_source(ckpt)
     last = evals[-1]
     return {"name": out_dir, "layers": layers, "params": params, "steps": last["iter"], "tokens": last["tokens"],
@@ -258,11 +239,8 @@ def format_report(result):
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"val @: each run's val loss at the first run's ({result['runs'][0]['name']}) steps and FLOPs, "
                  f"interpolated between its evals; n/a: outside its eval curve (never extrapolated)")
-    for run in result["runs"]:
-        ref = run["reference"]
-        if ref is None:
-            continue
-        kind = run["reference_kind"]
+    for run in (run for run in result["runs"] if run["reference"]):
+        ref, kind = run["reference"], run["reference_kind"]
         if "flops" in ref:
             lines.append(f"{run['name']}: {kind} cost: {ref['flops']:.3g} FLOPs, {count(ref['tokens'])} tokens, "
                          f"{ref['steps']} steps ({ref['source']}; not included above)")
@@ -275,11 +253,6 @@ def format_report(result):
 def plot(result, path, metric="val_loss", series=None):
     """metric (series: {run name: its read_series}; by default from the runs' eval records) against steps and against
     FLOPs, one line per run, the matched budgets dotted; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series = series or {run["name"]: [(r["iter"], r["flops"], r[metric]) for r in run["evals"]]
                         for run in result["runs"]}
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
@@ -292,13 +265,12 @@ def plot(result, path, metric="val_loss", series=None):
         if run["flops_incl_reference"] is not None:  # the same curve, moved right by what the reference cost
             axes[1].plot([f + run["reference"]["flops"] for f in flops], values, linestyle="--",
                          color=line.get_color(), label=f"{run['name']} incl. {run['reference_kind']}")
-    for ax, x, xlabel in zip(axes, (result["matched_steps"], result["matched_flops"]), ("steps", "training FLOPs")):
+    for ax, x, xlabel, title in zip(axes, (result["matched_steps"], result["matched_flops"]),
+                                    ("steps", "training FLOPs"),
+                                    ("equal steps", "equal compute (dashed: incl. reference / teacher)")):
         ax.axvline(x, color="gray", linestyle=":", linewidth=1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(metric.replace("_", " "))
+        ax.set(xlabel=xlabel, ylabel=metric.replace("_", " "), title=f"{metric} at {title}")
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"{metric} at equal steps")
-    axes[1].set_title(f"{metric} at equal compute (dashed: incl. reference / teacher)")
     # one legend below the plots, never over a curve: the right plot's lines (every run, and the dashed ones)
     fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

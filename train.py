@@ -4,10 +4,9 @@ Train a GPT, nanoGPT-style: one process on CPU / CUDA / MPS, DDP under torchrun,
     python train.py config/train_shakespeare_char.py --device=cpu --compile=False
     torchrun --standalone --nproc_per_node=8 train.py config/inherit_gpt2_medium.py
 
-Inheritune: --init_from=inherit starts from the first blocks of --reference; --grow_every=N evaluates every N
-iterations and, below the reference's val loss, adds blocks (inherit.GROW_INITS says how) until it reaches it.
-Logs go to out_dir/log.jsonl; checkpoints (out_dir/ckpt.pt, or FSDP's ckpt.dcp/) continue a run exactly, and the same
-command again continues its run (inheritune/run.py). SIGTERM / SIGINT save within log_interval steps and exit 0.
+Inheritune: --init_from=inherit starts from the first blocks of --reference; --grow_every=N adds blocks every N
+iterations until the val loss reaches the reference's. Logs go to out_dir/log.jsonl; the same command again continues
+a run from its checkpoint exactly (inheritune/run.py). SIGTERM / SIGINT save within log_interval steps and exit 0.
 """
 
 import json
@@ -39,9 +38,8 @@ def config_keys(before=()):
 
 
 # -----------------------------------------------------------------------------
-# default config, overridden by config files and --key=value (see inheritune/configurator.py). Every key defines the
-# run (recorded in its checkpoint; a continue with another value is refused) unless it is in the last two sections:
-# a fork's new key goes in the section where it belongs, and is then handled as its section says.
+# default config, overridden by config files and --key=value (inheritune/configurator.py). Every key defines the run
+# (a continue with another value is refused) unless it is in the last two sections; a fork's new key goes where it fits
 # data
 dataset = "openwebtext"
 data_dir = ""  # default: data/<dataset>
@@ -200,8 +198,7 @@ MODEL_SHAPE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "dropout
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
                        "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute", "last_collapse")
 iter_num, round_start_iter, best_val_loss, checkpoint_extras = 0, 0, float("inf"), {}
-last_collapse = None  # the iteration of the last collapse record (a resume does not log it twice)
-last_eval = None  # {iter, train_loss, val_loss} of the last evaluation
+last_collapse, last_eval = None, None  # the last collapse record's iteration; the last eval's iter and losses
 compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)
 ref_model = None  # the reference of init_from='inherit' and of growth: an inherit.Reference, read block by block
 try:
@@ -341,8 +338,7 @@ if grow_every > 0:
 if not (grow_every > 0 and GROW_INIT.needs_reference):
     ref_model = None  # inherited from already; growth does not need it
 
-# knowledge distillation: the teacher, frozen and in eval mode; it takes no gradients, so it is never DDP-wrapped;
-# under FSDP rank 0 alone reads it and it is sharded over the ranks like the student
+# knowledge distillation: the teacher, frozen (never DDP-wrapped); under FSDP rank 0 reads it, sharded like the student
 teacher_model, teacher_flops_per_token = None, 0.0
 if teacher:
     try:
@@ -417,10 +413,8 @@ def get_lr(it):
 
 
 def distillation_loss(student_logits, teacher_logits):
-    """KL(teacher || student) of the next-token distributions at kd_temperature, summed over the vocabulary per
-    token and averaged over tokens, in float32. Both softmaxes run over the data's token ids only (the first
-    meta["vocab_size"] logits): ids that padding adds (GPT-2's 50257 to 50304) never occur in the data, so a
-    teacher and a student whose vocabularies differ only by padding are compared on the same distribution."""
+    """KL(teacher || student) at kd_temperature per token, in float32, over the data's token ids only: padded
+    vocabularies (GPT-2's 50257 to 50304) compare on the same distribution."""
     v = meta["vocab_size"]
     log_q = F.log_softmax(student_logits[..., :v].float() / kd_temperature, dim=-1).reshape(-1, v)
     log_p = F.log_softmax(teacher_logits[..., :v].float() / kd_temperature, dim=-1).reshape(-1, v)
@@ -441,8 +435,7 @@ def val_distillation():
                                 lambda m, x, y: distillation_loss(m(x)[0], teacher_model(x)[0]))}
 
 
-# What an eval logs: each function returns a dict of JSON values (numbers, lists, nested dicts: per-layer values), all
-# logged together (log.jsonl, wandb flattened, compare.py). A new metric is one function and one entry here.
+# What an eval logs: each function returns a dict of JSON values (nested ones too); a new metric is one entry here.
 EVAL_METRICS = [split_losses, val_distillation]
 
 
@@ -450,22 +443,17 @@ def evaluate():
     return {k: v for metric in EVAL_METRICS for k, v in metric().items()}
 
 
-def training_state():
-    """What a checkpoint holds besides the weights and the optimizer: everything needed to continue exactly."""
-    return dict(checkpoint_extras, model_args=model_args, config=config, student_keys=STUDENT_KEYS,
-                scaler=scaler.state_dict(), iter_num=iter_num, round_start_iter=round_start_iter,
-                best_val_loss=best_val_loss, compute=compute, last_collapse=last_collapse,
-                rng=gather(run.rng_state(device_type)), sampler=gather(train_batches.state_dict()),
-                last_eval=last_eval)
-
-
 def save_checkpoint():
-    rundir.save(training_state(), raw_model, optimizer)
+    """The weights, the optimizer and everything else needed to continue exactly."""
+    rundir.save(dict(checkpoint_extras, model_args=model_args, config=config, student_keys=STUDENT_KEYS,
+                     scaler=scaler.state_dict(), iter_num=iter_num, round_start_iter=round_start_iter,
+                     best_val_loss=best_val_loss, compute=compute, last_collapse=last_collapse,
+                     rng=gather(run.rng_state(device_type)), sampler=gather(train_batches.state_dict()),
+                     last_eval=last_eval), raw_model, optimizer)
 
 
 def round_decision(val_loss):
-    """At a round's end (every grow_every iterations): grow, or stop growing (target reached, max depth, max_iters).
-    Logs a round_end record; every rank decides alike (the val loss was all-reduced)."""
+    """At a round's end: grow, or stop growing (target, max depth, max_iters); logged; every rank decides alike."""
     growth["last_round_end"] = iter_num
     target, depth = growth["target_val_loss"], raw_model.config.n_layer
     added = depth if GROW_INIT.doubles else grow_by
@@ -481,10 +469,8 @@ def round_decision(val_loss):
 
 
 def grow_model():
-    """Inheritune's growth step (inherit.growth_step, as GROW_INITS[grow_init] says), then the grown model wrapped for
-    training and its optimizer: in continue mode the kept parameters keep their AdamW moments (under FSDP, the same
-    shards). The reference's blocks are read from its files now; under FSDP rank 0 builds the grown model in CPU
-    memory (from the gathered trained one where it keeps its blocks), the other ranks its shape."""
+    """Inheritune's growth step (inherit.growth_step), the grown model wrapped and its optimizer: in continue mode the
+    kept parameters keep their AdamW moments. Under FSDP rank 0 builds it in CPU memory, the other ranks its shape."""
     fresh = checkpoint_extras["inherit"]["fresh"] if "inherit" in checkpoint_extras else ()
     try:
         with procs.shapes_only():
@@ -507,8 +493,7 @@ def grow_model():
 # -----------------------------------------------------------------------------
 # training loop
 t_last_log, iters_since_log = time.time(), 0
-# device-side sums between log steps, read back only at log steps: no host sync on the other steps
-nonfinite_steps = torch.zeros((), device=rank_device)
+nonfinite_steps = torch.zeros((), device=rank_device)  # a device-side sum, read back only at log steps (no host sync)
 while True:
     lr = get_lr(iter_num)
     round_end = (grow_every > 0 and not growth["done"] and iter_num > 0 and iter_num % grow_every == 0

@@ -16,17 +16,15 @@ import sys
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from inheritune.checkpoint import SHARDED_NAME, checkpoint_path, find_checkpoint, load_checkpoint, save_checkpoint
-from inheritune.checkpoint import save_sharded_checkpoint
+from inheritune.checkpoint import (SHARDED_NAME, checkpoint_path, find_checkpoint, load_checkpoint, save_checkpoint,
+                                   save_sharded_checkpoint)
 from inheritune.configurator import ConfigError
-from inheritune.distributed import fail
+from inheritune.distributed import fail, share_from_rank0
 
 
 def refuse_assigned_keys(script, keys):
-    """Refuse a script that assigns a config key's name again after its default (anywhere): the line would overwrite
-    what the config files and flags set, silently. One line naming the key and both lines."""
+    """Refuse a script that assigns a config key again after its default: it would silently overwrite the flags."""
     with open(script) as f:
         names = [n for n in ast.walk(ast.parse(f.read())) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
     for key in keys:
@@ -37,9 +35,8 @@ def refuse_assigned_keys(script, keys):
 
 
 def recorded_config(ckpt, defaults, given, own_keys):
-    """The settings a checkpoint records of its run, as train.py keys: its model's context and its saved config
-    (keys this train.py knows, with a value of the right type; an empty string means "not recorded"), less
-    own_keys (this machine's and this command's)."""
+    """The settings a checkpoint records of its run (its context and saved config) as train.py keys of the right type,
+    less own_keys (this machine's and this command's); an empty string means "not recorded"."""
     saved = {"block_size": ckpt["model_args"].get("block_size")} | dict(ckpt.get("config") or {})
     recorded = {k: v for k, v in saved.items() if k in defaults and k not in own_keys
                 and type(v) is type(defaults[k]) and v != ""}
@@ -59,13 +56,8 @@ def logged_run_config(path):
 
 
 def open_run(out_dir, config, run_keys, weights=True):
-    """The checkpoint this command continues, or None for a new run.
-
-    --init_from=resume continues out_dir's checkpoint. Any other command into an out_dir that already holds a
-    checkpoint or log.jsonl continues that run when the runs agree in run_keys (as litgpt's resume="auto": the same
-    command again after a crash or preemption needs no edit) and otherwise stops: replacing another run's
-    checkpoint takes --overwrite=True. weights=False: the checkpoint without its tensors (FSDP reads them later).
-    """
+    """The checkpoint this command continues, or None for a new run. Another command into an out_dir holding a run
+    continues it when they agree in run_keys (litgpt's resume="auto"), else stops. weights=False: no tensors (FSDP)."""
     if out_dir.endswith(".pt"):
         fail(f"out_dir={out_dir!r} ends in .pt, but out_dir is a folder (train.py writes ckpt.pt and log.jsonl "
              f"into it)")
@@ -119,8 +111,7 @@ def run_finished(out_dir):
 
 
 def exit_if_complete(ckpt, cfg):
-    """A requeued job of a finished run succeeds without work. Stopping before the checkpoint's iteration cannot be
-    done (training is not undone): refused, so that a script that meant to extend the run notices."""
+    """A requeued job of a finished run succeeds without work; a max_iters below the checkpoint's is refused."""
     done_iters = ckpt.get("iter_num", 0)
     if cfg["max_iters"] < done_iters:
         fail(f"max_iters={cfg['max_iters']} is below the iteration of the checkpoint in {cfg['out_dir']} "
@@ -133,9 +124,8 @@ def exit_if_complete(ckpt, cfg):
 
 
 def check_model_flags(given, model_config, what, recorded=None, inherited=False):
-    """A model flag given for a model that brings its own shape (pretrained, inherited, resumed) must agree with it,
-    or resuming with the run's recorded setting (a grown run's n_layer): refused in one line, never dropped. dropout
-    always applies, a shorter block_size crops; inherited: n_layer picks the blocks, n_embd / n_head narrow them."""
+    """Refuse a model flag that disagrees with a model that brings its shape (or the run's recorded setting: a grown
+    run's n_layer). dropout always applies, a shorter block_size crops; inherited: n_layer / n_embd / n_head select."""
     exempt = ("dropout", "block_size") + (("n_layer", "n_embd", "n_head") if inherited else ())
     for f in dataclasses.fields(model_config):
         ours = getattr(model_config, f.name)
@@ -145,8 +135,7 @@ def check_model_flags(given, model_config, what, recorded=None, inherited=False)
 
 
 def check_settings(cfg, new_model, grow_inits):
-    """Refuse settings that cannot work, naming the key (ConfigError), before any work; return warnings about
-    settings that work but are likely mistakes. grow_inits: inherit.GROW_INITS."""
+    """Refuse settings that cannot work (ConfigError); return warnings about likely mistakes. grow_inits: inherit's."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg["fsdp"] and cfg["fsdp_shard_size"] and world_size % cfg["fsdp_shard_size"]:
         raise ConfigError(f"fsdp_shard_size={cfg['fsdp_shard_size']} does not divide the {world_size} processes: "
@@ -178,9 +167,7 @@ def check_settings(cfg, new_model, grow_inits):
                           f"lower warmup_iters")
     warnings, round_iters = [], cfg["grow_every"]
     if round_iters and cfg["decay_lr"]:
-        # Restart mode gives each round its own warmup and cosine: a round no longer than the warm-up would end
-        # before the learning rate ever decays (refused). A cosine longer than a round only ends each round above
-        # min_lr (warned); in continue mode the schedule spans the run, so a long warm-up is only unusual (warned).
+        # restart mode: each round its own warmup and cosine (pure warm-up refused); continue mode: one schedule
         if cfg["warmup_iters"] >= round_iters and cfg["grow_mode"] == "restart":
             raise ConfigError(f"warmup_iters={cfg['warmup_iters']} is not below grow_every={round_iters}: in restart "
                               f"mode every round would be pure warm-up; lower warmup_iters (the paper: 2K of a 100K "
@@ -197,19 +184,17 @@ def check_settings(cfg, new_model, grow_inits):
 
 
 class RunDir:
-    """out_dir as a run writes it: log.jsonl (also printed, and sent to wandb) and the checkpoint (rank 0 writes
-    both; under FSDP every rank writes its own shards). eval_only: print only."""
+    """out_dir as a run writes it: log.jsonl (also printed, and sent to wandb: (project, run name) or None) and the
+    checkpoint (rank 0 writes both; under FSDP every rank writes its own shards). eval_only: print only."""
 
     def __init__(self, out_dir, procs, eval_only=False, wandb=None, checkpoint_iter=None):
-        """wandb: (project, run name) to log to Weights & Biases as well (rank 0, from start_log on), or None."""
         self.out_dir, self.procs, self.eval_only, self.wandb = out_dir, procs, eval_only, wandb
         self.log_path, self.ckpt_path = os.path.join(out_dir, "log.jsonl"), checkpoint_path(out_dir)
         self.log_size = 0  # log.jsonl's length, recorded in each checkpoint (a resume truncates to it)
         self.checkpoint_iter = checkpoint_iter  # the iteration of the checkpoint on disk (for messages)
 
     def start_log(self, config, resuming, checkpoint_log_size=None):
-        """A resumed run drops the records written after its checkpoint (it writes them again); a new run starts the
-        log with a run_start record holding its config (what a re-run compares with, if no checkpoint comes)."""
+        """A resume drops the records after its checkpoint; a new run starts with a run_start record (its config)."""
         if self.wandb and self.procs.master:
             import wandb
 
@@ -249,10 +234,8 @@ class RunDir:
             self.log_size = f.tell()
 
     def save(self, state, raw_model, optimizer):
-        """Everything needed to continue exactly (state: the run's counters and settings; the model's and the
-        optimizer's tensors), written atomically: by rank 0 as ckpt.pt, or under FSDP by every rank (its own
-        shards) as ckpt.dcp/ (every rank must call this). A failed write (a full disk) leaves the previous
-        checkpoint as it was and stops every rank with a message."""
+        """state, the model and the optimizer, written atomically (every rank calls this): by rank 0 as ckpt.pt, or
+        under FSDP by every rank as ckpt.dcp/. A failed write leaves the previous checkpoint and stops every rank."""
         procs, error = self.procs, None
         ckpt = dict(state, log_size=self.log_size)
         where = os.path.join(self.out_dir, SHARDED_NAME) if procs.fsdp else self.ckpt_path
@@ -270,9 +253,7 @@ class RunDir:
             error = (f"could not save the checkpoint of iter {state['iter_num']} to {where} ({e.strerror or e}); "
                      f"{kept}. Free space and run the same command again: it continues from the checkpoint")
         if procs.ddp:  # no rank goes on (or exits on preemption) before rank 0's save has succeeded or failed
-            outcome = [error]
-            dist.broadcast_object_list(outcome, src=0)
-            error = outcome[0]
+            error = share_from_rank0(error)
         if error:
             fail(error)
         self.checkpoint_iter = state["iter_num"]
@@ -299,26 +280,19 @@ def rng_state(device_type):
     }
 
 
-def set_rng_state(state, device_type):
-    torch.set_rng_state(state["torch"])
-    if device_type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-
-
 def restore_random_state(ckpt, procs, batches):
-    """This process's random state and batch sampler as the checkpoint left them (for an exact resume), when it was
-    written by as many processes as this run has."""
-    if "rng" not in ckpt:
-        return
-    if len(ckpt["sampler"]) == procs.world_size:
-        set_rng_state(ckpt["rng"][procs.rank], procs.device_type)
+    """This process's random state (rng_state's) and batch sampler as a checkpoint of as many processes left them."""
+    if "rng" in ckpt and len(ckpt["sampler"]) == procs.world_size:
+        state = ckpt["rng"][procs.rank]
+        torch.set_rng_state(state["torch"])
+        if procs.device_type == "cuda" and state["cuda"] is not None:
+            torch.cuda.set_rng_state(state["cuda"])
+        n, p = state["numpy"], state["python"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
         batches.load_state_dict(ckpt["sampler"][procs.rank])
-    elif procs.master:
+    elif "rng" in ckpt and procs.master:
         print(f"note: the checkpoint was written by {len(ckpt['sampler'])} process(es), this run has "
               f"{procs.world_size}: batches are drawn afresh, so this run does not replay an uninterrupted one")
 

@@ -247,17 +247,14 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count. non_embedding (the default) leaves out the lookup tables that do no matmul: the
-        position embedding, and the token embedding when it is not tied to the LM head (a tied one counts once,
-        as the head). This is the N of flops_per_token's 6N."""
+        """Parameter count; non_embedding leaves out the lookup tables that do no matmul (wpe, and wte unless tied to
+        the LM head, where it counts once as the head): the N of flops_per_token's 6N."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
             if "wpe" in self.transformer:
@@ -290,11 +287,9 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x, att = block(x, rope, return_attn)
             attentions.append(att)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1),
+                                                            ignore_index=-1)
         return (logits, loss, attentions) if return_attn else (logits, loss)
 
     def iter_attentions(self, idx):
@@ -318,13 +313,12 @@ class GPT(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, decay_embeddings=True):
         """AdamW with weight decay on 2-D weights only (matmuls, embeddings), none on biases and LayerNorms;
         decay_embeddings=False: none on the embeddings either (wte, tied to lm_head, and wpe), as the paper's code."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        # named: checkpoints then key its state by name
+        params = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
         kept = set() if decay_embeddings else {m.weight for m in self.modules() if isinstance(m, nn.Embedding)}
-        decay = [p for p in params if p.dim() >= 2 and p not in kept]
-        no_decay = [p for p in params if p.dim() < 2 or p in kept]
+        decay = [(name, p) for name, p in params if p.dim() >= 2 and p not in kept]
+        no_decay = [(name, p) for name, p in params if p.dim() < 2 or p in kept]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        name_of = {p: name for name, p in self.named_parameters()}  # named: checkpoints then key its state by name
-        groups = [g | {"params": [(name_of[p], p) for p in g["params"]]} for g in groups]
         # one fused kernel for all parameters (on CPU 3.6x faster than the foreach default, BENCHMARKS.md)
         fused = True if device_type in ("cuda", "cpu") else None  # None: PyTorch's default (foreach) elsewhere
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)

@@ -143,9 +143,7 @@ def gpt_config_from_hf(folder, source):
     """Our GPTConfig for the Hugging Face model in folder; a setting model.py does not implement is refused."""
     hf_config = read_hf_config(folder)
     family = hf_family(hf_config, source)
-    if family == "gpt2":
-        return gpt2_config_from_hf(hf_config, source)
-    return llama_config_from_hf(folder, family, source)
+    return gpt2_config_from_hf(hf_config, source) if family == "gpt2" else llama_config_from_hf(folder, family, source)
 
 
 def refuse_unsupported(source, settings):
@@ -169,7 +167,6 @@ def gpt2_config_from_hf(hf_config, source):
         n_layer=hf_config["n_layer"],
         n_head=hf_config["n_head"],
         n_embd=hf_config["n_embd"],
-        dropout=0.0,
         bias=True,  # Hugging Face's GPT-2 always has biases
         scale_attn_by_inverse_layer_idx=hf_config.get("scale_attn_by_inverse_layer_idx", False),
         norm_eps=hf_config.get("layer_norm_epsilon", 1e-5),
@@ -216,7 +213,6 @@ def llama_config_from_hf(folder, family, source):
         n_layer=c.num_hidden_layers,
         n_head=c.num_attention_heads,
         n_embd=c.hidden_size,
-        dropout=0.0,
         bias=False,
         norm="rmsnorm",
         norm_eps=float(c.rms_norm_eps),

@@ -14,7 +14,6 @@ folder) that does not exist, or a single word that is no GPT-2 name (a typo of a
 """
 
 import contextlib
-import dataclasses
 import difflib
 import functools
 import os
@@ -206,19 +205,14 @@ def load_model(source, device="cpu", layers=None):
     return source.load(layers, device), source.checkpoint
 
 
-def load_pretrained(name_or_path, layers=None, override_args=None, dtype=torch.float32):
+def load_pretrained(name_or_path, layers=None, dtype=torch.float32):
     """Our GPT from a Hugging Face GPT-2, Llama, Qwen2 or Mistral model: a GPT-2 name, Hub id or local folder
-    (open_source finds it); see hf.load_folder. override_args may set dropout."""
+    (open_source finds it); see hf.load_folder."""
     source = open_source(name_or_path)
     if source.kind not in HF_KINDS:
         raise ModelLoadError(f"{name_or_path} is one of our checkpoints, not a Hugging Face model: load it with "
                              f"source.load_model")
-    config = source.config
-    for k, v in (override_args or {}).items():
-        if k != "dropout":
-            raise ValueError(f"only dropout can be overridden when loading pretrained weights, not {k}")
-        config = dataclasses.replace(config, dropout=v)
-    return load_folder(source.path, config, name_or_path, layers, dtype)
+    return load_folder(source.path, source.config, name_or_path, layers, dtype)
 
 
 def known_model_tokenizer_meta(source):

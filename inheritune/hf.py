@@ -75,11 +75,6 @@ def hub_folder(name, download=True):
         ) from None
 
 
-def has_tokenizer(folder):
-    """Whether folder holds a Hugging Face tokenizer's vocabulary (a tokenizer_config.json alone is not one)."""
-    return any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
-
-
 def read_hf_config(folder):
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
@@ -513,8 +508,7 @@ def export_hf(model, folder, tokenizer_meta=None, source=None):
     if kind == "hf":  # meta.json records a folder by its absolute path (tokenizer files alone will do), else a Hub id
         name = tokenizer_meta["tokenizer_source"]
         tokenizer_folder = name if os.path.isdir(name) else hub_folder(name)
-    if kind == "hf" and source_config is None:
-        source_config = {k: tokenizer_meta[k] for k in ("bos_token_id", "eos_token_id")}
+        source_config = source_config or {k: tokenizer_meta[k] for k in ("bos_token_id", "eos_token_id")}
     hf_config = hf_config_from_gpt(model.config, source_config)  # refuses a model no architecture computes
     with torch.device("meta"):  # the architecture's own parameters (a tied head once): ours must match them
         expected = dict(AutoModelForCausalLM.from_config(hf_config).named_parameters())

@@ -176,7 +176,8 @@ class ModelSource:
                 with contextlib.suppress(ModelLoadError):  # the model it was inherited from is not here
                     meta = (origin := self.origin()) and origin.known_tokenizer_meta()
             return meta
-        if not hf.has_tokenizer(self.path):
+        vocabularies = ("tokenizer.json", "tokenizer.model", "vocab.json")  # a tokenizer_config.json alone is none
+        if not any(os.path.isfile(os.path.join(self.path, f)) for f in vocabularies):
             return None
         meta = hf_tokenizer_meta(self.path)
         if meta["tokenizer_fingerprint"] == meta_fingerprint({"tokenizer": "gpt2"}):

@@ -84,10 +84,7 @@ def smallest_count_reaching(shares_desc, level):
     return (below.sum(-1) + 1).clamp_max(shares_desc.size(-1))
 
 
-@functools.lru_cache(maxsize=1)
-def eig_pool(workers):
-    """One thread pool for the process (a new one if the thread count changed)."""
-    return ThreadPoolExecutor(workers)
+eig_pool = functools.lru_cache(maxsize=1)(ThreadPoolExecutor)  # one pool, a new one when the thread count changes
 
 
 def squared_singular_values(A):

@@ -10,21 +10,28 @@ import compare
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
 
 @pytest.fixture
 def figures(monkeypatch):
-    """The figures the scripts close after saving them, drawn, in order."""
-    closed, close = [], plt.close
+    """The figures the scripts save (analyze_rank.py's through save_figure, compare.py's closed after saving), drawn,
+    in order."""
+    kept, close, save = [], plt.close, analyze_rank.save_figure
 
     def keep(fig):
-        fig.canvas.draw()
-        closed.append(fig)
-        close(fig)
+        FigureCanvasAgg(fig).draw()  # a renderer for the extents (analyze_rank's Figures have none of pyplot's)
+        kept.append(fig)
 
-    monkeypatch.setattr(plt, "close", keep)
-    return closed
+    def saved(fig, *args):
+        path = save(fig, *args)
+        keep(fig)
+        return path
+
+    monkeypatch.setattr(plt, "close", lambda fig: (keep(fig), close(fig)))
+    monkeypatch.setattr(analyze_rank, "save_figure", saved)
+    return kept
 
 
 def assert_titles_inside(fig):

@@ -163,20 +163,6 @@ def load_hub(name, subset, split, revision, max_docs):
                         f"or pass local files with --input=PATH") from None
 
 
-def load_documents(dataset, subset, split, revision, input, text_column, max_docs):
-    """The documents to tokenize as a datasets.Dataset with a single "text" column."""
-    if input:
-        docs, source = load_local(input, text_column), input
-    else:
-        docs, source = load_hub(dataset, subset, split, revision, max_docs), dataset
-        docs = only_text_column(docs, text_column, source)
-    if max_docs and len(docs) > max_docs:
-        docs = docs.select(range(max_docs))
-    if len(docs) == 0:
-        raise DataError(f"{source} has no documents")
-    return docs
-
-
 # -----------------------------------------------------------------------------
 # tokenizing in parallel (datasets.map with num_proc) and writing
 
@@ -226,7 +212,12 @@ def prepare(dataset, subset, split, revision, text_column, tokenizer, input, max
     dtype_for_vocab(tokenizer_part["vocab_size"])  # a vocabulary too large for the .bin format is refused here
     if os.path.isfile(out_dir):
         raise DataError(f"out_dir {out_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
-    docs = load_documents(dataset, subset, split, revision, input, text_column, max_docs)
+    if input:
+        docs = load_local(input, text_column)
+    else:
+        docs = only_text_column(load_hub(dataset, subset, split, revision, max_docs), text_column, dataset)
+    if max_docs and len(docs) > max_docs:
+        docs = docs.select(range(max_docs))
     splits = split_documents(docs, val_fraction, seed)
     tokenized = {name: part.map(tokenize_batch, batched=True, remove_columns=["text"], desc=f"tokenizing {name}",
                                 fn_kwargs={"meta": tokenizer_part},

@@ -68,13 +68,11 @@ def expand_tasks(spec):
 
 def check_tasks(names, known):
     """Raise EvalError naming the close known names for every name lm-eval does not know."""
-    known = set(known)
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-            hints.append(f"'{name}'" + (f" (close: {', '.join(close)})" if close else ""))
+    hints = []
+    for name in [n for n in names if n not in known]:
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+        hints.append(f"'{name}'" + (f" (close: {', '.join(close)})" if close else ""))
+    if hints:
         raise EvalError(f"unknown lm-eval task {'; '.join(hints)}: see `lm_eval ls tasks`, or pass the folder of "
                         f"your task YAMLs with --include_path")
 

@@ -179,17 +179,6 @@ def tokenize_batch(batch, meta):
     return {"ids": ids, "len": [len(x) for x in ids]}
 
 
-def tokenizer_meta(tokenizer):
-    """meta.json's tokenizer part for --tokenizer (gpt2, or a Hugging Face folder / Hub id, or a .gguf file)."""
-    if tokenizer == "gpt2":
-        gpt2 = GPT2Tokenizer()
-        return dict(tokenizer="gpt2", vocab_size=gpt2.n_vocab, eot_token=gpt2.eot)
-    try:  # a .gguf file's tokenizer is in the folder it is de-quantized into
-        return hf_tokenizer_meta(open_source(tokenizer).path if tokenizer.endswith(".gguf") else tokenizer)
-    except (TokenizerError, ModelLoadError) as e:
-        raise DataError(str(e)) from None
-
-
 def token_chunks(tokenized):
     """The token ids of a tokenized split, concatenated in document order, as arrays of ROWS_PER_CHUNK docs."""
     for table in tokenized.with_format("arrow").iter(batch_size=ROWS_PER_CHUNK):
@@ -208,7 +197,15 @@ def split_documents(docs, val_fraction, seed):
 def prepare(dataset, subset, split, revision, text_column, tokenizer, input, max_docs, val_fraction, seed, num_proc,
             out_dir):
     """Load, split, tokenize and write a corpus (the script's config as arguments); returns meta.json's dict."""
-    tokenizer_part = tokenizer_meta(tokenizer)  # before any long work
+    if tokenizer == "gpt2":  # meta.json's tokenizer part, before any long work
+        gpt2 = GPT2Tokenizer()
+        tokenizer_part = dict(tokenizer="gpt2", vocab_size=gpt2.n_vocab, eot_token=gpt2.eot)
+    else:
+        try:  # a Hugging Face folder / Hub id; a .gguf file's tokenizer is in the folder it is de-quantized into
+            folder = open_source(tokenizer).path if tokenizer.endswith(".gguf") else tokenizer
+            tokenizer_part = hf_tokenizer_meta(folder)
+        except (TokenizerError, ModelLoadError) as e:
+            raise DataError(str(e)) from None
     dtype_for_vocab(tokenizer_part["vocab_size"])  # a vocabulary too large for the .bin format is refused here
     if os.path.isfile(out_dir):
         raise DataError(f"out_dir {out_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")

@@ -181,10 +181,9 @@ def throughput(args):
         for runner in runners:
             runner.time_round(batches)
 
-    tokens_per_step = args.batch_size * args.block_size
     print(f"\n{'model':<13} {'mode':<8} {'tokens/s':>10} {'ms/step':>9} {'peak mem':>9} {'MFU':>6}")
     for r in runners:
-        tokens_per_s = tokens_per_step / r.best_s
+        tokens_per_s = args.batch_size * args.block_size / r.best_s
         mem = f"{r.peak_mem / 2**30:.2f}GiB" if r.peak_mem is not None else "n/a"
         util = perf.mfu(flops_per_token, tokens_per_s, peak_flops)
         print(f"{r.name:<13} {r.mode:<8} {tokens_per_s:>10,.0f} {r.best_s * 1000:>9.1f} {mem:>9} "

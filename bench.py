@@ -11,12 +11,9 @@ Benchmarks, one measurement per --what; every flag is --key=value (python bench.
     python bench.py --what=memory --nproc=4 --n_layer=24 --fsdp_cpu_offload=True
     python bench.py --what=rank      # the full size (a few minutes: the numpy loop is the slow part)
 
---what=throughput: training steps (forward, cross-entropy, backward, the same AdamW set-up) of model.py against
-transformers' GPT2LMHeadModel (--arch=gpt2) or LlamaForCausalLM (--arch=llama) of the identical shape, on the same
-batches, eager and compiled; the models alternate in rounds and each keeps its best, so a busy machine slows both.
---what=memory: each torchrun worker's peak RSS (VmHWM, Linux only) over a whole train.py run, DDP vs FSDP on CPU.
---what=rank: analyze_rank.py on a GPT-2-medium-shaped random model, its batched metrics vs an np.linalg.svd loop.
-What each measures and why, with the figures: docs/benchmarks.md and BENCHMARKS.md.
+throughput: training steps of model.py against transformers' model of the identical shape (GPT-2 or Llama), eager
+and compiled, in alternating rounds; memory: each torchrun worker's peak RSS (VmHWM), DDP vs FSDP on CPU; rank:
+analyze_rank.py's batched metrics vs an np.linalg.svd loop. What each measures and why: docs/benchmarks.md.
 """
 
 import math
@@ -88,14 +85,6 @@ def ours_forward(model, x, y):
 def hf_forward(model, x, y):
     logits = model(input_ids=x).logits
     return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1))  # the loss model.py computes
-
-
-def make_hf_model(config):
-    """transformers' model of config's shape: hf.py's export config (GPT2LMHeadModel or LlamaForCausalLM)."""
-    from transformers import AutoModelForCausalLM
-
-    # scaled_dot_product_attention, as model.py (flash kernels on GPU)
-    return AutoModelForCausalLM.from_config(hf_config_from_gpt(config), attn_implementation="sdpa")
 
 
 def make_config(args):
@@ -170,6 +159,7 @@ def throughput(args):
               for _ in range(args.steps)]
     batches = [(t[:, :-1].contiguous().to(args.device), t[:, 1:].contiguous().to(args.device)) for t in tokens]
 
+    from transformers import AutoModelForCausalLM  # here: a few seconds of import that the other measurements skip
     runners = []
     for mode in args.modes.split(","):
         torch.manual_seed(0)
@@ -177,8 +167,10 @@ def throughput(args):
         flops_per_token = ours.flops_per_token(args.block_size)
         runners.append(Runner("model.py", mode, ours, ours_forward, device_type, autocast_ctx))
         if args.hf:
-            hf_model = make_hf_model(config).to(args.device)
-            runners.append(Runner("transformers", mode, hf_model, hf_forward, device_type, autocast_ctx))
+            # hf.py's export config of the same shape; scaled_dot_product_attention, as model.py
+            hf_model = AutoModelForCausalLM.from_config(hf_config_from_gpt(config), attn_implementation="sdpa")
+            runners.append(Runner("transformers", mode, hf_model.to(args.device), hf_forward, device_type,
+                                  autocast_ctx))
     for runner in runners:
         t0 = time.perf_counter()
         for x, y in batches[:args.warmup]:
@@ -189,10 +181,9 @@ def throughput(args):
         for runner in runners:
             runner.time_round(batches)
 
-    tokens_per_step = args.batch_size * args.block_size
     print(f"\n{'model':<13} {'mode':<8} {'tokens/s':>10} {'ms/step':>9} {'peak mem':>9} {'MFU':>6}")
     for r in runners:
-        tokens_per_s = tokens_per_step / r.best_s
+        tokens_per_s = args.batch_size * args.block_size / r.best_s
         mem = f"{r.peak_mem / 2**30:.2f}GiB" if r.peak_mem is not None else "n/a"
         util = perf.mfu(flops_per_token, tokens_per_s, peak_flops)
         print(f"{r.name:<13} {r.mode:<8} {tokens_per_s:>10,.0f} {r.best_s * 1000:>9.1f} {mem:>9} "
@@ -277,8 +268,7 @@ def numpy_loop_metrics(att, tau, eta, compute_uv=True):
     """k*, m* of every (sample, head) matrix of att (B, H, T, T), one np.linalg.svd call each."""
     att = att.numpy().astype(np.float64)
     B, H, T, _ = att.shape
-    k_star = np.zeros((B, H), dtype=np.int64)
-    m_star = np.zeros((B, H), dtype=np.int64)
+    k_star, m_star = np.zeros((2, B, H), dtype=np.int64)
     for b in range(B):
         for h in range(H):
             A = att[b, h]

@@ -249,11 +249,7 @@ results = {
     "inherited_layers": l, "inherited_steps": inheritune["steps"], "inherited_val_loss": inheritune["final_val_loss"],
     "inherited_flops": inheritune["flops"], "inherited_flops_incl_reference": inheritune["flops_incl_reference"],
     "inherited_rounds": rounds,
-    "scratch_layers": l, "scratch_steps": by_stage["scratch"]["steps"],
-    "scratch_val_loss": by_stage["scratch"]["final_val_loss"], "scratch_flops": by_stage["scratch"]["flops"],
-    "scratch_2x_steps": by_stage["scratch_2x"]["steps"],
-    "scratch_2x_val_loss": by_stage["scratch_2x"]["final_val_loss"],
-    "scratch_2x_flops": by_stage["scratch_2x"]["flops"],
+    "scratch_layers": l,
     "lazy_layers": [x["layer"] for x in analysis["layers"] if x["lazy"]],
     "suggested_n_layer": analysis["suggested_n_layer"],
     "reference_collapse": collapse_over_training("reference"),
@@ -262,7 +258,7 @@ results = {
     "table": table,
     "collapse": collapse_lines,
 }
-for stage in BASELINES:
+for stage in ("scratch", "scratch_2x", *BASELINES):
     if stage in by_stage:
         results |= {f"{stage}_val_loss": by_stage[stage]["final_val_loss"], f"{stage}_steps": by_stage[stage]["steps"],
                     f"{stage}_flops": by_stage[stage]["flops"]}

@@ -68,33 +68,17 @@ def expand_tasks(spec):
 
 def check_tasks(names, known):
     """Raise EvalError naming the close known names for every name lm-eval does not know."""
-    known = set(known)
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-            hints.append(f"'{name}'" + (f" (close: {', '.join(close)})" if close else ""))
+    hints = []
+    for name in [n for n in names if n not in known]:
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+        hints.append(f"'{name}'" + (f" (close: {', '.join(close)})" if close else ""))
+    if hints:
         raise EvalError(f"unknown lm-eval task {'; '.join(hints)}: see `lm_eval ls tasks`, or pass the folder of "
                         f"your task YAMLs with --include_path")
 
 
-def batch_size_arg(text):
-    if text == "auto" or (text.isdigit() and int(text) > 0):
-        return text if text == "auto" else int(text)
-    raise EvalError(f"batch_size={text!r}: pass a positive number or auto")
-
-
-def limit_arg(limit):
-    """lm-eval's limit: None for all examples, a count (>= 1) or a fraction (< 1)."""
-    if limit > 1 and limit != int(limit):
-        raise EvalError(f"limit={limit}: pass 0 (all), a count of examples, or a fraction below 1")
-    return None if limit == 0 else int(limit) if limit >= 1 else limit
-
-
 def hf_folder(source, workdir):
-    """A Hugging Face folder for source: our checkpoint exported into workdir (as export_hf.py writes it), an HF
-    folder as it is, a Hub model from the Hub (or its cache)."""
+    """A Hugging Face folder for source: our checkpoint exported into workdir, an HF folder or Hub model as it is."""
     source = open_source(source)
     if source.kind in HF_KINDS:
         return source.path
@@ -104,8 +88,7 @@ def hf_folder(source, workdir):
 
 
 def check_tokenizer(folder, source, hflm_args):
-    """lm-eval loads the folder's tokenizer and prefixes each loglikelihood with its BOS (else EOS) token, or
-    prefix_token_id: say so now rather than deep inside lm-eval."""
+    """lm-eval needs the folder's tokenizer, and its BOS or EOS (or prefix_token_id): say so now, not deep inside."""
     from transformers import AutoTokenizer
 
     try:
@@ -136,15 +119,6 @@ def table_rows(results, tasks):
     return sorted(rows, key=lambda row: order.get(row["task"], len(order)))
 
 
-def format_table(rows):
-    width = max([len("task")] + [len(row["task"]) for row in rows]) + 2
-    lines = [f"{'task':<{width}}{'metric':<18}{'value':>14}{'stderr':>10}"]
-    for row in rows:
-        stderr = "" if row["stderr"] is None else f"{row['stderr']:.4f}"
-        lines.append(f"{row['task']:<{width}}{row['metric']:<18}{row['value']:>14.4f}{stderr:>10}")
-    return "\n".join(lines)
-
-
 def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewshot=0, device="auto", model_args=""):
     """Run lm-eval's tasks on model; returns {"rows": table rows, "results": lm-eval's per-task results, ...}."""
     try:
@@ -158,7 +132,12 @@ def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewsh
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     check_device(device)
-    batch, limit = batch_size_arg(str(batch_size)), limit_arg(limit)
+    batch = str(batch_size)
+    if batch != "auto" and not (batch.isdigit() and int(batch) > 0):
+        raise EvalError(f"batch_size={batch!r}: pass a positive number or auto")
+    if limit > 1 and limit != int(limit):
+        raise EvalError(f"limit={limit}: pass 0 (all), a count of examples, or a fraction below 1")
+    limit = None if limit == 0 else int(limit) if limit >= 1 else limit  # lm-eval's: None (all), a count, a fraction
     hflm_args = simple_parse_args_string(model_args)
     if "pretrained" in hflm_args:
         raise EvalError("--model names the model; --model_args takes lm-eval's other hf arguments (no pretrained=)")
@@ -178,7 +157,7 @@ def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewsh
     with tempfile.TemporaryDirectory(prefix="evaluate-") as workdir:
         folder = hf_folder(model, workdir)
         check_tokenizer(folder, model, hflm_args)
-        # the model `lm_eval --model hf --model_args pretrained=FOLDER,MODEL_ARGS` builds
+        # the model `lm_eval --model hf --model_args pretrained=FOLDER,MODEL_ARGS` builds (batch: a string there too)
         lm = HFLM.create_from_arg_obj({"pretrained": folder, **hflm_args}, {"batch_size": batch, "device": device})
         output = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
                                          task_manager=task_manager, log_samples=False)
@@ -193,7 +172,11 @@ def main(argv=None):
         report = evaluate(**{k: v for k, v in config.items() if k != "out"})
     except (EvalError, ConfigError, CheckpointError, ModelLoadError, DataError) as e:
         sys.exit(f"error: {e}")
-    print(format_table(report["rows"]))
+    width = max([len("task")] + [len(row["task"]) for row in report["rows"]]) + 2
+    print(f"{'task':<{width}}{'metric':<18}{'value':>14}{'stderr':>10}")
+    for row in report["rows"]:
+        stderr = "" if row["stderr"] is None else f"{row['stderr']:.4f}"
+        print(f"{row['task']:<{width}}{row['metric']:<18}{row['value']:>14.4f}{stderr:>10}")
     if config["out"]:
         os.makedirs(os.path.dirname(os.path.abspath(config["out"])), exist_ok=True)
         with atomic_write(config["out"], "w") as f:

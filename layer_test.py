@@ -107,8 +107,7 @@ K = cfg["k"]
 
 
 def run(script, args, stage):
-    """Run one of the repo's scripts; a stage whose done-marker records the same command is reused, a train.py stage
-    is done when its run reached its end (demo.py's run(), without its flag-by-flag diff)."""
+    """demo.py's run() without its flag-by-flag diff: a stage whose done-marker records the same command is reused."""
     done = os.path.join(OUT, stage, "done.json")
     cmd = [os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()]
     if os.path.isfile(done):
@@ -166,8 +165,7 @@ TRAIN = dict(data_dir=data_dir, device=cfg["device"], compile=False, block_size=
 full_val_loss = None
 for name, blocks in students.items():
     student_dir = os.path.join(OUT, name)
-    if blocks is None:  # the model's shape at depth k, from scratch: train.py's model flags (its plain fields; block
-        # size and dropout are training settings)
+    if blocks is None:  # from scratch at depth k: the model's plain config fields (block size, dropout: training's)
         shape = {f.name: getattr(source.config, f.name) for f in dataclasses.fields(source.config)
                  if type(f.default) in (int, float, bool, str) and f.name not in ("n_layer", "block_size", "dropout")}
         if getattr(source.config, "rope_scaling", None):

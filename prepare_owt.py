@@ -163,20 +163,6 @@ def load_hub(name, subset, split, revision, max_docs):
                         f"or pass local files with --input=PATH") from None
 
 
-def load_documents(dataset, subset, split, revision, input, text_column, max_docs):
-    """The documents to tokenize as a datasets.Dataset with a single "text" column."""
-    if input:
-        docs, source = load_local(input, text_column), input
-    else:
-        docs, source = load_hub(dataset, subset, split, revision, max_docs), dataset
-        docs = only_text_column(docs, text_column, source)
-    if max_docs and len(docs) > max_docs:
-        docs = docs.select(range(max_docs))
-    if len(docs) == 0:
-        raise DataError(f"{source} has no documents")
-    return docs
-
-
 # -----------------------------------------------------------------------------
 # tokenizing in parallel (datasets.map with num_proc) and writing
 
@@ -191,17 +177,6 @@ def tokenize_batch(batch, meta):
     dtype = TOKEN_DTYPES[dtype_for_vocab(meta["vocab_size"])]
     ids = [np.array(doc, dtype=dtype) for doc in _tokenizers[key].encode_documents(batch["text"])]
     return {"ids": ids, "len": [len(x) for x in ids]}
-
-
-def tokenizer_meta(tokenizer):
-    """meta.json's tokenizer part for --tokenizer (gpt2, or a Hugging Face folder / Hub id, or a .gguf file)."""
-    if tokenizer == "gpt2":
-        gpt2 = GPT2Tokenizer()
-        return dict(tokenizer="gpt2", vocab_size=gpt2.n_vocab, eot_token=gpt2.eot)
-    try:  # a .gguf file's tokenizer is in the folder it is de-quantized into
-        return hf_tokenizer_meta(open_source(tokenizer).path if tokenizer.endswith(".gguf") else tokenizer)
-    except (TokenizerError, ModelLoadError) as e:
-        raise DataError(str(e)) from None
 
 
 def token_chunks(tokenized):
@@ -222,11 +197,24 @@ def split_documents(docs, val_fraction, seed):
 def prepare(dataset, subset, split, revision, text_column, tokenizer, input, max_docs, val_fraction, seed, num_proc,
             out_dir):
     """Load, split, tokenize and write a corpus (the script's config as arguments); returns meta.json's dict."""
-    tokenizer_part = tokenizer_meta(tokenizer)  # before any long work
+    if tokenizer == "gpt2":  # meta.json's tokenizer part, before any long work
+        gpt2 = GPT2Tokenizer()
+        tokenizer_part = dict(tokenizer="gpt2", vocab_size=gpt2.n_vocab, eot_token=gpt2.eot)
+    else:
+        try:  # a Hugging Face folder / Hub id; a .gguf file's tokenizer is in the folder it is de-quantized into
+            folder = open_source(tokenizer).path if tokenizer.endswith(".gguf") else tokenizer
+            tokenizer_part = hf_tokenizer_meta(folder)
+        except (TokenizerError, ModelLoadError) as e:
+            raise DataError(str(e)) from None
     dtype_for_vocab(tokenizer_part["vocab_size"])  # a vocabulary too large for the .bin format is refused here
     if os.path.isfile(out_dir):
         raise DataError(f"out_dir {out_dir} is a file: the output is a folder (train.bin, val.bin, meta.json)")
-    docs = load_documents(dataset, subset, split, revision, input, text_column, max_docs)
+    if input:
+        docs = load_local(input, text_column)
+    else:
+        docs = only_text_column(load_hub(dataset, subset, split, revision, max_docs), text_column, dataset)
+    if max_docs and len(docs) > max_docs:
+        docs = docs.select(range(max_docs))
     splits = split_documents(docs, val_fraction, seed)
     tokenized = {name: part.map(tokenize_batch, batched=True, remove_columns=["text"], desc=f"tokenizing {name}",
                                 fn_kwargs={"meta": tokenizer_part},

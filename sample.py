@@ -42,16 +42,6 @@ class SampleError(ValueError):
     pass
 
 
-def read_start(start):
-    if start.startswith("FILE:"):
-        try:
-            with open(start[5:], encoding="utf-8") as f:
-                return f.read()
-        except OSError as e:
-            raise SampleError(f"cannot read the start text from {start[5:]}: {e.strerror}") from None
-    return start
-
-
 def encode_start(tokenizer, text):
     try:
         ids = tokenizer.prefix + tokenizer.encode(text)
@@ -83,7 +73,13 @@ def sample(init_from, start, num_samples, max_new_tokens, temperature, top_k, se
     model = source.load(device=device).eval()
     tokenizer = tokenizer_from_meta(source.tokenizer_meta())
     never_sample_padding(model, tokenizer.n_vocab)
-    x = torch.tensor([encode_start(tokenizer, read_start(start))], dtype=torch.long, device=device)
+    if start.startswith("FILE:"):
+        try:
+            with open(start[5:], encoding="utf-8") as f:
+                start = f.read()
+        except OSError as e:
+            raise SampleError(f"cannot read the start text from {start[5:]}: {e.strerror}") from None
+    x = torch.tensor([encode_start(tokenizer, start)], dtype=torch.long, device=device)
     device_type = "cuda" if "cuda" in device else "cpu"
     autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
     generator = torch.Generator(device=device).manual_seed(seed)

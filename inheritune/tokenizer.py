@@ -108,10 +108,8 @@ def vocab_fingerprint(vocab):
 
 
 def hf_tokenizer_meta(source):
-    """What meta.json records of a Hugging Face tokenizer: its source, vocabulary size and fingerprint, and the
-    model's document conventions. A document starts with BOS when the tokenizer adds one by itself (Llama 2 and 3,
-    Mistral; not Qwen2.5 or SmolLM2), and ends with EOS (the base model's end-of-text) when it has one, as the
-    models were pre-trained on concatenated documents."""
+    """meta.json's record of a Hugging Face tokenizer. A document starts with BOS when the tokenizer adds one itself
+    (Llama 2 and 3, Mistral; not Qwen2.5 or SmolLM2) and ends with EOS when it has one, as the model was pre-trained."""
     tok = load_hf_tokenizer(source)
     vocab = tok.get_vocab()
     plain, with_special = tok("a", add_special_tokens=False)["input_ids"], tok("a")["input_ids"]
@@ -154,13 +152,10 @@ class HFTokenizer:
 
 def tokenizer_from_meta(meta):
     """The tokenizer a prepared dataset was made with (meta.json's "tokenizer", and "chars" for char)."""
-    if meta["tokenizer"] == "gpt2":
-        return GPT2Tokenizer()
-    if meta["tokenizer"] == "char":
-        return CharTokenizer(meta["chars"])
-    if meta["tokenizer"] == "hf":
-        return HFTokenizer(meta)
-    raise ValueError(f"unknown tokenizer {meta['tokenizer']!r} in meta.json (expected 'gpt2', 'char' or 'hf')")
+    makers = {"gpt2": GPT2Tokenizer, "char": lambda: CharTokenizer(meta["chars"]), "hf": lambda: HFTokenizer(meta)}
+    if meta["tokenizer"] not in makers:
+        raise ValueError(f"unknown tokenizer {meta['tokenizer']!r} in meta.json (expected 'gpt2', 'char' or 'hf')")
+    return makers[meta["tokenizer"]]()
 
 
 def meta_fingerprint(meta):

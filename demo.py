@@ -27,14 +27,12 @@ protocol, for a quicker run).
 
 import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
 
 import compare
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
-from inheritune.run import run_finished
+from inheritune.run import run_stage, stage_threads, stop_in_one_line
 
 DEFAULTS = dict(
     quick=False,  # the same protocol at the QUICK sizes below (a flag given beside it still wins): about a minute
@@ -69,11 +67,7 @@ except ConfigError as e:
     sys.exit(f"error: {e}")
 OUT = os.path.abspath(cfg["out_dir"])  # the stages run in the repo's folder, not the caller's
 REPO = os.path.dirname(os.path.abspath(__file__))
-CONTINUE = f"run {shlex.join(['python', 'demo.py', *sys.argv[1:]])} again to continue (finished stages are reused)"
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # (macOS: no affinity)
-# the stages' torch threads: one per core that other work leaves free (the load average), at least 1; torch's
-# default of one per core thrashes beside other work (4.5 s a step against 1 s with one thread on 2 shared cores)
-THREADS = os.environ.get("OMP_NUM_THREADS") or str(max(1, CORES - round(os.getloadavg()[0])))
+THREADS = stage_threads()
 DATA_DIR = os.path.join(REPO, "data", "shakespeare_char")
 # one small GPT shape and one optimizer setting for every run: only the depth, width, init and steps differ
 COMMON = dict(dataset="shakespeare_char", data_dir=DATA_DIR, device=cfg["device"], compile=False, dtype="float32",
@@ -85,37 +79,10 @@ COMMON = dict(dataset="shakespeare_char", data_dir=DATA_DIR, device=cfg["device"
               collapse_every=max(1, T // 4), collapse_windows=20, collapse_seq_len=min(100, cfg["block_size"]))
 
 
-def stop(signum, frame):
-    sys.exit(f"\nstopped (Ctrl-C): {CONTINUE}")
-
-
 def run(script, args, stage):
-    """Run one of the repo's scripts; a stage whose done-marker records the same command is reused. A train.py stage
-    is done when its run reached its end (run_finished), not when it exits 0 as a stopped one does after saving."""
-    done = os.path.join(OUT, stage, "done.json")
-    cmd = [sys.executable, os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()]
-    if os.path.isfile(done):
-        with open(done) as f:
-            earlier = json.load(f)["command"]
-        if earlier != cmd[1:]:
-            # the flags that differ, not the whole command (hundreds of characters)
-            there, here = ({"script": c[0]} | dict(a[2:].split("=", 1) for a in c[1:]) for c in (earlier, cmd[1:]))
-            diff = ", ".join(f"{k}={there.get(k)} there, {here.get(k)} here" for k in here | there
-                             if there.get(k) != here.get(k))
-            sys.exit(f"error: {cfg['out_dir']} holds a demo run with other settings (its {stage} stage ran {script} "
-                     f"with {diff}): pass another --out_dir, or remove {cfg['out_dir']} to start over")
-        print(f"== {stage}: done earlier, reusing {os.path.dirname(done)}")
-        return
-    print(f"== {stage}: {' '.join(cmd[1:])}", flush=True)
-    stage_process = subprocess.Popen(cmd, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": THREADS})
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the stage itself: train.py saves, then exits
-    ended = stage_process.wait() == 0 and (script != "train.py" or run_finished(args["out_dir"]))
-    signal.signal(signal.SIGINT, stop)
-    if not ended:
-        sys.exit(f"error: the {stage} stage stopped before its end (see its output above); {CONTINUE}")
-    os.makedirs(os.path.dirname(done), exist_ok=True)
-    with open(done, "w") as f:
-        json.dump({"command": cmd[1:]}, f)
+    """Run one of the repo's scripts as a stage (run_stage: reused when done, continued when stopped)."""
+    run_stage([os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()], stage_dir(stage),
+              cfg["out_dir"], THREADS)
 
 
 def stage_dir(stage):
@@ -152,7 +119,7 @@ def describe_collapse(name, stage):
             + (f"lazy layers (MaxRank = 1) at some point: {lazy}" if lazy else "no layer collapsed to MaxRank 1"))
 
 
-signal.signal(signal.SIGINT, stop)  # between stages: one line, no traceback
+stop_in_one_line()
 print(f"the stages run with OMP_NUM_THREADS={THREADS} (torch threads)")
 # 1. data
 if not os.path.isfile(os.path.join(DATA_DIR, "meta.json")):

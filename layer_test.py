@@ -16,15 +16,14 @@ our checkpoint's own, else the bundled Shakespeare tokenized with the model's to
 Every stage is a run of the repo's scripts, in its own folder under --out_dir: data/, analysis/ (analyze_rank.py),
 inherit_<group>/ (inherit.py --layers: the student at init, and the full model's val loss on the students' eval
 windows), <group>/ (train.py, from that checkpoint; random: from scratch). A finished stage is reused when the test
-is run again with the same settings. Writes out_dir/results.json and prints the table.
+is run again with the same settings, a stopped one (Ctrl-C, SIGTERM) is continued. CPU stages take a torch thread
+per free core (demo.py's choice). Writes out_dir/results.json and prints the table.
 """
 
 import dataclasses
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 
 import compare
@@ -32,7 +31,7 @@ from inheritune.checkpoint import find_checkpoint, load_checkpoint
 from inheritune.configurator import ConfigError, check_device, configure_or_exit
 from inheritune.data import load_meta
 from inheritune.hf import HUB_GPT2_NAMES
-from inheritune.run import run_finished
+from inheritune.run import run_stage, stage_threads, stop_in_one_line
 from inheritune.source import open_source
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -104,31 +103,16 @@ except ValueError as e:  # ConfigError, DataError, CheckpointError, ModelLoadErr
     sys.exit(f"error: {e}")
 OUT = os.path.abspath(cfg["out_dir"])
 K = cfg["k"]
+THREADS = stage_threads()
 
 
 def run(script, args, stage):
-    """demo.py's run() without its flag-by-flag diff: a stage whose done-marker records the same command is reused."""
-    done = os.path.join(OUT, stage, "done.json")
-    cmd = [os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()]
-    if os.path.isfile(done):
-        with open(done) as f:
-            if json.load(f)["command"] != cmd:
-                sys.exit(f"error: {cfg['out_dir']} holds a layer test with other settings (its {stage} stage ran "
-                         f"another command): pass another --out_dir, or remove it to start over")
-        print(f"== {stage}: done earlier, reusing it")
-        return
-    print(f"== {stage}: {' '.join(cmd)}", flush=True)
-    stage_process = subprocess.Popen([sys.executable] + cmd, cwd=REPO)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the stage itself: train.py saves, then exits
-    ended = stage_process.wait() == 0 and (script != "train.py" or run_finished(args["out_dir"]))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    if not ended:
-        sys.exit(f"error: the {stage} stage stopped before its end (see its output above); run it again to continue")
-    os.makedirs(os.path.dirname(done), exist_ok=True)
-    with open(done, "w") as f:
-        json.dump({"command": cmd}, f)
+    """Run one of the repo's scripts as a stage (run_stage: reused when done, continued when stopped)."""
+    run_stage([os.path.join(REPO, script)] + [f"--{k}={v}" for k, v in args.items()], os.path.join(OUT, stage),
+              cfg["out_dir"], THREADS)
 
 
+stop_in_one_line()
 # 1. data: the bundled Shakespeare in the model's tokenizer (GPT-2 names: tiktoken's GPT-2 BPE, as they were trained)
 if not data_dir:
     data_dir = os.path.join(OUT, "data")

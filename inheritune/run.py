@@ -12,6 +12,9 @@ import dataclasses
 import json
 import os
 import random
+import shlex
+import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -108,6 +111,57 @@ def run_finished(out_dir):
     ckpt = load_checkpoint(out_dir, weights=False)
     config = ckpt.get("config") or {}  # inherit.py's checkpoint records no max_iters: not trained yet
     return completion(ckpt, config) is not None
+
+
+def stage_threads():
+    """Torch threads for a wrapper's CPU stages: one per core that other work leaves free (the load average), at least
+    1, unless OMP_NUM_THREADS is set; torch's default of one per core thrashes beside other work (BENCHMARKS.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # (macOS: none)
+    return os.environ.get("OMP_NUM_THREADS") or str(max(1, cores - round(os.getloadavg()[0])))
+
+
+def continue_command():
+    """What a wrapper (demo.py, layer_test.py) tells a user whose stage stopped: its own command, run again."""
+    command = shlex.join(["python", os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    return f"run {command} again to continue (finished stages are reused)"
+
+
+def stop_in_one_line():
+    """Ctrl-C between a wrapper's stages prints how to continue, not a traceback."""
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(f"\nstopped (Ctrl-C): {continue_command()}"))
+
+
+def run_stage(cmd, stage_dir, out_dir, threads):
+    """Run cmd (a repo script's path and its --key=value flags) as a stage of a wrapper, in stage_dir under the
+    wrapper's out_dir. A stage whose done-marker records the same command is reused, one with another command refused.
+    A train.py stage is done when its run reached its end (run_finished), not when it exits 0 as a stopped one does
+    after saving: a stopped stage ends the wrapper, saying how to continue."""
+    done = os.path.join(stage_dir, "done.json")
+    stage, script = os.path.basename(stage_dir), os.path.basename(cmd[0])
+    if os.path.isfile(done):
+        with open(done) as f:
+            earlier = json.load(f)["command"]
+        if earlier != cmd:  # the flags that differ, not the whole command (hundreds of characters)
+            there, here = ({"script": c[0]} | dict(a[2:].split("=", 1) for a in c[1:]) for c in (earlier, cmd))
+            diff = ", ".join(f"{k}={there.get(k)} there, {here.get(k)} here" for k in here | there
+                             if there.get(k) != here.get(k))
+            sys.exit(f"error: {out_dir} holds a {os.path.basename(sys.argv[0])} run with other settings (its {stage} "
+                     f"stage ran {script} with {diff}): pass another --out_dir, or remove {out_dir} to start over")
+        print(f"== {stage}: done earlier, reusing {stage_dir}")
+        return
+    print(f"== {stage}: {' '.join(cmd)}", flush=True)
+    stage_process = subprocess.Popen([sys.executable] + cmd, cwd=os.path.dirname(cmd[0]),
+                                     env=os.environ | {"OMP_NUM_THREADS": threads})
+    between_stages = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the stage: train.py saves
+    ended = stage_process.wait() == 0
+    if ended and script == "train.py":
+        ended = run_finished(next(a.split("=", 1)[1] for a in cmd if a.startswith("--out_dir=")))
+    signal.signal(signal.SIGINT, between_stages)
+    if not ended:
+        sys.exit(f"error: the {stage} stage stopped before its end (see its output above); {continue_command()}")
+    os.makedirs(stage_dir, exist_ok=True)
+    with open(done, "w") as f:
+        json.dump({"command": cmd}, f)
 
 
 def exit_if_complete(ckpt, cfg):

@@ -324,3 +324,25 @@ def test_rendezvous_that_cannot_complete_fails_within_dist_timeout(char_data, tm
     # a one-line error, or (where gloo or the store client outwaits its timeout) the watchdog's traceback
     assert "not set up within dist_timeout_s=2" in r.stderr or "Timeout (0:00:04)!" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+# -- a wrapper of train.py (demo.py, layer_test.py) -------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["a stage that exits 0 short of its end", "Ctrl-C between stages"])
+def test_a_wrappers_stopped_stage_is_not_done_and_says_how_to_continue_in_one_line(tmp_path, how):
+    (tmp_path / "train.py").write_text("print('saved at iter 3 of 10 (preempted)')\n")  # exits 0, records no end
+    stage_dir = str(tmp_path / "out" / "reference")
+    (tmp_path / "wrapper.py").write_text(
+        f"import os, signal, sys\nsys.path.insert(0, {REPO!r})\n"
+        "from inheritune.run import run_stage, stop_in_one_line\n"
+        "stop_in_one_line()\n"
+        + ("os.kill(os.getpid(), signal.SIGINT)\n" if how.startswith("Ctrl-C") else "")
+        + f"run_stage([{str(tmp_path / 'train.py')!r}, '--out_dir={stage_dir}'], {stage_dir!r}, 'out', '1')\n")
+    result = subprocess.run([sys.executable, "wrapper.py", "--k=2"], cwd=tmp_path, capture_output=True, text=True)
+    again = "run python wrapper.py --k=2 again to continue (finished stages are reused)"
+    if how.startswith("Ctrl-C"):
+        assert result.returncode == 1 and result.stderr == f"\nstopped (Ctrl-C): {again}\n"
+    else:
+        assert result.returncode == 1 and result.stdout.endswith("saved at iter 3 of 10 (preempted)\n")
+        assert result.stderr == f"error: the reference stage stopped before its end (see its output above); {again}\n"
+        assert not os.path.exists(os.path.join(stage_dir, "done.json"))

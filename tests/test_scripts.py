@@ -319,7 +319,7 @@ def test_demo_refusing_an_out_dir_names_the_flags_that_differ(tmp_path):
     command = next(line for line in first.stdout.splitlines() if line.startswith("== reference: "))
     (tmp_path / "out-demo" / "reference").mkdir(parents=True)  # as if that reference stage had finished
     (tmp_path / "out-demo" / "reference" / "done.json").write_text(json.dumps({"command": command[14:].split()}))
-    assert_one_line_error(demo("--n_embd=32"), "error: out-demo holds a demo run with other settings (its reference "
+    assert_one_line_error(demo("--n_embd=32"), "error: out-demo holds a demo.py run with other settings (its reference "
                           "stage ran train.py with n_embd=64 there, 32 here): pass another --out_dir, or remove "
                           "out-demo to start over")
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 import torch
+from huggingface_hub import constants
 
 from export_hf import export
 from inheritune.atomic import atomic_write
@@ -77,6 +78,16 @@ def check_tasks(names, known):
                         f"your task YAMLs with --include_path")
 
 
+def cached_datasets():
+    """The datasets in the Hugging Face caches: datasets' own (HF_DATASETS_CACHE, default HF_HOME/datasets) and the
+    Hub's; a quick look that spares an offline run lm-eval's ten-second task index when there is nothing to find."""
+    datasets_cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(constants.HF_HOME, "datasets")
+    found = os.listdir(datasets_cache) if os.path.isdir(datasets_cache) else []
+    if os.path.isdir(constants.HF_HUB_CACHE):
+        found += [name for name in os.listdir(constants.HF_HUB_CACHE) if name.startswith("datasets--")]
+    return found
+
+
 def hf_folder(source, workdir):
     """A Hugging Face folder for source: our checkpoint exported into workdir, an HF folder or Hub model as it is."""
     source = open_source(source)
@@ -121,14 +132,7 @@ def table_rows(results, tasks):
 
 def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewshot=0, device="auto", model_args=""):
     """Run lm-eval's tasks on model; returns {"rows": table rows, "results": lm-eval's per-task results, ...}."""
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-        from lm_eval.utils import simple_parse_args_string
-    except ImportError as e:
-        raise EvalError(f"evaluate.py needs lm-evaluation-harness with its Hugging Face extra ({e.name} is not "
-                        f"installed): pip install 'lm-eval[hf]'") from None
+    names = expand_tasks(tasks)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     check_device(device)
@@ -138,16 +142,27 @@ def evaluate(model, tasks, include_path="", limit=0.0, batch_size="1", num_fewsh
     if limit > 1 and limit != int(limit):
         raise EvalError(f"limit={limit}: pass 0 (all), a count of examples, or a fraction below 1")
     limit = None if limit == 0 else int(limit) if limit >= 1 else limit  # lm-eval's: None (all), a count, a fraction
+    if include_path and not os.path.isdir(include_path):
+        raise EvalError(f"include_path={include_path!r} is not a folder: pass the folder that holds your task YAMLs")
+    offline = hub_unreachable()  # then datasets reads its cache only, and a dataset not there fails at once
+    if offline and not include_path and not cached_datasets():  # lm-eval's own tasks all read a Hub dataset
+        raise EvalError(f"{', '.join(names)} need their datasets from the Hub ({offline}), and the Hugging Face cache "
+                        f"(HF_HOME={constants.HF_HOME}) holds none: run once with network, or copy a cache that has them")
+    try:
+        import_hf_evaluate()
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+        from lm_eval.utils import simple_parse_args_string
+    except ImportError as e:
+        raise EvalError(f"evaluate.py needs lm-evaluation-harness with its Hugging Face extra ({e.name} is not "
+                        f"installed): pip install 'lm-eval[hf]'") from None
     hflm_args = simple_parse_args_string(model_args)
     if "pretrained" in hflm_args:
         raise EvalError("--model names the model; --model_args takes lm-eval's other hf arguments (no pretrained=)")
-    names = expand_tasks(tasks)
-    if include_path and not os.path.isdir(include_path):
-        raise EvalError(f"include_path={include_path!r} is not a folder: pass the folder that holds your task YAMLs")
     task_manager = TaskManager(include_path=include_path or None)
     check_tasks(names, task_manager.all_tasks)
     load_task = getattr(task_manager, "load", None) or task_manager.load_task_or_group  # older lm-eval: only the latter
-    offline = hub_unreachable()  # then datasets reads its cache only, and a dataset not there fails at once
     for name in names:  # each task's dataset, before the model: unreachable and not cached is one line, not a traceback
         try:
             load_task(name)
@@ -199,5 +214,4 @@ def import_hf_evaluate():
 
 
 if __name__ == "__main__":
-    import_hf_evaluate()
     main()

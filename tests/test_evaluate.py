@@ -129,6 +129,8 @@ def test_unknown_task_fails_before_loading_the_model(tmp_path, monkeypatch):
 
 
 def test_bad_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path.parent / "cache"))  # a cache with a dataset: looked into
+    os.makedirs(tmp_path.parent / "cache" / "someone___other", exist_ok=True)
     monkeypatch.chdir(tmp_path)
     for args, message in ((["--tasks=,"], "--tasks is empty"), (["--batch_size=big"], "batch_size='big'"),
                           (["--limit=2.5"], "limit=2.5"), (["--device=cuda:7"], "device='cuda:7'"),
@@ -143,7 +145,7 @@ def test_bad_settings(tmp_path, monkeypatch):
 def test_lm_eval_tasks_get_hugging_faces_evaluate_package(tmp_path):
     # run as a script, evaluate.py must not stand in for the `evaluate` package that some lm-eval tasks import
     block = (f"import sys, runpy\nsys.path.insert(0, {REPO!r})\n"
-             "sys.argv = ['evaluate.py', '--tasks=,']\n"
+             f"sys.argv = ['evaluate.py', '--include_path={tmp_path}', '--model_args=pretrained=x']\n"  # past the imports
              "try:\n"
              f"    runpy.run_path({os.path.join(REPO, 'evaluate.py')!r}, run_name='__main__')\n"
              "except SystemExit as e:\n"
@@ -151,7 +153,7 @@ def test_lm_eval_tasks_get_hugging_faces_evaluate_package(tmp_path):
              "    import evaluate\n"
              "    print(evaluate.__file__, hasattr(evaluate, 'load'))\n")
     result = run(["-c", block], cwd=tmp_path)
-    assert "--tasks is empty" in result.stderr
+    assert "no pretrained=" in result.stderr
     path, has_load = result.stdout.split()
     assert os.path.dirname(path) != REPO and has_load == "True", result.stdout
 
@@ -163,7 +165,7 @@ def test_without_lm_eval_installed(tmp_path):
              "    def find_spec(self, name, path=None, target=None):\n"
              "        if name.split('.')[0] == 'lm_eval': raise ModuleNotFoundError(name, name=name)\n"
              "sys.meta_path.insert(0, NoLmEval())\n"
-             "sys.argv = ['evaluate.py', '--model=out', '--tasks=paper', '--out=res.json']\n"
+             f"sys.argv = ['evaluate.py', '--model=out', '--tasks=my_task', '--include_path={tmp_path}', '--out=x']\n"
              f"runpy.run_path({os.path.join(REPO, 'evaluate.py')!r}, run_name='__main__')\n")
     result = run(["-c", block], cwd=tmp_path)
     assert result.returncode == 1

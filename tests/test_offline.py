@@ -55,8 +55,11 @@ def test_a_hub_that_answers_is_reachable(monkeypatch, answer):
 
 
 @pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE is set", "no network"])
-def test_commands_that_need_the_hub_fail_in_one_line(request, tmp_path, offline):
+def test_commands_that_need_the_hub_fail_in_one_line(request, monkeypatch, tmp_path, offline):
     reason = request.getfixturevalue("no_network") if offline == "no network" else offline
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
     (tmp_path / "doc.txt").write_text("a document")
     hub_model = (f"could not get 'openai-community/gpt2-medium' from the Hugging Face Hub ({reason}). On a machine "
                  f"without network, download it elsewhere")
@@ -69,7 +72,11 @@ def test_commands_that_need_the_hub_fail_in_one_line(request, tmp_path, offline)
             ("analyze_rank.py", ["--model=gpt2-medium", "--data=MISSING"],
              f"error: --data='MISSING': no such file; pass a .bin of token ids or a .txt file; and --model: "
              f"{hub_model}"),
-            ("analyze_rank.py", ["--model=gpt2-medium", f"--data={tmp_path / 'doc.txt'}"], f"error: {hub_model}")):
+            ("analyze_rank.py", ["--model=gpt2-medium", f"--data={tmp_path / 'doc.txt'}"], f"error: {hub_model}"),
+            ("evaluate.py", ["--model=gpt2-medium", "--tasks=paper"],
+             f"error: arc_easy, piqa, sciq, hellaswag, lambada_openai need their datasets from the Hub ({reason}), and "
+             f"the Hugging Face cache (HF_HOME={tmp_path / 'hf'}) holds none: run once with network, or copy a cache "
+             f"that has them")):
         assert_one_line_error(run_in_process(script, args, cwd=tmp_path), message)
     assert not (tmp_path / "owt").exists()
 

@@ -271,7 +271,8 @@ def test_usage_names_the_script_as_run_from_here(tmp_path, monkeypatch):
 
 def test_evaluate_without_the_tasks_datasets_names_the_task_in_one_line(tmp_path):
     pytest.importorskip("lm_eval")
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))  # an empty cache; conftest sets HF_*_OFFLINE=1
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))  # conftest sets HF_*_OFFLINE=1
+    os.makedirs(tmp_path / "hf" / "hub" / "datasets--someone--other")  # a cache with another dataset: looked into
     result = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--model=no-such-run", "--tasks=paper",
                              "--device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     # refused at the first task's dataset, before the model is looked for

@@ -60,7 +60,8 @@ TABLE = {
     "python demo.py": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     "python demo.py --baselines=True": Run("test_demo", {"demo.py": DEMO_SHRINK}),
     # docs/demo.md
-    "python demo.py --quick=True": Run("test_quick_demo_stopped_and_run_again_equals_an_uninterrupted_one"),
+    "python demo.py --quick=True": Run("test_quick_demo_stopped_and_run_again_equals_an_uninterrupted_one",
+                                       {"demo.py": ["--reference_iters=40", "--batch_size=4", "--eval_iters=2"]}),
     "python demo.py --onset_iters=2000":
         Run("test_demo", {"demo.py": DEMO_SHRINK}, {"--onset_iters=2000": "--onset_iters=16"}),
     "python -m pytest tests": Cannot("the test suite itself: .ci/run runs exactly this"),

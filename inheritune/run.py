@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import numpy as np
+import psutil
 import torch
 
 from inheritune.checkpoint import (SHARDED_NAME, checkpoint_path, find_checkpoint, load_checkpoint, save_checkpoint,
@@ -114,10 +115,15 @@ def run_finished(out_dir):
 
 
 def stage_threads():
-    """Torch threads for a wrapper's CPU stages: one per core that other work leaves free (the load average), at least
-    1, unless OMP_NUM_THREADS is set; torch's default of one per core thrashes beside other work (BENCHMARKS.md)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # (macOS: none)
-    return os.environ.get("OMP_NUM_THREADS") or str(max(1, cores - round(os.getloadavg()[0])))
+    """Torch threads for a wrapper's CPU stages, unless OMP_NUM_THREADS is set: one per core of ours that other work
+    leaves idle now (its use over a third of a second; the load average lags a minute), at least 1. torch's default of
+    one per core thrashes beside other work (BENCHMARKS.md)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return os.environ["OMP_NUM_THREADS"]
+    ours = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())  # (macOS)
+    use = psutil.cpu_percent(interval=0.3, percpu=True)
+    busy = sum(use[core] for core in ours if core < len(use)) / 100
+    return str(max(1, len(ours) - round(busy)))
 
 
 def continue_command():

@@ -196,7 +196,8 @@ def eval_loss(model, tokens, offsets, loss_fn=None):
 # model: rank 0 builds it (under FSDP in CPU memory, the other ranks its shape; wrap() shards it)
 MODEL_SHAPE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "dropout")
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
-                       "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute", "last_collapse")
+                       "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute", "last_collapse",
+                       "student_keys")
 iter_num, round_start_iter, best_val_loss, checkpoint_extras = 0, 0, float("inf"), {}
 last_collapse, last_eval = None, None  # the last collapse record's iteration; the last eval's iter and losses
 compute = {"tokens": 0, "flops": 0.0}  # training tokens and FLOPs so far, all rounds (FLOPs a float: they pass int64)

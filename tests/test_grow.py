@@ -210,13 +210,15 @@ def test_resume_with_missing_or_mismatched_reference(char_data, reference, tmp_p
 
 
 def test_growth_under_compile(char_data, reference, tmp_path):
-    # the grown model is recompiled: training goes on at the new depth
+    # the suite's one CPU compile (a cold one costs half a minute): compiled training, eval and save, and the grown
+    # model recompiled, training on at the new depth
     out = tmp_path / "grow"
     train(char_data, out, *GROW, f"--reference={reference}", "--compile=True", "--max_iters=12")
     (grow,) = events(out, "grow")
-    assert grow["n_layer"] == 4
+    assert grow["n_layer"] == 4 and [r["iter"] for r in read_log(out) if "val_loss" in r] == [0, 10, 12]
     assert [r["iter"] for r in read_log(out) if "loss" in r][-1] == 11
-    assert torch.load(out / "ckpt.pt", weights_only=True)["model_args"]["n_layer"] == 4
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["model_args"]["n_layer"] == 4 and not any("_orig_mod" in k for k in ckpt["model"])
 
 
 def test_a_new_growth_init_is_one_table_entry(monkeypatch):

@@ -199,13 +199,6 @@ def test_max_iters_zero_evaluates_once(char_data, tmp_path):
     assert [r["iter"] for r in read_log(tmp_path) if "val_loss" in r] == [0] and not (tmp_path / "ckpt.pt").exists()
 
 
-def test_compile_on_cpu(char_data, tmp_path):
-    train(char_data, tmp_path, "--compile=True", "--max_iters=3", "--eval_interval=3", "--eval_iters=1")
-    assert sorted(train_losses(tmp_path)) == [0, 1, 2]
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert not any("_orig_mod" in k for k in ckpt["model"])
-
-
 def test_eval_only_prints_and_writes_nothing(char_data, tmp_path):
     train(char_data, tmp_path, "--max_iters=3", "--eval_interval=3")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}

@@ -1,5 +1,5 @@
 """The README's quick demo (`python demo.py --quick=True`), stopped and run again: a file apart from test_demo.py so
-that the two long demo tests run side by side, named to sort early, so that xdist starts it early (not last, alone)."""
+that the two long demo tests can run on two xdist workers."""
 
 import os
 import signal

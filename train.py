@@ -195,6 +195,7 @@ def eval_loss(model, tokens, offsets, loss_fn=None):
 # -----------------------------------------------------------------------------
 # model: rank 0 builds it (under FSDP in CPU memory, the other ranks its shape; wrap() shards it)
 MODEL_SHAPE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "dropout")
+# what save_checkpoint writes (checked against it by a test); every other checkpoint key is carried over as it was
 TRAINING_STATE_KEYS = ("model", "model_args", "config", "optimizer", "scaler", "iter_num", "round_start_iter",
                        "best_val_loss", "rng", "sampler", "last_eval", "log_size", "compute", "last_collapse",
                        "student_keys")

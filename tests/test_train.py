@@ -376,3 +376,15 @@ def test_wandb_gets_every_metric_flattened(tmp_path, monkeypatch):
     rundir.start_log({}, resuming=False)
     rundir.log({"iter": 5, "val_loss": 1.5, "per_layer": [0.5, 1.5], "probe": {"depth": {"last": 2}}, "lr": None})
     assert logged == [(5, {"iter": 5, "val_loss": 1.5, "per_layer/0": 0.5, "per_layer/1": 1.5, "probe/depth/last": 2})]
+
+
+def test_training_state_keys_are_what_a_checkpoint_holds(char_data, tmp_path):
+    # train.py carries every checkpoint key outside TRAINING_STATE_KEYS into the next save: a field a fork adds to
+    # save_checkpoint without adding it there would be carried as a stale copy of itself
+    import ast
+
+    tree = ast.parse(open(os.path.join(REPO, "train.py")).read())
+    keys = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", "") == "TRAINING_STATE_KEYS")
+    train(char_data, tmp_path, "--max_iters=2", "--eval_interval=2")
+    assert sorted(torch.load(tmp_path / "ckpt.pt", weights_only=True)) == sorted(keys)
